@@ -1,0 +1,5 @@
+import sys
+
+from mixerlab.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,52 @@
+"""Entry point of the ``mixerlab`` command."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Sub-command modules, in the order ``mixerlab --help`` shows them. A module that is not
+# present (a feature not installed) is skipped.
+COMMANDS = ("list", "train", "eval", "convert", "bench", "analyze", "compare")
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mixerlab",
+        description="mixerlab: token mixers of ViT/DeiT, FF-only, ConViT, DeepViT, LaViT, PoolFormer.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"mixerlab.cli.{name}_cmd")
+        except ModuleNotFoundError as e:
+            if e.name == f"mixerlab.cli.{name}_cmd":
+                continue
+            raise
+        p = mod.add_parser(sub)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (CLIError, ValueError, TypeError, FileNotFoundError, KeyError) as e:
+        # Bad input: one clear line, non-zero exit, no traceback wall.
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"mixerlab {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mixerlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
