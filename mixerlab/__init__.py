@@ -1,0 +1,28 @@
+"""mixerlab: does my vision transformer even need attention?
+
+One MetaFormer block with pluggable token mixers (attention, GPSA, re-attention, less-attention,
+pooling, identity, random, token feed-forward), isotropic and hierarchical backbones, and a model
+zoo matching the papers' configurations.
+"""
+from .mixers import attention_maps, explicit_attention, get_mixer, list_mixers
+from .models import (BlockConfig, HierarchicalConfig, IsotropicConfig, MetaFormerBlock, StageConfig,
+                     build_model, create_model, get_model_info, list_models)
+from .version import __version__
+from . import timm_registry as _timm_registry  # noqa: F401  (registers mixerlab_* in timm)
+
+__all__ = [
+    "BlockConfig", "HierarchicalConfig", "IsotropicConfig", "MetaFormerBlock", "StageConfig",
+    "__version__", "attention_maps", "build_model", "create_model", "explicit_attention",
+    "get_mixer", "get_model_info", "list_mixers", "list_models",
+]
+
+
+def __getattr__(name):
+    # Training/evaluation and weight conversion are imported on first use (keeps import light).
+    if name in ("train", "evaluate", "TrainConfig"):
+        from . import train as _train
+        return getattr(_train, name)
+    if name in ("load_timm_weights", "export_timm_weights"):
+        from . import convert as _convert
+        return getattr(_convert, name)
+    raise AttributeError(f"module 'mixerlab' has no attribute {name!r}")

@@ -1,0 +1,90 @@
+"""Normalisation layers for token tensors laid out as (B, N, C).
+
+* ``LayerNorm``: the transformer LayerNorm over channels (ViT/DeiT/ConViT/DeepViT: eps 1e-6).
+* ``GroupNorm1``: PoolFormer's "modified layer norm", ``GroupNorm(1, C)``: normalises each sample
+  over all tokens *and* channels jointly, with a per-channel affine (MetaFormer, arXiv 2111.11418;
+  sail-sg/poolformer). Equal to ``nn.GroupNorm(1, C)`` on the (B, C, H, W) map.
+* ``TokenLayerNorm``: FF-only's LayerNorm over the *token* axis, with one affine pair per token
+  (Melas-Kyriazi, arXiv 2105.02723; lukemelas/do-you-even-need-attention).
+* ``ScaledInputLayerNorm``: LN(a * x), DeepViT-S/L's ``scale_adjustment`` (zhoudaquan/dvit_repo).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm over the channel (last) axis; eps 1e-6 by default, as in DeiT."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-6):
+        super().__init__(dim, eps=eps)
+
+
+class ScaledInputLayerNorm(nn.LayerNorm):
+    """LayerNorm of ``input_scale * x``: DeepViT's ``norm(x * scale_adjustment)``.
+
+    Kept exact (rather than dropped as "LN is scale invariant") because the eps makes it differ.
+    """
+
+    def __init__(self, dim: int, *, input_scale: float, eps: float = 1e-6):
+        super().__init__(dim, eps=eps)
+        self.input_scale = float(input_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x * self.input_scale)
+
+
+class GroupNorm1(nn.Module):
+    """GroupNorm with one group on (B, N, C) tokens: statistics over (N, C), affine per channel."""
+
+    def __init__(self, dim: int, *, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, N, C): normalise over the last two axes jointly, then per-channel affine.
+        x = F.layer_norm(x, x.shape[-2:], eps=self.eps)
+        return x * self.weight + self.bias
+
+
+class TokenLayerNorm(nn.Module):
+    """LayerNorm over the token axis of (B, N, C) tokens, with ``num_tokens`` affine pairs."""
+
+    def __init__(self, dim: int, *, num_tokens: int, eps: float = 1e-6):
+        super().__init__()
+        del dim  # the normalised axis is the token axis; the width plays no role
+        self.num_tokens = num_tokens
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_tokens))
+        self.bias = nn.Parameter(torch.zeros(num_tokens))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.num_tokens:
+            raise ValueError(
+                f"TokenLayerNorm was built for {self.num_tokens} tokens but got {x.shape[1]}: "
+                "a token-axis norm only works at the sequence length it was built for"
+            )
+        x = x.transpose(1, 2)  # (B, C, N)
+        x = F.layer_norm(x, (self.num_tokens,), self.weight, self.bias, self.eps)
+        return x.transpose(1, 2)  # (B, N, C)
+
+
+_NORMS = {
+    "layernorm": LayerNorm,
+    "layernorm_eps5": partial(LayerNorm, eps=1e-5),
+    "groupnorm1": GroupNorm1,
+}
+
+
+def get_norm_layer(name: str):
+    """Resolve a norm name from a config (``layernorm``, ``layernorm_eps5``, ``groupnorm1``)."""
+    try:
+        return _NORMS[name]
+    except KeyError:
+        raise ValueError(f"unknown norm {name!r}; allowed: {sorted(_NORMS)}") from None

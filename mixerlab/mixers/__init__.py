@@ -1,0 +1,17 @@
+"""Token mixers: one file each, one signature ``Mixer(dim, *, ...)``, ``forward(x, ctx)``."""
+from .base import (AttentionMixer, AttentionRecord, TokenContext, TokenMixer, attention_maps,
+                   explicit_attention, get_mixer, list_mixers, register_mixer)
+from .attention import Attention
+from .gpsa import GPSA
+from .identity import IdentityMixer
+from .less_attention import LessAttention
+from .pooling import Pooling
+from .random_mixing import RandomMixing
+from .reattention import ReAttention
+from .token_ff import TokenFF
+
+__all__ = [
+    "Attention", "AttentionMixer", "AttentionRecord", "GPSA", "IdentityMixer", "LessAttention",
+    "Pooling", "RandomMixing", "ReAttention", "TokenContext", "TokenFF", "TokenMixer",
+    "attention_maps", "explicit_attention", "get_mixer", "list_mixers", "register_mixer",
+]

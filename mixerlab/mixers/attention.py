@@ -1,0 +1,90 @@
+"""Multi-head self-attention (ViT, arXiv 2010.11929; DeiT, arXiv 2012.12877).
+
+A = softmax(q k^T / sqrt(d)); out = proj(A v). The fused path calls
+``F.scaled_dot_product_attention``; the explicit path materialises A and passes it through the
+probe. ``sr_ratio > 1`` gives PVT's spatial-reduction attention (Wang et al., arXiv 2102.12122):
+keys and values come from the grid tokens reduced by a strided conv + LayerNorm (used by LaViT's
+stage-1 layers, see ``less_attention.py``). ``head_dim`` may be given instead of ``num_heads``
+(MetaFormer hybrids use 32 channels per head).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import AttentionMixer, TokenContext, register_mixer, tokens_to_map, map_to_tokens
+
+
+def resolve_heads(dim: int, num_heads: int | None, head_dim: int | None) -> int:
+    if (num_heads is None) == (head_dim is None):
+        raise TypeError("give exactly one of num_heads and head_dim")
+    if head_dim is not None:
+        if dim % head_dim:
+            raise ValueError(f"dim {dim} is not a multiple of head_dim {head_dim}")
+        return dim // head_dim
+    if dim % num_heads:
+        raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+    return num_heads
+
+
+@register_mixer("attention")
+class Attention(AttentionMixer):
+    """Multi-head self-attention.
+
+    Args:
+        dim: token width C.
+        num_heads: number of heads H (or give ``head_dim``).
+        head_dim: channels per head; the heads are ``dim // head_dim``.
+        qkv_bias: bias on the q, k, v projections.
+        attn_drop: dropout on the attention map (explicit path; SDPA's dropout on the fused one).
+        proj_drop: dropout after the output projection.
+        sr_ratio: spatial reduction of keys/values (PVT); 1 = full attention.
+    """
+
+    def __init__(self, dim: int, *, num_heads: int | None = None, head_dim: int | None = None,
+                 qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 sr_ratio: int = 1):
+        super().__init__()
+        self.num_heads = resolve_heads(dim, num_heads, head_dim)
+        self.head_dim = dim // self.num_heads
+        self.scale = self.head_dim ** -0.5
+        self.sr_ratio = sr_ratio
+        if sr_ratio == 1:
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        else:
+            self.supports_prefix_tokens = False
+            self.q = nn.Linear(dim, dim, bias=qkv_bias)
+            self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+            self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
+            self.sr_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.attn_drop_p = attn_drop
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def qkv_heads(self, x: torch.Tensor, ctx: TokenContext):
+        """q, k, v as (B, H, N, D) (keys and values reduced when ``sr_ratio > 1``)."""
+        b, n, c = x.shape
+        if self.sr_ratio == 1:
+            qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
+            return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, D)
+        q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        r = map_to_tokens(self.sr(tokens_to_map(x, ctx.grid)))  # (B, N / R^2, C)
+        kv = self.kv(self.sr_norm(r)).reshape(b, -1, 2, self.num_heads, self.head_dim)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
+        self.check_tokens(x, ctx)
+        b, n, c = x.shape
+        q, k, v = self.qkv_heads(x, ctx)
+        if self.fused:
+            drop = self.attn_drop_p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, Nk)
+            attn = self.attn_probe(attn.softmax(dim=-1))
+            out = self.attn_drop(attn) @ v  # (B, H, N, D)
+        out = out.transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(out))

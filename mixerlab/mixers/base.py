@@ -1,0 +1,219 @@
+"""The token-mixer contract shared by every mixer.
+
+A mixer is ``Mixer(dim, *, ...)`` with keyword-only arguments (no ``**kwargs``: a misspelt keyword
+raises ``TypeError``) and ``forward(x, ctx) -> y`` with ``x`` and ``y`` of shape (B, N, C).
+Mixers hold no norm, residual, layer scale or drop path: the block owns those, so every mixer is
+compared inside the same block.
+
+``TokenContext`` travels through the blocks of one forward pass and carries what mixers need
+besides the tokens: the patch grid, the number of prefix (class) tokens, per-forward state passed
+between layers (LaViT's attention reuse) and auxiliary loss terms (LaViT's diagonality loss).
+
+Attention-family mixers have two paths: a fused one (``F.scaled_dot_product_attention``) used when
+the attention map is not needed, and an explicit one that materialises the map and sends it
+through ``self.attn_probe``. ``attention_maps(model)`` forces the explicit path and records each
+layer's map (the map the layer actually used: after gating, head mixing or transforms).
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TokenContext:
+    """What travels with the tokens through one forward pass.
+
+    Attributes:
+        grid: (H, W) of the patch tokens (raster order, after the prefix tokens).
+        num_prefix_tokens: tokens before the grid (the class token), left alone by spatial mixers.
+        state: cross-layer state of one forward (e.g. LaViT's carried attention logits).
+        aux: auxiliary loss terms, name -> list of scalar tensors (one per layer).
+    """
+
+    grid: tuple[int, int]
+    num_prefix_tokens: int = 0
+    state: dict = field(default_factory=dict)
+    aux: dict = field(default_factory=dict)
+
+    def add_aux(self, name: str, value: torch.Tensor) -> None:
+        self.aux.setdefault(name, []).append(value)
+
+
+class AttentionProbe(nn.Module):
+    """Identity on an attention map; records it while a recorder is attached."""
+
+    def __init__(self):
+        super().__init__()
+        self.recorder = None  # callable(map) or None
+
+    def forward(self, attn: torch.Tensor) -> torch.Tensor:
+        if self.recorder is not None:
+            self.recorder(attn)
+        return attn
+
+
+class TokenMixer(nn.Module):
+    """Base class of all token mixers.
+
+    Class attributes (what the mixer needs; read by the model builder, never by the block):
+        is_attention: the mixer has an attention map (it owns ``attn_probe`` and ``fused``).
+        needs_num_tokens: the builder passes ``num_tokens=`` (the sequence length is fixed).
+        fixed_num_tokens: the model cannot change its input size after construction.
+        supports_prefix_tokens: the mixer accepts class tokens in the sequence.
+        uses_context_state: the mixer reads ``ctx.state`` written by earlier layers.
+        drop_kwarg: the keyword through which the builder passes the model's dropout rate.
+    """
+
+    is_attention = False
+    needs_num_tokens = False
+    fixed_num_tokens = False
+    supports_prefix_tokens = True
+    uses_context_state = False  # reads state written by earlier layers (no recomputation)
+    drop_kwarg: str | None = None  # keyword that receives the model's dropout rate
+
+    def build_norm(self, dim: int, norm_layer):
+        """The norm the block puts in front of this mixer (the block's own by default)."""
+        return norm_layer(dim)
+
+    def init_weights(self) -> None:
+        """Mixer-specific initialisation, run after the model's generic init walk."""
+
+    def check_tokens(self, x: torch.Tensor, ctx: TokenContext) -> None:
+        if ctx.num_prefix_tokens and not self.supports_prefix_tokens:
+            raise ValueError(
+                f"{type(self).__name__} takes patch tokens only, but the sequence has "
+                f"{ctx.num_prefix_tokens} prefix (class) token(s): insert the class token after it"
+            )
+
+
+class AttentionMixer(TokenMixer):
+    """Base of attention-family mixers: the fused/explicit switch and the probe."""
+
+    is_attention = True
+    drop_kwarg = "proj_drop"
+
+    def __init__(self):
+        super().__init__()
+        self.fused = True  # use the fused kernel where the map is not needed
+        self.attn_probe = AttentionProbe()
+
+
+_MIXERS: dict[str, type] = {}
+
+
+def register_mixer(name: str):
+    def deco(cls):
+        if name in _MIXERS:
+            raise ValueError(f"mixer {name!r} registered twice")
+        _MIXERS[name] = cls
+        cls.mixer_name = name
+        return cls
+    return deco
+
+
+def get_mixer(name: str) -> type:
+    """The mixer class registered under ``name``; a ``ValueError`` lists the allowed names."""
+    try:
+        return _MIXERS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _MIXERS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown token mixer {name!r}{hint}; allowed: {sorted(_MIXERS)}") from None
+
+
+def list_mixers() -> list[str]:
+    return sorted(_MIXERS)
+
+
+class AttentionRecord:
+    """Maps recorded by ``attention_maps``: ``maps[layer_name]`` is (B, H, Nq, Nk)."""
+
+    def __init__(self):
+        self.maps: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.maps[name]
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+
+@contextlib.contextmanager
+def explicit_attention(model: nn.Module):
+    """Force every attention-family mixer in ``model`` onto its explicit path."""
+    mixers = [m for m in model.modules() if isinstance(m, AttentionMixer)]
+    saved = [m.fused for m in mixers]
+    for m in mixers:
+        m.fused = False
+    try:
+        yield mixers
+    finally:
+        for m, f in zip(mixers, saved):
+            m.fused = f
+
+
+@contextlib.contextmanager
+def attention_maps(model: nn.Module, layers=None, *, detach: bool = True, to_cpu: bool = False):
+    """Record the attention map each attention-family layer used during forwards in the block.
+
+    Args:
+        model: any mixerlab model (or module containing mixers).
+        layers: optional iterable of module names (as in ``model.named_modules()``) to record;
+            the default records every attention-family mixer. Restricting it saves memory.
+        detach: detach recorded maps from the graph.
+        to_cpu: move maps to the CPU as they are recorded.
+
+    Yields:
+        An ``AttentionRecord``; after ``model(x)``, ``rec.maps`` maps layer names to (B, H, Nq, Nk)
+        tensors, in forward order. A second forward overwrites the first one's maps.
+    """
+    wanted = None if layers is None else set(layers)
+    named = [(n, m) for n, m in model.named_modules() if isinstance(m, AttentionMixer)]
+    if wanted is not None:
+        unknown = wanted - {n for n, _ in named}
+        if unknown:
+            raise ValueError(f"not attention layers of this model: {sorted(unknown)}; "
+                             f"attention layers: {[n for n, _ in named]}")
+        named = [(n, m) for n, m in named if n in wanted]
+    rec = AttentionRecord()
+
+    def make(name):
+        def record(attn):
+            a = attn.detach() if detach else attn
+            rec.maps[name] = a.cpu() if to_cpu else a
+        return record
+
+    with explicit_attention(model):
+        for n, m in named:
+            m.attn_probe.recorder = make(n)
+        try:
+            yield rec
+        finally:
+            for _, m in named:
+                m.attn_probe.recorder = None
+
+
+def split_prefix(x: torch.Tensor, ctx: TokenContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, P + N, C) -> prefix (B, P, C), grid tokens (B, N, C)."""
+    p = ctx.num_prefix_tokens
+    return x[:, :p], x[:, p:]
+
+
+def tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Grid tokens (B, N, C) -> (B, C, H, W) view in channels-last memory (no copy)."""
+    b, n, c = x.shape
+    h, w = grid
+    if n != h * w:
+        raise ValueError(f"{n} tokens do not fill a {h}x{w} grid")
+    return x.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C)."""
+    return x.permute(0, 2, 3, 1).flatten(1, 2)

@@ -1,0 +1,131 @@
+"""Gated positional self-attention (ConViT: d'Ascoli et al., ICML 2021, arXiv 2103.10697;
+official code facebookresearch/convit, Apache-2.0; timm ``convit.py``).
+
+Per head h, with relative positions r_ij = (dx, dy, dx^2 + dy^2) of key j relative to query i:
+
+    A = (1 - sigmoid(lambda_h)) softmax(q k^T / sqrt(d)) + sigmoid(lambda_h) softmax(w_h . r_ij + b_h)
+
+then A / sum_j A (a no-op kept for parity with the official code), attention dropout, A v, proj.
+q, k come from one bias-free ``qk`` Linear; ``v`` is separate (identity-initialised).
+
+Convolutional ("local") init: v.weight = I; for head h1 + k*h2 (k = floor(sqrt(H))), with centre
+c0 = (k-1)/2 for even k else k//2, the ``pos_proj`` row is (2(h2-c0), 2(h1-c0), -1) * alpha
+(column order [dx, dy, d^2]), i.e. a Gaussian around offset (h2-c0, h1-c0). Heads beyond k^2 keep
+their random init; the gates start at lambda = 1 (sigmoid ~ 0.73, mostly positional).
+
+Deviations from the official code: the relative-position table is a non-persistent buffer rebuilt
+only when the grid changes (not a plain attribute moved with ``.to(device)`` at first use), any
+H x W grid is allowed, and the positional softmax is computed once per forward, not per sample.
+Fused path: since both softmaxes are row-stochastic, out = (1-g) SDPA(q, k, v) + g (P_pos v).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import AttentionMixer, TokenContext, register_mixer
+
+
+def relative_positions(grid: tuple[int, int], device=None) -> torch.Tensor:
+    """(N, N, 3) table of (dx, dy, dx^2 + dy^2), key minus query, for an H x W raster grid."""
+    h, w = grid
+    rows = torch.arange(h, device=device).repeat_interleave(w)  # (N,)
+    cols = torch.arange(w, device=device).repeat(h)  # (N,)
+    dx = (cols[None, :] - cols[:, None]).float()  # (N, N)
+    dy = (rows[None, :] - rows[:, None]).float()
+    return torch.stack([dx, dy, dx * dx + dy * dy], dim=-1)
+
+
+@register_mixer("gpsa")
+class GPSA(AttentionMixer):
+    """Gated positional self-attention.
+
+    Args:
+        dim: token width C.
+        num_heads: heads H.
+        qkv_bias: bias on ``qk`` and ``v`` (ConViT: False).
+        attn_drop: dropout on the mixed map.
+        proj_drop: dropout after the output projection.
+        locality_strength: alpha, the sharpness of the initial positional Gaussians.
+        local_init: apply the convolutional initialisation (ablation switch).
+    """
+
+    supports_prefix_tokens = False
+
+    def __init__(self, dim: int, *, num_heads: int, qkv_bias: bool = False, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, locality_strength: float = 1.0, local_init: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.locality_strength = locality_strength
+        self.local_init = local_init
+        self.qk = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.pos_proj = nn.Linear(3, num_heads)
+        self.gating_param = nn.Parameter(torch.ones(num_heads))
+        self.attn_drop_p = attn_drop
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.register_buffer("rel_pos", torch.zeros(0, 0, 3), persistent=False)
+
+    def init_weights(self) -> None:
+        self.gating_param.data.fill_(1.0)
+        if not self.local_init:
+            return
+        with torch.no_grad():
+            self.v.weight.copy_(torch.eye(self.v.weight.shape[0]))
+            k = int(math.sqrt(self.num_heads))
+            c0 = (k - 1) / 2 if k % 2 == 0 else k // 2
+            w = self.pos_proj.weight  # (H, 3): columns [dx, dy, d^2]
+            for h1 in range(k):
+                for h2 in range(k):
+                    head = h1 + k * h2
+                    w[head, 2] = -1.0
+                    w[head, 1] = 2.0 * (h1 - c0)
+                    w[head, 0] = 2.0 * (h2 - c0)
+            w.mul_(self.locality_strength)
+
+    def _rel_pos(self, grid: tuple[int, int], device) -> torch.Tensor:
+        n = grid[0] * grid[1]
+        if self.rel_pos.shape[0] != n or self._grid != grid or self.rel_pos.device != device:
+            self.rel_pos = relative_positions(grid, device)
+            self._grid = grid
+        return self.rel_pos
+
+    _grid = None
+
+    def positional_attention(self, grid: tuple[int, int], device, dtype) -> torch.Tensor:
+        """softmax over keys of the positional scores: (H, N, N); independent of the input."""
+        scores = self.pos_proj(self._rel_pos(grid, device).to(dtype))  # (N, N, H)
+        return scores.permute(2, 0, 1).softmax(dim=-1)
+
+    def gates(self) -> torch.Tensor:
+        """sigmoid(lambda) per head: 1 = positional, 0 = content."""
+        return torch.sigmoid(self.gating_param)
+
+    def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
+        self.check_tokens(x, ctx)
+        b, n, c = x.shape
+        qk = self.qk(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = qk.unbind(0)  # (B, H, N, D)
+        v = self.v(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        pos = self.positional_attention(ctx.grid, x.device, x.dtype)  # (H, N, N)
+        g = self.gates().to(x.dtype).view(1, -1, 1, 1)  # (1, H, 1, 1)
+        if self.fused and not (self.training and self.attn_drop_p > 0):
+            content = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, D)
+            out = (1.0 - g) * content + g * (pos @ v)
+        else:
+            content = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, N, N)
+            attn = (1.0 - g) * content + g * pos
+            attn = attn / attn.sum(dim=-1, keepdim=True)
+            attn = self.attn_probe(attn)
+            out = self.attn_drop(attn) @ v  # (B, H, N, D)
+        out = out.transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(out))

@@ -1,0 +1,211 @@
+"""Less attention (LaViT: Zhang, Liu, Lin, He, "You Only Need Less Attention at Each Stage in
+Vision Transformers", CVPR 2024, arXiv 2406.00427). No official code exists; what the paper does
+not pin down follows the team's documented proposals (shared/papers/lavit.md), listed here.
+
+One mixer, two modes, chosen per block by configuration:
+
+* ``mode="va"`` (vanilla attention layer): logits L = q k^T / sqrt(d), A = softmax(L), out = proj(A v).
+  It stores the matrix to be reused in ``ctx.state`` for the following layers.
+* ``mode="la"`` (less-attention layer): no q or k. From the carried matrix M of the previous layer,
+  M_l = Psi(Theta(M)^T)^T = W_Psi M W_Theta^T + (W_Psi 1) b_Theta^T + b_Psi 1^T
+  (Theta mixes the key axis, Psi the query axis, both N x N Linear layers shared by all heads),
+  A = softmax(M_l), out = proj(A v_l) with the layer's own value projection. M_l (pre-softmax, as
+  Fig. 2 taps it) is carried on to the next layer.
+
+Proposals adopted (PROPOSAL = not published; see lavit.md sections 3 and 10):
+
+1. What the VA layer hands on (``la_source``): default ``"logits"`` (q k^T / sqrt(d)), the team's
+   decision in lavit.md 3.1: a softmax of probabilities degenerates toward uniform rows, and on
+   logits the chain factors exactly (the fast path of a later issue). ``"post_softmax"`` is the
+   literal reading of Fig. 2 (the VA layer hands on softmax(L)); LA layers always hand on their
+   pre-softmax M_l. (lavit.md's summary table names the literal reading as default while 3.1
+   decides for logits; we follow 3.1.)
+2. Psi/Theta init: identity weights, zero bias (``transform_init="identity"``), so an LA layer
+   starts as an exact reuse of the previous map; ``"trunc_normal"`` (std 0.02) is the alternative.
+3. Psi/Theta shared across heads, with bias.
+4. The LA block is wrapped like the VA block (pre-norm, V, proj, drop path, MLP): the block does it.
+5. Attention residual across stages (``attn_residual=True``, first VA layer of a stage): the
+   previous stage's carried matrix (B, H', N', N') is averaged over heads, viewed as
+   (h', w', h', w'), and downsampled by a learnable single-channel f x f / stride-f filter on the
+   query grid and another on the key grid (f = the spatial downsampling factor, 2; both initialised
+   to averaging), broadcast to the H heads with a learnable per-head scale initialised to 0, and
+   added to this layer's logits before the softmax. Mixed head counts across stages are why it is
+   head-averaged. (The student reading, a 4x4/4 conv on the flattened matrix, is not implemented:
+   it groups consecutive raster indices, not 2x2 spatial blocks.)
+6. Diagonality-preserving loss (``dp_mode="corrected"``): on P = softmax(M_l), per LA layer,
+   dp_sym = mean_ij |P_ij - P_ji| and dp_diag = mean_i (1 - N P_ii) / (N - 1) (the printed
+   diagonal term with its sign corrected, normalised to [-1, 1/(N-1)]), averaged over batch and
+   heads. ``dp_mode="literal"`` sums the printed expression on the raw M_l (unbounded; for
+   paper-parity experiments only). Terms go to ``ctx.aux`` as ``dp_sym`` / ``dp_diag``; the model
+   sums them over layers (``model.aux_losses()``) and the trainer adds lambda_DP times the sum.
+7. Placement (stage 1 plain attention with PVT spatial reduction, no LA there: an N x N Linear
+   at 56 x 56 tokens would cost 9.8M parameters) is model configuration, see ``zoo/lavit.py``.
+
+This is the explicit O(N^3) formulation (the transforms act on N x N matrices); the LA layers'
+map is always materialised, so ``fused`` has no effect here.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import AttentionMixer, TokenContext, register_mixer
+
+CARRY = "less_attention.carry"  # (B, H, N, N) matrix handed to the next layer
+CARRY_GRID = "less_attention.grid"  # the (H, W) grid it was computed on
+
+
+class AttentionResidual(nn.Module):
+    """Carries the previous stage's attention matrix to this stage's grid (proposal 5)."""
+
+    def __init__(self, num_heads: int, *, factor: int = 2):
+        super().__init__()
+        self.factor = factor
+        self.filter_q = nn.Parameter(torch.full((1, 1, factor, factor), 1.0 / factor ** 2))
+        self.filter_k = nn.Parameter(torch.full((1, 1, factor, factor), 1.0 / factor ** 2))
+        self.scale = nn.Parameter(torch.zeros(num_heads))
+
+    def init_weights(self) -> None:
+        nn.init.constant_(self.filter_q, 1.0 / self.factor ** 2)
+        nn.init.constant_(self.filter_k, 1.0 / self.factor ** 2)
+        nn.init.zeros_(self.scale)
+
+    def forward(self, prev: torch.Tensor, prev_grid: tuple[int, int], grid: tuple[int, int]):
+        f = self.factor
+        hp, wp = prev_grid
+        if (hp, wp) != (grid[0] * f, grid[1] * f):
+            raise ValueError(f"attention residual: the previous stage's {hp}x{wp} grid is not "
+                             f"{f}x the current {grid[0]}x{grid[1]} grid")
+        b = prev.shape[0]
+        n_p, n = hp * wp, grid[0] * grid[1]
+        m = prev.mean(dim=1)  # (B, Np, Np): heads averaged
+        # Downsample the query axis: (B, Nq', Nk') -> (B * Nk', 1, h', w') -> (B, Nk', N)
+        m = m.transpose(1, 2).reshape(b * n_p, 1, hp, wp)
+        m = F.conv2d(m, self.filter_q.to(m.dtype), stride=f).reshape(b, n_p, n).transpose(1, 2)
+        # Downsample the key axis: (B, N, Nk') -> (B * N, 1, h', w') -> (B, N, N)
+        m = F.conv2d(m.reshape(b * n, 1, hp, wp), self.filter_k.to(m.dtype), stride=f)
+        m = m.reshape(b, n, n)
+        return self.scale.to(m.dtype).view(1, -1, 1, 1) * m.unsqueeze(1)  # (B, H, N, N)
+
+
+@register_mixer("less_attention")
+class LessAttention(AttentionMixer):
+    """LaViT's vanilla-attention (``mode="va"``) or less-attention (``mode="la"``) layer.
+
+    Args:
+        dim: token width C.
+        num_heads: heads H.
+        num_tokens: N, the tokens of this stage (fixes the size of Psi/Theta).
+        mode: ``"va"`` computes attention, ``"la"`` transforms the carried one.
+        la_source: what a VA layer carries: ``"logits"`` or ``"post_softmax"``.
+        attn_residual: (VA only) add the previous stage's carried matrix, downsampled.
+        qkv_bias: bias on the q, k, v projections.
+        attn_drop: dropout on the attention map.
+        proj_drop: dropout after the output projection.
+        transform_init: ``"identity"`` or ``"trunc_normal"`` for Psi/Theta.
+        dp_mode: ``"corrected"`` or ``"literal"`` diagonality-preserving terms.
+    """
+
+    needs_num_tokens = True
+    supports_prefix_tokens = False
+    uses_context_state = True
+
+    def __init__(self, dim: int, *, num_heads: int, num_tokens: int, mode: str = "la",
+                 la_source: str = "logits", attn_residual: bool = False, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, transform_init: str = "identity",
+                 dp_mode: str = "corrected"):
+        super().__init__()
+        for name, val, allowed in (("mode", mode, ("va", "la")),
+                                   ("la_source", la_source, ("logits", "post_softmax")),
+                                   ("transform_init", transform_init, ("identity", "trunc_normal")),
+                                   ("dp_mode", dp_mode, ("corrected", "literal"))):
+            if val not in allowed:
+                raise ValueError(f"less_attention: {name}={val!r}; allowed: {list(allowed)}")
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if attn_residual and mode != "va":
+            raise ValueError("less_attention: attn_residual applies to mode='va' layers only")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.num_tokens = num_tokens
+        self.mode = mode
+        self.la_source = la_source
+        self.transform_init = transform_init
+        self.dp_mode = dp_mode
+        self.fixed_num_tokens = mode == "la" or attn_residual
+        if mode == "va":
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        else:
+            self.v = nn.Linear(dim, dim, bias=qkv_bias)
+            self.theta = nn.Linear(num_tokens, num_tokens)  # mixes the key axis
+            self.psi = nn.Linear(num_tokens, num_tokens)  # mixes the query axis
+        self.residual = AttentionResidual(num_heads) if attn_residual else None
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def init_weights(self) -> None:
+        if self.mode == "la":
+            for lin in (self.theta, self.psi):
+                if self.transform_init == "identity":
+                    with torch.no_grad():
+                        lin.weight.copy_(torch.eye(self.num_tokens))
+                else:
+                    nn.init.trunc_normal_(lin.weight, std=0.02)
+                nn.init.zeros_(lin.bias)
+        if self.residual is not None:
+            self.residual.init_weights()
+
+    def transform(self, m: torch.Tensor) -> torch.Tensor:
+        """Psi(Theta(M)^T)^T on (B, H, N, N): Theta on keys (last axis), Psi on queries."""
+        return self.psi(self.theta(m).transpose(-2, -1)).transpose(-2, -1)
+
+    def dp_terms(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dp_sym, dp_diag) of one layer's pre-softmax matrix M (B, H, N, N)."""
+        n = m.shape[-1]
+        if self.dp_mode == "literal":
+            sym = (m - m.transpose(-2, -1)).abs().sum(dim=(-2, -1)).mean()
+            diag = m.diagonal(dim1=-2, dim2=-1)
+            diag_term = ((n - 1) * diag - (m.sum(dim=-1) - diag)).sum(dim=-1).mean()
+            return sym, diag_term
+        p = m.softmax(dim=-1)
+        sym = (p - p.transpose(-2, -1)).abs().mean()
+        diag_term = ((1.0 - n * p.diagonal(dim1=-2, dim2=-1)) / (n - 1)).mean()
+        return sym, diag_term
+
+    def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
+        self.check_tokens(x, ctx)
+        b, n, c = x.shape
+        if self.fixed_num_tokens and n != self.num_tokens:
+            raise ValueError(f"less_attention was built for {self.num_tokens} tokens, got {n}: its "
+                             "N x N transforms fix the input size")
+        if self.mode == "va":
+            qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # (B, H, N, D)
+            logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+            if self.residual is not None:
+                prev = ctx.state.get(CARRY)
+                if prev is None:
+                    raise ValueError("less_attention: attn_residual=True but no earlier stage "
+                                     "carried an attention matrix")
+                logits = logits + self.residual(prev, ctx.state[CARRY_GRID], ctx.grid)
+            attn = logits.softmax(dim=-1)
+            ctx.state[CARRY] = logits if self.la_source == "logits" else attn
+        else:
+            prev = ctx.state.get(CARRY)
+            if prev is None or prev.shape[-1] != n:
+                raise ValueError("less_attention: an 'la' layer needs a preceding 'va' or 'la' "
+                                 f"layer in the same stage with {n} tokens")
+            v = self.v(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+            m = self.transform(prev)  # (B, H, N, N) pre-softmax
+            ctx.state[CARRY] = m
+            sym, diag = self.dp_terms(m)
+            ctx.add_aux("dp_sym", sym)
+            ctx.add_aux("dp_diag", diag)
+            attn = m.softmax(dim=-1)
+        ctx.state[CARRY_GRID] = ctx.grid
+        attn = self.attn_probe(attn)
+        out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(b, n, c)
+        return self.proj_drop(self.proj(out))

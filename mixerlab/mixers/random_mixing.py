@@ -1,0 +1,44 @@
+"""Random token mixing (RandFormer, "MetaFormer Baselines for Vision", arXiv 2210.13452;
+sail-sg/metaformer).
+
+A frozen N x N matrix, softmax(U(0, 1)) row-normalised at construction, mixes the tokens:
+out = R x. It is stored as a persistent buffer (saved with the weights, never trained, not counted
+as a parameter). R acts on the grid tokens only; prefix tokens get 0 on the mixing branch, so the
+block's residual carries them through unchanged.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import TokenContext, TokenMixer, register_mixer, split_prefix
+
+
+@register_mixer("random")
+class RandomMixing(TokenMixer):
+    """Frozen random token mixing.
+
+    Args:
+        dim: token width (unused).
+        num_tokens: number of grid tokens N (fixed at construction).
+    """
+
+    needs_num_tokens = True
+    fixed_num_tokens = True
+
+    def __init__(self, dim: int, *, num_tokens: int):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.register_buffer("random_matrix", torch.rand(num_tokens, num_tokens).softmax(dim=-1))
+
+    def init_weights(self) -> None:
+        self.random_matrix.copy_(torch.rand_like(self.random_matrix).softmax(dim=-1))
+
+    def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
+        prefix, tokens = split_prefix(x, ctx)
+        if tokens.shape[1] != self.num_tokens:
+            raise ValueError(f"random mixing was built for {self.num_tokens} tokens, got "
+                             f"{tokens.shape[1]}: its N x N matrix fixes the input size")
+        out = self.random_matrix.to(tokens.dtype) @ tokens  # (N, N) @ (B, N, C) -> (B, N, C)
+        if prefix.shape[1]:
+            out = torch.cat([torch.zeros_like(prefix), out], dim=1)
+        return out

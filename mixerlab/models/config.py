@@ -1,0 +1,93 @@
+"""Frozen model configurations: the data the zoo tables hold and ``build_model`` reads.
+
+A mixer is specified as ``(name, kwargs)``: ``("attention", {"num_heads": 3})``. Strings are
+resolved once, in ``build_model``; model code only sees classes and partials.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+MixerSpec = tuple  # (mixer name, dict of keyword arguments)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """Options of the MetaFormer block shared by all blocks of a model."""
+
+    mlp_ratio: float = 4.0  # channel-MLP hidden width / dim
+    norm: str = "layernorm"  # layernorm (eps 1e-6) | layernorm_eps5 | groupnorm1
+    layer_scale_init: float | None = None  # None = no LayerScale (PoolFormer: 1e-5 / 1e-6)
+    scale_adjustment: float | None = None  # DeepViT-S/L: x + f(LN(a x)) / a, with a = 0.5
+    mlp_first: bool = False  # FF-only: channel MLP before the token mixer
+
+
+@dataclass(frozen=True)
+class IsotropicConfig:
+    """A ViT-style model: patch embedding, optional class token, position embedding, blocks."""
+
+    mixers: tuple  # one MixerSpec per block (depth = len(mixers))
+    dim: int = 192
+    patch_size: int = 16
+    img_size: int | tuple = 224
+    in_chans: int = 3
+    num_classes: int = 1000
+    block: BlockConfig = field(default_factory=BlockConfig)
+    stem: str = "patch"  # patch (conv k=s=patch) | cnn (DeepViT-S/L, stride 16)
+    class_token: bool = True
+    cls_token_at: int = 0  # block index before which the class token joins (ConViT: 10)
+    pos_embed: bool = True
+    pos_embed_cls_slot: bool = True  # the position table has a slot for the class token
+    pos_grid: tuple | None = None  # stored grid of the position table (default: native grid)
+    pos_interp: str = "bicubic"  # how the table is resampled to another grid
+    global_pool: str = "token"  # token | avg
+    drop_rate: float = 0.0  # dropout after position embedding, in MLPs, before the head
+    drop_path_rate: float = 0.0
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage of a hierarchical model."""
+
+    dim: int
+    mixers: tuple  # one MixerSpec per block
+    mlp_ratio: float = 4.0
+    pos_embed: str | None = None  # None | zeros | trunc_normal: added after the stage's embedding
+
+
+@dataclass(frozen=True)
+class HierarchicalConfig:
+    """A 4-stage (or n-stage) model with strided-conv downsampling, as PoolFormer and LaViT."""
+
+    stages: tuple  # StageConfig per stage
+    img_size: int | tuple = 224
+    in_chans: int = 3
+    num_classes: int = 1000
+    block: BlockConfig = field(default_factory=lambda: BlockConfig(norm="groupnorm1"))
+    stem: tuple = (7, 4, 2)  # (kernel, stride, padding) of the first embedding
+    downsample: tuple = (3, 2, 1)  # (kernel, stride, padding) between stages
+    embed_norm: str | None = None  # norm after each embedding conv (LaViT: layernorm)
+    head_norm: str = "groupnorm1"  # final norm
+    head_norm_first: bool = True  # norm the map, then pool (official PoolFormer); False = timm
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+
+ModelConfig = IsotropicConfig | HierarchicalConfig
+
+
+def replace_config(cfg, **overrides):
+    """``dataclasses.replace`` that names the allowed fields when a key is unknown."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"unknown model option(s) {unknown} for {type(cfg).__name__}; "
+                        f"allowed: {sorted(names)}")
+    return dataclasses.replace(cfg, **overrides)

@@ -1,0 +1,181 @@
+"""Isotropic (ViT-style) backbone: patch embedding, optional class token, position embedding,
+a stack of MetaFormer blocks at one resolution, final norm, head.
+
+Covers ViT/DeiT, ConViT (class token inserted before block ``cls_token_at``, position table
+without a class slot), DeepViT (CNN stem option) and FF-only (token FF with a fixed token count,
+position grid stored at 14x14 and interpolated). State-dict names follow timm's ViT
+(``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.i.norm1``, ``norm``, ``head``), with
+the mixer under ``blocks.i.token_mixer``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..layers import ConvStem, PatchEmbed, drop_path_rates, resample_pos_embed
+from ..mixers.base import TokenContext
+from .base import MixerModel, mixer_factory
+from .block import MetaFormerBlock
+from .config import IsotropicConfig
+
+
+class IsotropicModel(MixerModel):
+    """A ViT-style model built from an ``IsotropicConfig``."""
+
+    def __init__(self, cfg: IsotropicConfig):
+        super().__init__()
+        self._setup_common(cfg)
+        depth = len(cfg.mixers)
+        if depth == 0:
+            raise ValueError("an isotropic model needs at least one block (mixers is empty)")
+        if cfg.global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool={cfg.global_pool!r}; allowed: ['avg', 'token']")
+        if cfg.class_token and not 0 <= cfg.cls_token_at < depth:
+            raise ValueError(f"cls_token_at={cfg.cls_token_at} must be in 0..{depth - 1}")
+        if cfg.pos_embed_cls_slot and cfg.class_token and cfg.cls_token_at != 0:
+            raise ValueError("a position table with a class slot needs cls_token_at=0")
+        if cfg.global_pool == "token" and not cfg.class_token:
+            raise ValueError("global_pool='token' needs class_token=True")
+        self.dim = self.num_features = self.head_hidden_size = cfg.dim
+        if cfg.stem == "patch":
+            self.patch_embed = PatchEmbed(cfg.in_chans, cfg.dim, patch_size=cfg.patch_size)
+        elif cfg.stem == "cnn":
+            self.patch_embed = ConvStem(cfg.in_chans, cfg.dim)
+        else:
+            raise ValueError(f"stem={cfg.stem!r}; allowed: ['cnn', 'patch']")
+        self.first_conv = "patch_embed.proj" if cfg.stem == "patch" else "patch_embed.conv1"
+        if self.img_size[0] % self.patch_embed.patch_size or self.img_size[1] % self.patch_embed.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not a multiple of the patch size "
+                             f"{self.patch_embed.patch_size}")
+        self.grid = self.patch_embed.output_grid(self.img_size)
+        n_patches = self.grid[0] * self.grid[1]
+
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.class_token else None
+        self.cls_token_at = cfg.cls_token_at
+        self.num_prefix_tokens = 1 if cfg.class_token else 0
+        self.pos_slots = 1 if (cfg.class_token and cfg.pos_embed_cls_slot) else 0
+        self.pos_grid = tuple(cfg.pos_grid) if cfg.pos_grid is not None else self.grid
+        if cfg.pos_embed:
+            n_pos = self.pos_slots + self.pos_grid[0] * self.pos_grid[1]
+            self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, cfg.dim))
+        else:
+            self.pos_embed = None
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+
+        dpr = drop_path_rates(cfg.drop_path_rate, depth)
+        blocks = []
+        for i, spec in enumerate(cfg.mixers):
+            # Tokens the block sees: the class token counts once it has been inserted.
+            n_tok = n_patches + (1 if cfg.class_token and i >= cfg.cls_token_at else 0)
+            blocks.append(MetaFormerBlock(
+                cfg.dim, token_mixer=mixer_factory(spec, num_tokens=n_tok, drop=cfg.drop_rate),
+                norm_layer=self.norm_layer, mlp_ratio=cfg.block.mlp_ratio, drop=cfg.drop_rate,
+                drop_path=dpr[i], layer_scale_init=cfg.block.layer_scale_init,
+                scale_adjustment=cfg.block.scale_adjustment, mlp_first=cfg.block.mlp_first))
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = self.norm_layer(cfg.dim)
+        self.global_pool = cfg.global_pool
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.feature_info = [dict(num_chs=cfg.dim, reduction=self.patch_embed.patch_size,
+                                  module=f"blocks.{i}") for i in range(depth)]
+        self._finish()
+
+    def _finish(self) -> None:
+        super()._finish()
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def no_weight_decay(self) -> set[str]:
+        return {n for n in ("pos_embed", "cls_token") if getattr(self, n) is not None}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^cls_token|^pos_embed|^patch_embed",
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    def set_global_pool(self, global_pool: str) -> None:
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool={global_pool!r}; allowed: ['avg', 'token']")
+        if global_pool == "token" and self.cls_token is None:
+            raise ValueError("global_pool='token' needs a class token")
+        self.global_pool = global_pool
+
+    # -- forward --------------------------------------------------------------------------------
+    def _pos(self, grid: tuple[int, int]) -> torch.Tensor:
+        return resample_pos_embed(self.pos_embed, self.pos_grid, grid, num_prefix=self.pos_slots,
+                                  mode=self.cfg.pos_interp)
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, TokenContext]:
+        self.check_input(x)
+        p = self.patch_embed.patch_size
+        if x.shape[-2] % p or x.shape[-1] % p:
+            raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of the patch "
+                             f"size {p}")
+        x, grid = self.patch_embed(x)  # (B, N, C)
+        ctx = TokenContext(grid=grid, num_prefix_tokens=0)
+        if self.cls_token is not None and self.cls_token_at == 0:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+            ctx.num_prefix_tokens = 1
+        if self.pos_embed is not None:
+            x = x + self._pos(grid)
+        return self.pos_drop(x), ctx
+
+    def _blocks(self, x: torch.Tensor, ctx: TokenContext, upto: int | None = None):
+        """Run the blocks, yielding (index, tokens) after each."""
+        for i, blk in enumerate(self.blocks):
+            if self.cls_token is not None and i == self.cls_token_at and i > 0:
+                x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+                ctx.num_prefix_tokens = 1
+            x = self.run_block(blk, x, ctx)
+            yield i, x
+            if upto is not None and i >= upto:
+                return
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> normed tokens (B, prefix + N, dim)."""
+        x, ctx = self._embed(x)
+        for _, x in self._blocks(x, ctx):
+            pass
+        self.store_aux(ctx)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "token":
+            x = x[:, 0]
+        else:
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """Outputs of the chosen blocks (timm's API).
+
+        Args:
+            indices: None (all blocks), an int n (the last n) or a list of block indices.
+            norm: apply the final norm to each intermediate.
+            stop_early: stop after the last requested block (only with ``intermediates_only``).
+            output_fmt: ``NCHW`` (patch tokens as maps) or ``NLC`` (tokens incl. class token).
+            intermediates_only: return only the list.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt={output_fmt!r}; allowed: ['NCHW', 'NLC']")
+        take = self._resolve_indices(indices, len(self.blocks))
+        x, ctx = self._embed(x)
+        upto = max(take) if (stop_early or intermediates_only) else None
+        feats = []
+        for i, x in self._blocks(x, ctx, upto):
+            if i in take:
+                y = self.norm(x) if norm else x
+                if output_fmt == "NCHW":
+                    y = y[:, ctx.num_prefix_tokens:]
+                    b, n, c = y.shape
+                    y = y.transpose(1, 2).reshape(b, c, *ctx.grid)  # (B, C, H, W)
+                feats.append(y)
+        self.store_aux(ctx)
+        if intermediates_only:
+            return feats
+        return self.norm(x), feats
