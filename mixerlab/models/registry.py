@@ -17,8 +17,9 @@ class ZooEntry:
         paper: short citation (title, arXiv id).
         reported: the paper's / official code's numbers: ``params`` (millions, the reference our
             count is tested against), ``top1`` (ImageNet-1k unless ``note`` says otherwise),
-            ``gmacs``, ``params_source`` and ``note``.
-        param_tolerance: allowed relative deviation of our count from ``reported['params']``.
+            ``gmacs``, ``params_source`` and ``note``. mixerlab's own variants (``*_micro``)
+            have no paper numbers, only ``target_params``.
+        param_tolerance: allowed relative deviation of our count from the reference.
     """
 
     name: str
@@ -27,6 +28,11 @@ class ZooEntry:
     paper: str
     reported: dict = field(default_factory=dict)
     param_tolerance: float = 0.01
+
+    @property
+    def reference_params(self) -> float:
+        """Millions of parameters our count must match (paper/official, or the micro target)."""
+        return self.reported.get("params", self.reported.get("target_params"))
 
 
 _ZOO: dict[str, ZooEntry] = {}

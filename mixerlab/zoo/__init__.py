@@ -1,2 +1,2 @@
 """The model zoo: one data table per paper. Importing this package registers every entry."""
-from . import convit, deepvit, ffonly, lavit, poolformer, vit  # noqa: F401
+from . import vit, ffonly, convit, deepvit, poolformer, lavit  # noqa: F401  (table order)

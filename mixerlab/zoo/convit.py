@@ -33,6 +33,5 @@ register_zoo([
     _e("convit_base_plus", 16, 64, 153.1, 82.5, 30.77),
     ZooEntry("convit_micro", "convit",
              convit(4, 32, depth=5, local_layers=4, img_size=32, patch_size=4, num_classes=10), PAPER,
-             dict(params=1.0, note="mixerlab micro variant (4 GPSA + 1 MHSA); not in the paper",
-                  params_source="micro target"), param_tolerance=0.15),
+             dict(target_params=1.0, note="mixerlab micro variant (4 GPSA + 1 MHSA); not in the paper"), param_tolerance=0.15),
 ])

@@ -51,6 +51,5 @@ register_zoo([
                      block=BlockConfig(mlp_ratio=3.0, scale_adjustment=0.5)), PAPER,
              dict(params=58.88, top1=83.1, gmacs=13.19, params_source="measured (official code; paper 55M)")),
     ZooEntry("deepvit_micro", "deepvit", deepvit(10, **MICRO), PAPER,
-             dict(params=1.0, note="mixerlab micro variant (deep and narrow: 10 blocks, width 96); "
-                  "not in the paper", params_source="micro target"), param_tolerance=0.15),
+             dict(target_params=1.0, note="mixerlab micro variant (deep and narrow: 10 blocks, width 96); not in the paper"), param_tolerance=0.15),
 ])

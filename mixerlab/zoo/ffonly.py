@@ -27,6 +27,5 @@ register_zoo([
     ZooEntry("ffonly_large", "ffonly", ffonly(1024, 24, 32), PAPER,
              dict(params=206.364, top1=71.4, gmacs=10.71, params_source="derived from the code (paper: 206M)")),
     ZooEntry("ffonly_micro", "ffonly", ffonly(128, 6, 4, pos_grid=None, img_size=32, num_classes=10),
-             PAPER, dict(params=1.0, note="mixerlab micro variant; not in the paper",
-                         params_source="micro target"), param_tolerance=0.15),
+             PAPER, dict(target_params=1.0, note="mixerlab micro variant; not in the paper"), param_tolerance=0.15),
 ])

@@ -69,6 +69,5 @@ register_zoo([
              lavit((1, 2, 2, 2), dims=(32, 64, 96, 160), heads=(1, 2, 3, 5), mlp_ratios=(4, 4, 4, 4),
                    n_va=(None, 1, 1, 1), sr_ratios=(2, 1, 1, 1), stem=(2, 2, 0), img_size=32,
                    num_classes=10), PAPER,
-             dict(params=1.0, note="mixerlab micro variant; not in the paper",
-                  params_source="micro target"), param_tolerance=0.15),
+             dict(target_params=1.0, note="mixerlab micro variant; not in the paper"), param_tolerance=0.15),
 ])

@@ -63,10 +63,8 @@ register_zoo([
                         norm="layernorm_eps5", pos_embed=(None, None, "zeros", None)), PAPER,
              dict(params=16.54, top1=81.0, gmacs=2.55, params_source="measured (official metaformer_ppaa_s12_224)")),
     ZooEntry("poolformer_micro", "poolformer", metaformer(MICRO_DEPTHS, MICRO_DIMS, **MICRO), PAPER,
-             dict(params=1.0, note="mixerlab micro variant; not in the paper",
-                  params_source="micro target"), param_tolerance=0.15),
+             dict(target_params=1.0, note="mixerlab micro variant; not in the paper"), param_tolerance=0.15),
     ZooEntry("identityformer_micro", "identityformer",
              metaformer(MICRO_DEPTHS, MICRO_DIMS, ("identity",) * 4, **MICRO), PAPER,
-             dict(params=1.0, note="mixerlab micro variant; not in the paper",
-                  params_source="micro target"), param_tolerance=0.15),
+             dict(target_params=1.0, note="mixerlab micro variant; not in the paper"), param_tolerance=0.15),
 ])

@@ -25,6 +25,5 @@ register_zoo([
     ZooEntry("deit_base", "deit", deit(768, 12), PAPER,
              dict(params=86.57, top1=81.8, gmacs=17.58, params_source="measured (timm/official)")),
     ZooEntry("deit_micro", "deit", deit(128, 4, depth=5, **MICRO), PAPER,
-             dict(params=1.0, note="mixerlab micro variant for 28-32 px; not in the paper",
-                  params_source="micro target"), param_tolerance=0.15),
+             dict(target_params=1.0, note="mixerlab micro variant for 28-32 px; not in the paper"), param_tolerance=0.15),
 ])

@@ -1,0 +1,4 @@
+"""Benchmarks: parameters, MACs/FLOPs, throughput, memory."""
+from .complexity import count_macs, count_params
+
+__all__ = ["count_macs", "count_params"]
