@@ -1,0 +1,50 @@
+"""``mixerlab eval``: top-1/top-5/loss, per-class accuracy and a confusion-matrix PNG for a checkpoint."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from mixerlab.train.config import DATASETS
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint (accuracy, per-class accuracy, confusion matrix)",
+        description="Evaluate a training checkpoint on the validation/test split of a dataset.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR_OR_FILE",
+                   help="a .safetensors checkpoint, or a run folder (uses best, else last)")
+    p.add_argument("--data", choices=DATASETS, default=None, help="dataset (default: the one it was trained on)")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="dataset folder")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    p.add_argument("--bn-calibration", choices=("auto", "on", "off"), default="auto",
+                   help="recalibrate BatchNorm statistics on un-augmented training images first (auto: if the model has BN)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: <checkpoint folder>/eval)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from mixerlab.train import evaluate
+
+    if args.num_workers < 0:
+        raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
+    res = evaluate(args.checkpoint, data=args.data, data_dir=args.data_dir, batch_size=args.batch_size, ema=args.ema,
+                   bn_calibration=args.bn_calibration, out_dir=args.out, device=args.device, num_workers=args.num_workers)
+    if args.json:
+        print(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=2))
+        return 0
+    print(f"{res['model']} on {res['data']} ({res['n']} images, {res['weights']} weights, {res['checkpoint']})")
+    print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  loss {res['loss']:.4f}")
+    classes = json.load(open(res["files"]["json"]))["classes"] if "files" in res else range(len(res["per_class_top1"]))
+    width = max(len(str(c)) for c in classes)
+    for name, acc in zip(classes, res["per_class_top1"]):
+        print(f"  {str(name):<{width}}  {acc:6.2f}%")
+    if "files" in res:
+        print(f"wrote {res['files']['json']} and {res['files']['png']}")
+    return 0

@@ -1,0 +1,167 @@
+"""Datasets with per-sample seeded augmentation, resumable distributed samplers, loaders.
+
+Exact resumption (mid-epoch included) needs the augmentation of sample ``i`` in epoch ``e`` not
+to depend on which worker or process loads it. The training sampler therefore yields
+``(index, seed)`` pairs, with ``seed`` a hash of (run seed, epoch, index), and the dataset seeds
+python/numpy/torch RNGs with it before transforming that sample (saving and restoring the
+caller's RNG state when it runs in the main process).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
+
+from .datasets import STATS, ImageSource, balanced_subset, build_sources
+from .transforms import eval_transform, train_transform
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed from (seed, epoch, index), mixed with the splitmix64 finaliser."""
+    z = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) & (2**64 - 1)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    return (z ^ (z >> 31)) & 0xFFFFFFFF
+
+
+class TransformedDataset(Dataset):
+    """``source`` restricted to ``indices`` with ``transform``; items are ``(image, target)``.
+
+    A key is an int (no seeding: eval transforms are deterministic) or ``(int, seed)``.
+    """
+
+    def __init__(self, source: ImageSource, transform: Callable, indices: np.ndarray | None = None):
+        self.source = source
+        self.transform = transform
+        self.indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _load(self, key) -> tuple[torch.Tensor, int]:
+        if isinstance(key, (tuple, list)):
+            i, seed = key
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.default_generator.manual_seed(seed)  # CPU generator only: never touches CUDA RNG
+        else:
+            i = key
+        j = int(self.indices[i])
+        return self.transform(self.source.load(j)), int(self.source.targets[j])
+
+    def __getitem__(self, key):
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list) -> list:
+        """Batched fetch (used by DataLoader): one RNG save/restore per batch in the main process."""
+        seeded = any(isinstance(k, (tuple, list)) for k in keys)
+        if not seeded or get_worker_info() is not None:
+            return [self._load(k) for k in keys]
+        state = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
+        try:
+            return [self._load(k) for k in keys]
+        finally:
+            random.setstate(state[0])
+            np.random.set_state(state[1])
+            torch.default_generator.set_state(state[2])
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` (shuffle with seed + epoch, pad, stride by rank) that yields
+    ``(index, sample_seed)`` pairs and can start part-way through an epoch."""
+
+    def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int, shuffle: bool = True):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        """Skip the first ``start`` samples of this rank's share of the current epoch."""
+        self.start = start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = list(super().__iter__())[self.start:]
+        return iter([(i, sample_seed(self.seed, self.epoch, i)) for i in indices])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+class ShardSampler(Sampler):
+    """Eval sharding without padding (rank r gets r, r + W, ...), so summed metrics are exact."""
+
+    def __init__(self, order: np.ndarray, *, num_replicas: int, rank: int):
+        self.indices = [int(i) for i in order[rank::num_replicas]]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass
+class DataBundle:
+    """Datasets of one run; ``*_loader`` methods build loaders for a given rank/world size."""
+
+    train: TransformedDataset  # augmented training split (possibly a fraction)
+    train_plain: TransformedDataset  # same images, eval transform (BN calibration)
+    val: TransformedDataset
+    num_classes: int
+    in_chans: int
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def build_data(cfg) -> DataBundle:
+    """Datasets for a :class:`~mixerlab.train.TrainConfig` (uses its data and augmentation fields)."""
+    train_src, val_src = build_sources(
+        cfg.data, cfg.data_dir, size=cfg.synthetic_size, num_classes=cfg.synthetic_classes,
+        in_chans=cfg.synthetic_chans, img_size=cfg.img_size,
+    )
+    mean, std = STATS[cfg.data]
+    mean, std = tuple(mean[: train_src.in_chans]), tuple(std[: train_src.in_chans])
+    subset = balanced_subset(train_src.targets, cfg.train_fraction, cfg.subset_seed)
+    t_train = train_transform(
+        cfg.img_size, mean, std, crop=cfg.train_crop, hflip=cfg.hflip,
+        randaugment=cfg.randaugment, random_erasing=cfg.random_erasing,
+    )
+    t_eval = eval_transform(cfg.img_size, mean, std)
+    return DataBundle(
+        train=TransformedDataset(train_src, t_train, subset),
+        train_plain=TransformedDataset(train_src, t_eval, subset),
+        val=TransformedDataset(val_src, t_eval),
+        num_classes=len(train_src.classes),
+        in_chans=train_src.in_chans,
+        classes=train_src.classes,
+        mean=mean,
+        std=std,
+    )
+
+
+def train_loader(ds: Dataset, *, batch_size: int, seed: int, rank: int, world: int, workers: int, pin: bool) -> DataLoader:
+    """Shuffled, drop-last batches of ``(index, seed)`` keys; call ``loader.batch_sampler.sampler.set_epoch``."""
+    sampler = ResumableSampler(ds, num_replicas=world, rank=rank, seed=seed)
+    if len(sampler) < batch_size:
+        raise ValueError(
+            f"the training split has {len(ds)} images ({len(sampler)} per process), fewer than one batch of {batch_size}; "
+            "lower --batch-size or raise --train-fraction"
+        )
+    batches = BatchSampler(sampler, batch_size, drop_last=True)  # constant batch: Mixup needs even sizes
+    return DataLoader(ds, batch_sampler=batches, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+
+
+def eval_loader(
+    ds: Dataset, *, batch_size: int, rank: int, world: int, workers: int, pin: bool,
+    limit: int | None = None, shuffle_seed: int | None = None,
+) -> DataLoader:
+    """Unpadded shard of ``ds``: in order, or in a fixed shuffled order (``shuffle_seed``, e.g. for
+    BN calibration on a class-sorted folder), truncated to the first ``limit`` images."""
+    order = np.arange(len(ds)) if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(len(ds))
+    order = order[:limit]
+    return DataLoader(ds, batch_size=batch_size, sampler=ShardSampler(order, num_replicas=world, rank=rank),
+                      num_workers=workers, pin_memory=pin)

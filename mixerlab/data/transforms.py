@@ -1,0 +1,97 @@
+"""Train and eval transforms for small images (PIL in, normalised float tensor out).
+
+Train: fit to ``img_size`` -> crop -> horizontal flip -> RandAugment -> normalise -> random erasing.
+Eval: fit to ``img_size`` -> normalise.
+
+Sources and choices:
+    * RandAugment: Cubuk et al., arXiv:1909.13719, via ``torchvision.transforms.v2.RandAugment``
+      (2 ops, magnitude m). DeiT uses timm's ``rand-m9-mstd0.5-inc1``; timm's increasing
+      posterize can ask Pillow >= 10 for 0 bits and raise, so we use torchvision's op set
+      (same magnitude, fixed instead of Gaussian-jittered).
+    * Random erasing: Zhong et al., arXiv:1708.04896, via ``timm.data.random_erasing.RandomErasing``
+      in pixel mode, one box (DeiT: probability 0.25).
+    * Fit to size: images smaller than ``img_size`` are zero-padded around the centre (Fashion-MNIST
+      28 -> 32 adds a 2-pixel black border, which matches its black background and keeps every
+      pixel unresampled); larger images are resized (bicubic) and centre-cropped.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from PIL import Image
+from timm.data.random_erasing import RandomErasing
+from torchvision.transforms import v2
+
+
+class FitTo:
+    """Zero-pad an image smaller than ``size`` to ``size`` (centred); resize + centre-crop a larger one."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.resize = v2.Compose([
+            v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(size),
+        ])
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        if w <= self.size and h <= self.size:
+            if w == h == self.size:
+                return img
+            left, top = (self.size - w) // 2, (self.size - h) // 2
+            return v2.functional.pad(img, [left, top, self.size - w - left, self.size - h - top], fill=0)
+        return self.resize(img)
+
+    def __repr__(self) -> str:
+        return f"FitTo(size={self.size})"
+
+
+def _to_tensor(mean: Sequence[float], std: Sequence[float]) -> list:
+    return [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+
+
+def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """Deterministic: fit to size and normalise. Output (C, img_size, img_size) float32."""
+    return v2.Compose([FitTo(img_size), *_to_tensor(mean, std)])
+
+
+def train_transform(
+    img_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    crop: str = "pad-crop",
+    hflip: float = 0.5,
+    randaugment: int | None = 9,
+    random_erasing: float = 0.25,
+) -> v2.Compose:
+    """Random augmentation pipeline; all randomness comes from the global torch/python RNGs.
+
+    Args:
+        img_size: output side length.
+        mean, std: per-channel normalisation (length = number of channels).
+        crop: ``'pad-crop'`` (pad 4 then random crop, the CIFAR recipe), ``'rrc'``
+            (RandomResizedCrop scale (0.35, 1), bicubic; for large ImageFolder images) or ``'none'``.
+        hflip: horizontal flip probability.
+        randaugment: RandAugment magnitude (2 ops), None to disable.
+        random_erasing: RandomErasing probability (pixel mode), 0 to disable.
+    """
+    ops: list = []
+    if crop == "rrc":
+        ops.append(v2.RandomResizedCrop(img_size, scale=(0.35, 1.0), interpolation=v2.InterpolationMode.BICUBIC, antialias=True))
+    else:
+        ops.append(FitTo(img_size))
+        if crop == "pad-crop":
+            ops.append(v2.RandomCrop(img_size, padding=img_size // 8, fill=0))
+        elif crop != "none":
+            raise ValueError(f"unknown crop {crop!r}; choose pad-crop, rrc or none")
+    if hflip > 0:
+        ops.append(v2.RandomHorizontalFlip(hflip))
+    if randaugment is not None:
+        fill = [round(255 * m) for m in mean]  # fill exposed areas with the mean colour
+        ops.append(v2.RandAugment(num_ops=2, magnitude=randaugment, fill=fill if len(fill) > 1 else fill[0]))
+    ops += _to_tensor(mean, std)
+    if random_erasing > 0:
+        ops.append(RandomErasing(random_erasing, mode="pixel", max_count=1, device="cpu"))
+    return v2.Compose(ops)

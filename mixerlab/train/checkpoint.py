@@ -1,0 +1,246 @@
+"""One-file training checkpoints in safetensors: atomic to write, safe to read.
+
+A checkpoint is a single ``.safetensors`` file:
+
+* tensors ``model.<key>`` (the model's state dict), ``ema.<key>``, ``optimizer.<param id>.<key>``,
+  ``rng.torch``, ``rng.cuda.<i>``, ``rng.numpy``;
+* metadata (JSON strings): ``format``, ``config`` (the resolved TrainConfig), ``state``
+  (epoch, step, best metric, optimizer param groups, python RNG, grad-scaler state, running
+  sums of the current epoch) and ``sha256`` (over every tensor's name and bytes).
+
+Writing goes to a temporary file in the same folder, is fsync'ed and then ``os.replace``d over
+the target, so a killed writer leaves the previous file intact. Reading never unpickles:
+safetensors only holds tensors and strings; a truncated file, a bad digest or a foreign file
+raises :class:`CheckpointError` (a ``ValueError``, so the CLI prints one line and exits 2).
+Weights alone: :func:`load_weights` returns the ``model.`` tensors with the prefix removed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+FORMAT = "mixerlab-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, truncated, corrupt, foreign or mismatched."""
+
+
+# ----------------------------------------------------------------------------- RNG
+def capture_rng() -> dict[str, Any]:
+    """The python, numpy, torch CPU and CUDA generator states (copies)."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _rng_to_file(rng: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    version, internal, gauss = rng["python"]
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    tensors = {"rng.torch": rng["torch"], "rng.numpy": torch.from_numpy(keys.astype(np.int64))}
+    tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(rng["cuda"])})
+    meta = {"python": [version, list(internal), gauss], "numpy": [name, int(pos), int(has_gauss), float(cached)],
+            "cuda": len(rng["cuda"])}
+    return tensors, meta
+
+
+def _rng_from_file(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    version, internal, gauss = meta["python"]
+    name, pos, has_gauss, cached = meta["numpy"]
+    return {
+        "python": (version, tuple(internal), gauss),
+        "numpy": (name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached),
+        "torch": tensors["rng.torch"],
+        "cuda": [tensors[f"rng.cuda.{i}"] for i in range(meta["cuda"])],
+    }
+
+
+# ----------------------------------------------------------------------------- digest
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(name.encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- save / load
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+    ema: torch.nn.Module | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    rng: dict[str, Any] | None = None,
+) -> Path:
+    """Write a complete training checkpoint to ``path`` atomically.
+
+    Args:
+        path: target file (``.safetensors``).
+        model: the unwrapped model (not DDP / compiled).
+        config: resolved config as a plain dict.
+        state: JSON-able loop state (epoch, step, best metric, ...).
+        optimizer, ema, scaler: optional parts to restore on resume.
+        rng: RNG snapshot from :func:`capture_rng`; defaults to the current state.
+    """
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, module in (("model", model), ("ema", ema)):
+        if module is not None:
+            for k, v in module.state_dict().items():
+                tensors[f"{prefix}.{k}"] = v.detach().to("cpu", copy=True).contiguous()
+    full_state = dict(state)
+    if optimizer is not None:
+        opt = optimizer.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for pid, pstate in opt["state"].items():
+            for k, v in pstate.items():
+                if torch.is_tensor(v):
+                    tensors[f"optimizer.{pid}.{k}"] = v.detach().to("cpu", copy=True).contiguous()
+                else:
+                    scalars.setdefault(str(pid), {})[k] = v
+        full_state["optimizer"] = {"param_groups": opt["param_groups"], "scalars": scalars,
+                                   "ids": [int(pid) for pid in opt["state"]]}
+    if scaler is not None and scaler.is_enabled():
+        full_state["scaler"] = {k: (v.item() if torch.is_tensor(v) else v) for k, v in scaler.state_dict().items()}
+    rng_tensors, rng_meta = _rng_to_file(rng if rng is not None else capture_rng())
+    tensors.update(rng_tensors)
+    full_state["rng"] = rng_meta
+    metadata = {
+        "format": FORMAT,
+        "config": json.dumps(config),
+        "state": json.dumps(full_state),
+        "sha256": _digest(tensors),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+class Checkpoint:
+    """A loaded checkpoint: ``config`` (dict), ``state`` (dict) and tensors by prefix."""
+
+    def __init__(self, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]):
+        self.path = path
+        self.tensors = tensors
+        self.config: dict[str, Any] = json.loads(metadata["config"])
+        self.state: dict[str, Any] = json.loads(metadata["state"])
+
+    def part(self, prefix: str) -> dict[str, torch.Tensor]:
+        n = len(prefix) + 1
+        return {k[n:]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
+
+    @property
+    def has_ema(self) -> bool:
+        return any(k.startswith("ema.") for k in self.tensors)
+
+    def load_model(self, model: torch.nn.Module, prefix: str = "model") -> None:
+        """Load weights strictly; a mismatch (another model/config) raises CheckpointError."""
+        weights = self.part(prefix)
+        own = model.state_dict()
+        missing = sorted(set(own) - set(weights))
+        unexpected = sorted(set(weights) - set(own))
+        wrong = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+        if missing or unexpected or wrong:
+            detail = "; ".join(
+                f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)) if keys
+            )
+            raise CheckpointError(
+                f"checkpoint {self.path} does not fit model {self.config.get('model')!r} as configured "
+                f"(was it written for another model or config?): {detail}"
+            )
+        model.load_state_dict(weights)
+
+    def load_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        meta = self.state["optimizer"]
+        state: dict[int, dict[str, Any]] = {}
+        for pid in meta["ids"]:
+            entry = dict(meta["scalars"].get(str(pid), {}))
+            entry.update(self.part(f"optimizer.{pid}"))
+            state[pid] = entry
+        try:
+            optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"optimizer state in {self.path} does not fit this model: {e}") from None
+
+    def rng(self) -> dict[str, Any]:
+        return _rng_from_file(self.tensors, self.state["rng"])
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and verify a checkpoint file (safetensors only, nothing unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # SafetensorError, OSError, header JSON errors: all mean "unreadable"
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e})") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a mixerlab training checkpoint (format {metadata.get('format')!r})")
+    if _digest(tensors) != metadata.get("sha256"):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its tensors do not match the stored sha256")
+    try:
+        return Checkpoint(path, tensors, metadata)
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path} has damaged metadata: {e}") from None
+
+
+def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
+    """A file, or a run folder -> its ``best.safetensors`` (or ``last``), per ``prefer``."""
+    path = Path(path)
+    if path.is_dir():
+        order = ("best", "last") if prefer == "best" else ("last", "best")
+        for name in order:
+            if (path / f"{name}.safetensors").is_file():
+                return path / f"{name}.safetensors"
+        raise CheckpointError(f"no checkpoint (best.safetensors / last.safetensors) in run folder {path}")
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_weights(path: str | Path, *, ema: bool = False) -> dict[str, torch.Tensor]:
+    """The model (or EMA) state dict stored in a checkpoint file or run folder."""
+    ckpt = load_checkpoint(resolve_checkpoint(path))
+    return ckpt.part("ema" if ema else "model")

@@ -1,0 +1,275 @@
+"""Training configuration: dataclass defaults <- YAML recipe <- ``key=value`` overrides.
+
+The defaults are a DeiT-style recipe scaled down for the 32 px ``*_micro`` models on one
+machine. The ImageNet recipes of the papers live in ``configs/`` as YAML files.
+
+Sources for the default values:
+    * DeiT, "Training data-efficient image transformers & distillation through attention",
+      arXiv:2012.12877, facebookresearch/deit ``main.py`` (AdamW, wd 0.05, warm-up + cosine,
+      label smoothing 0.1, Mixup 0.8 / CutMix 1.0, random erasing 0.25, drop path 0.1).
+    * DeepViT, arXiv:2103.11886, zhoudaquan/dvit_repo (BatchNorm calibration, 50 batches).
+    * LaViT, arXiv:2406.00427 (diagonality-preserving loss; weight is our proposal, see
+      ``/work/shared/papers/lavit.md`` §3.8).
+
+Every value is checked in ``__post_init__``: a bad key or value raises ``ValueError`` naming
+the valid keys or the allowed range, so the CLI can print one line and exit 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs. Frozen: derive variants with ``dataclasses.replace``."""
+
+    # --- model ---
+    model: str = "deit_micro"  # a name from mixerlab.list_models()
+    model_args: dict = field(default_factory=dict)  # extra create_model overrides
+    drop_path_rate: float = 0.1  # DeiT: 0.1; DeepViT: 0.2
+    img_size: int = 32  # *_micro models are native 32 px
+    # --- data ---
+    data: str = "fashion-mnist"  # one of DATASETS
+    data_dir: Optional[str] = None  # None: the Debian package folder for fashion-mnist
+    train_fraction: float = 1.0  # class-balanced subset of the training split
+    subset_seed: int = 0  # fixed, so every run/seed sees the same subset
+    num_workers: int = 0  # DataLoader worker processes (0 = load in the main process)
+    synthetic_size: int = 512  # training images of the synthetic dataset (val: 1/4)
+    synthetic_classes: int = 10
+    synthetic_chans: int = 1
+    # --- augmentation (train split only) ---
+    train_crop: Literal["pad-crop", "rrc", "none"] = "pad-crop"  # pad 4 + random 32 crop
+    hflip: float = 0.5
+    randaugment: Optional[int] = 9  # torchvision RandAugment magnitude (2 ops); None: off
+    random_erasing: float = 0.25  # timm RandomErasing probability, pixel mode
+    mixup: float = 0.8  # Mixup alpha (0: off)
+    cutmix: float = 1.0  # CutMix alpha (0: off)
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    label_smoothing: float = 0.1
+    # --- optimisation ---
+    epochs: int = 10
+    batch_size: int = 128  # per process; global batch = batch_size * accum_steps * world size
+    accum_steps: int = 1  # gradient accumulation: micro-batches per optimiser step
+    lr: float = 1e-3  # peak learning rate (not rescaled by batch size)
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    clip_grad: Optional[float] = None  # max global grad norm; None: no clipping
+    ema_decay: Optional[float] = 0.999  # None: no EMA weights
+    dp_weight: float = 1.0  # LaViT diagonality-preserving loss weight (models with aux_losses)
+    # --- evaluation ---
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    eval_batch_size: int = 256
+    bn_calibration: Literal["auto", "on", "off"] = "auto"  # auto: on iff the model has BatchNorm
+    bn_calibration_batches: int = 50  # DeepViT: max_iter=50
+    # --- system ---
+    seed: int = 0
+    deterministic: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["none", "bf16", "fp16"] = "none"  # fp16 only on CUDA
+    channels_last: bool = False
+    compile: bool = False
+    log_every: int = 50  # optimiser steps between plain log lines
+    progress: Literal["auto", "rich", "plain", "none"] = "auto"
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        checks = {
+            "data": (self.data in DATASETS, f"one of {', '.join(DATASETS)}"),
+            "img_size": (self.img_size >= 8, ">= 8"),
+            "train_fraction": (0.0 < self.train_fraction <= 1.0, "in (0, 1]"),
+            "num_workers": (self.num_workers >= 0, ">= 0"),
+            "synthetic_size": (self.synthetic_size >= 8, ">= 8"),
+            "synthetic_classes": (self.synthetic_classes >= 2, ">= 2"),
+            "synthetic_chans": (self.synthetic_chans in (1, 3), "1 or 3"),
+            "hflip": (0.0 <= self.hflip <= 1.0, "in [0, 1]"),
+            "randaugment": (self.randaugment is None or 0 <= self.randaugment <= 30, "in [0, 30] or null"),
+            "random_erasing": (0.0 <= self.random_erasing <= 1.0, "in [0, 1]"),
+            "mixup": (self.mixup >= 0.0, ">= 0"),
+            "cutmix": (self.cutmix >= 0.0, ">= 0"),
+            "mixup_prob": (0.0 <= self.mixup_prob <= 1.0, "in [0, 1]"),
+            "mixup_switch_prob": (0.0 <= self.mixup_switch_prob <= 1.0, "in [0, 1]"),
+            "label_smoothing": (0.0 <= self.label_smoothing < 1.0, "in [0, 1)"),
+            "drop_path_rate": (0.0 <= self.drop_path_rate < 1.0, "in [0, 1)"),
+            "epochs": (self.epochs >= 1, ">= 1"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "accum_steps": (self.accum_steps >= 1, ">= 1"),
+            "lr": (self.lr > 0.0, "> 0"),
+            "min_lr": (0.0 <= self.min_lr <= self.lr, f"in [0, lr={self.lr}]"),
+            "warmup_lr": (0.0 <= self.warmup_lr <= self.lr, f"in [0, lr={self.lr}]"),
+            "warmup_epochs": (0.0 <= self.warmup_epochs <= self.epochs, f"in [0, epochs={self.epochs}]"),
+            "weight_decay": (self.weight_decay >= 0.0, ">= 0"),
+            "betas": (len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "two values in [0, 1)"),
+            "eps": (self.eps > 0.0, "> 0"),
+            "clip_grad": (self.clip_grad is None or self.clip_grad > 0.0, "> 0 or null"),
+            "ema_decay": (self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "in (0, 1) or null"),
+            "dp_weight": (self.dp_weight >= 0.0, ">= 0"),
+            "eval_every": (self.eval_every >= 1, ">= 1"),
+            "eval_batch_size": (self.eval_batch_size >= 1, ">= 1"),
+            "bn_calibration_batches": (self.bn_calibration_batches >= 1, ">= 1"),
+            "log_every": (self.log_every >= 1, ">= 1"),
+        }
+        for key, (ok, allowed) in checks.items():
+            if not ok:
+                raise ValueError(f"config value {key}={getattr(self, key)!r} is out of range: must be {allowed}")
+        if self.mixup_active and self.batch_size % 2:
+            raise ValueError(f"batch_size={self.batch_size} must be even when mixup/cutmix is on (timm Mixup)")
+
+    @property
+    def mixup_active(self) -> bool:
+        return (self.mixup > 0.0 or self.cutmix > 0.0) and self.mixup_prob > 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Coerce-free type check of every field (YAML and CLI values are converted before)."""
+    for name, tp in _field_types().items():
+        value = getattr(cfg, name)
+        if not _is_instance(value, tp):
+            raise ValueError(f"config value {name}={value!r} is invalid: expected {_type_name(tp)}")
+
+
+def _is_instance(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_instance(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is tuple:
+        return isinstance(value, (tuple, list))
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else tp.__name__
+
+
+def _convert(name: str, text: str) -> Any:
+    """Convert a command-line string to the type of field ``name`` (YAML syntax: null, true, 1e-3)."""
+    tp = _field_types()[name]
+    args = typing.get_args(tp)
+    if tp is str or (typing.get_origin(tp) is Literal and isinstance(args[0], str)):
+        return text
+    if str in args:  # Optional[str]
+        return None if text in ("null", "None", "none", "~") else text
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ValueError(f"config value {name}={text!r} cannot be parsed as {_type_name(tp)}") from None
+    if float in (tp, *args) and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-3" as a string
+            return float(value)
+        except ValueError:
+            pass
+    if float in (tp, *args) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is tuple and isinstance(value, list):
+        return tuple(value)
+    if tp is dict and value is None:
+        return {}
+    return value
+
+
+def valid_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _check_keys(keys, where: str) -> None:
+    valid = valid_keys()
+    for key in keys:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"unknown config key {key!r} in {where}{hint}; valid keys: {', '.join(valid)}")
+
+
+def load_config(
+    yaml_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    base: TrainConfig | None = None,
+) -> TrainConfig:
+    """Resolve a config: ``base`` (dataclass defaults) <- YAML recipe <- overrides.
+
+    Args:
+        yaml_path: a recipe file (a flat mapping of TrainConfig keys), or None.
+        overrides: mapping of key -> value; string values are parsed like YAML scalars
+            and converted to the field's type (``"1e-3"`` -> 0.001, ``"null"`` -> None).
+        base: the starting config; defaults to ``TrainConfig()``.
+
+    Raises:
+        ValueError: unknown key (listing the valid ones) or a bad value.
+        FileNotFoundError: the YAML file does not exist.
+    """
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must be a mapping of key: value")
+        _check_keys(loaded, str(path))
+        for k, v in loaded.items():  # PyYAML reads "1e-3" as a string: convert like the CLI
+            values[k] = _convert(k, v) if isinstance(v, str) else tuple(v) if k == "betas" else v
+    for key, value in (overrides or {}).items():
+        _check_keys([key], "overrides")
+        values[key] = _convert(key, value) if isinstance(value, str) else value
+    if "lr" in values:  # keep a lowered lr consistent with the default min/warm-up LR
+        lr = float(values["lr"])
+        for k in ("min_lr", "warmup_lr"):
+            if k not in values and getattr(base or TrainConfig(), k) > lr:
+                values[k] = lr
+    try:
+        return dataclasses.replace(base or TrainConfig(), **values)
+    except TypeError as e:  # only reachable through a programming error: keys are checked
+        raise ValueError(str(e)) from None
+
+
+def config_to_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    """Rebuild a config stored in a checkpoint or a run folder's ``config.yaml``."""
+    _check_keys(d, "stored config")
+    d = dict(d)
+    if "betas" in d:
+        d["betas"] = tuple(d["betas"])
+    return TrainConfig(**d)
