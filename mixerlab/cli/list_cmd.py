@@ -9,6 +9,7 @@ def add_parser(sub):
     p = sub.add_parser("list", help="list zoo models (params, MACs, reported top-1, paper)")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'convit_*'")
     p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p.add_argument("--no-macs", action="store_true", help="skip the MAC count (faster)")
     return p
 
@@ -46,7 +47,12 @@ def run(args) -> int:
             ("reported_params_m", "paper params"), ("gmacs", "GMACs"), ("input", "input"),
             ("reported_top1", "paper top-1"), ("paper", "paper")]
     fmt = lambda v: "-" if v is None else str(v)  # noqa: E731
-    if sys.stdout.isatty():
+    if args.markdown:
+        print("| " + " | ".join(t for _, t in cols) + " |")
+        print("|" + "---|" * len(cols))
+        for r in rows:
+            print("| " + " | ".join(fmt(r[k]) for k, _ in cols) + " |")
+    elif sys.stdout.isatty():
         from rich.console import Console
         from rich.table import Table
         t = Table(title="mixerlab zoo (MACs at the native input size, attention matmuls included)")

@@ -1,0 +1,84 @@
+"""Bad input gets a clear error naming the problem and what is allowed."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mixerlab
+
+
+def test_unknown_model_name_suggests():
+    with pytest.raises(ValueError, match=r"unknown model 'convit_tiy'.*convit_tiny"):
+        mixerlab.create_model("convit_tiy")
+
+
+def test_misspelt_override_lists_allowed():
+    with pytest.raises(TypeError, match=r"num_clases.*allowed:.*num_classes"):
+        mixerlab.create_model("deit_micro", num_clases=3)
+
+
+def test_unknown_mixer_in_config():
+    cfg = mixerlab.IsotropicConfig(mixers=(("atention", {"num_heads": 2}),), dim=8, img_size=16,
+                                   patch_size=4)
+    with pytest.raises(ValueError, match=r"unknown token mixer 'atention'.*allowed"):
+        mixerlab.build_model(cfg)
+
+
+def test_misspelt_mixer_kwarg_in_config():
+    cfg = mixerlab.IsotropicConfig(mixers=(("attention", {"num_head": 2}),), dim=8, img_size=16,
+                                   patch_size=4)
+    with pytest.raises(TypeError, match="num_head"):
+        mixerlab.build_model(cfg)
+
+
+def test_wrong_channel_count():
+    m = mixerlab.create_model("deit_micro", in_chans=1)
+    with pytest.raises(ValueError, match=r"expected 1 input channel\(s\), got 3"):
+        m(torch.randn(1, 3, 32, 32))
+
+
+def test_fixed_size_model_says_why():
+    m = mixerlab.create_model("ffonly_micro")
+    with pytest.raises(ValueError, match=r"accepts only 32x32.*token_ff.*img_size=\(48, 48\)"):
+        m(torch.randn(1, 3, 48, 48))
+    l_ = mixerlab.create_model("lavit_micro")
+    with pytest.raises(ValueError, match="less_attention"):
+        l_(torch.randn(1, 3, 64, 64))
+
+
+def test_size_not_multiple_of_patch():
+    m = mixerlab.create_model("deit_micro")
+    with pytest.raises(ValueError, match="not a multiple of the patch size 4"):
+        m(torch.randn(1, 3, 30, 30))
+    with pytest.raises(ValueError, match="not a multiple of the patch size"):
+        mixerlab.create_model("deit_micro", img_size=30)
+
+
+def test_wrong_rank():
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        mixerlab.create_model("deit_micro")(torch.randn(3, 32, 32))
+
+
+def test_bad_option_values():
+    with pytest.raises(ValueError, match="pool_size"):
+        mixerlab.get_mixer("pooling")(8, pool_size=4)
+    with pytest.raises(ValueError, match=r"la_source='soft'.*allowed"):
+        mixerlab.get_mixer("less_attention")(8, num_heads=2, num_tokens=4, la_source="soft")
+    with pytest.raises(ValueError, match="global_pool"):
+        mixerlab.create_model("deit_micro", global_pool="max")
+    with pytest.raises(ValueError, match="unknown norm"):
+        mixerlab.create_model("deit_micro", block=mixerlab.BlockConfig(norm="batchnorm"))
+
+
+def test_cli_list_and_errors():
+    out = subprocess.run([sys.executable, "-m", "mixerlab", "list", "*_micro", "--no-macs"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for n in mixerlab.list_models("*_micro"):
+        assert n in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "mixerlab", "list", "nope*"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "no model matches" in bad.stderr and "Traceback" not in bad.stderr

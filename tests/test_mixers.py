@@ -1,0 +1,252 @@
+"""Per-mixer invariants, each checked against an independent computation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mixerlab
+from mixerlab.mixers import (GPSA, Attention, LessAttention, Pooling, RandomMixing, ReAttention,
+                             TokenContext, TokenFF, attention_maps, get_mixer, list_mixers)
+from mixerlab.mixers.gpsa import relative_positions
+from mixerlab.mixers.less_attention import CARRY, AttentionResidual
+
+
+def ctx(grid, prefix=0):
+    return TokenContext(grid=grid, num_prefix_tokens=prefix)
+
+
+def test_all_mixers_registered():
+    assert set(list_mixers()) == {"attention", "gpsa", "reattention", "less_attention", "pooling",
+                                  "identity", "random", "token_ff"}
+
+
+def test_pooling_constant_input_is_zero():
+    x = torch.full((2, 5 * 7, 8), 3.25)
+    out = Pooling(8, pool_size=3)(x, ctx((5, 7)))
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_pooling_matches_avgpool_minus_identity_and_leaves_prefix():
+    x = torch.randn(2, 1 + 4 * 6, 5)
+    out = Pooling(5)(x, ctx((4, 6), prefix=1))
+    m = x[:, 1:].transpose(1, 2).reshape(2, 5, 4, 6)
+    ref = F.avg_pool2d(m, 3, 1, 1, count_include_pad=False) - m
+    torch.testing.assert_close(out[:, 1:], ref.flatten(2).transpose(1, 2))
+    assert torch.equal(out[:, :1], torch.zeros(2, 1, 5))
+
+
+def test_attention_explicit_matches_manual():
+    torch.manual_seed(0)
+    a = Attention(12, num_heads=3).eval()
+    x = torch.randn(2, 10, 12)
+    q, k, v = a.qkv(x).reshape(2, 10, 3, 3, 4).permute(2, 0, 3, 1, 4)
+    attn = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)
+    ref = a.proj((attn @ v).transpose(1, 2).reshape(2, 10, 12))
+    a.fused = False
+    torch.testing.assert_close(a(x, ctx((3, 3), prefix=1)), ref)
+    a.fused = True
+    torch.testing.assert_close(a(x, ctx((3, 3), prefix=1)), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_gpsa_positional_gate_equals_positional_attention():
+    torch.manual_seed(0)
+    g = GPSA(16, num_heads=4).eval()
+    g.init_weights()
+    g.gating_param.data.fill_(60.0)  # sigmoid = 1 in fp32: fully positional
+    x = torch.randn(2, 9, 16)
+    grid = (3, 3)
+    rel = relative_positions(grid)
+    pos = torch.softmax((rel @ g.pos_proj.weight.T + g.pos_proj.bias).permute(2, 0, 1), dim=-1)
+    v = g.v(x).reshape(2, 9, 4, 4).transpose(1, 2)
+    ref = g.proj((pos @ v).transpose(1, 2).reshape(2, 9, 16))
+    with attention_maps(g) as rec:
+        out = g(x, ctx(grid))
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(rec.maps[""], pos.expand(2, -1, -1, -1))
+    g.fused = True
+    torch.testing.assert_close(g(x, ctx(grid)), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_gpsa_local_init_matches_timm():
+    """Independent reference: timm's ConViT local init (pos_proj rows, identity v, gates 1)."""
+    timm = pytest.importorskip("timm")
+    t = timm.create_model("convit_small", pretrained=False)
+    m = mixerlab.create_model("convit_small")
+    ta, ma = t.blocks[0].attn, m.blocks[0].token_mixer
+    k = int(math.sqrt(ma.num_heads)) ** 2  # heads beyond k^2 keep random weights
+    torch.testing.assert_close(ma.pos_proj.weight[:k], ta.pos_proj.weight[:k])
+    assert torch.equal(ma.v.weight, torch.eye(ma.v.weight.shape[0]))
+    assert torch.equal(ma.gating_param, ta.gating_param)
+    # Initial positional attention of a centred head: weight ~ 1/pi on the centre (convit.md 3.8)
+    grid = (14, 14)
+    pos = ma.positional_attention(grid, "cpu", torch.float32)
+    centre = 7 * 14 + 7
+    assert abs(pos[4, centre, centre].item() - 0.318) < 0.002  # ConViT-S head 4 is centred
+
+
+def test_reattention_identity_mixing_equals_attention():
+    torch.manual_seed(0)
+    r = ReAttention(24, num_heads=4).eval()
+    with torch.no_grad():
+        r.head_mix.weight.copy_(torch.eye(4).view(4, 4, 1, 1))
+        r.head_mix.bias.zero_()
+        r.head_norm.running_var.fill_(1.0 - r.head_norm.eps)  # BN at exact identity in eval
+    a = Attention(24, num_heads=4).eval()
+    a.qkv.load_state_dict(r.qkv.state_dict())
+    a.proj.load_state_dict(r.proj.state_dict())
+    x = torch.randn(2, 7, 24)
+    torch.testing.assert_close(r(x, ctx((2, 3), 1)), a(x, ctx((2, 3), 1)), rtol=1e-5, atol=1e-6)
+
+
+def test_reattention_mixes_heads_like_a_1x1_conv():
+    torch.manual_seed(0)
+    r = ReAttention(24, num_heads=4).train()
+    attn = torch.rand(3, 4, 5, 5)
+    ref = r.head_norm(r.head_mix(attn))  # the official code's Conv2d + BatchNorm2d
+    r.head_norm.reset_running_stats()
+    torch.testing.assert_close(r.mix_heads(attn), ref)
+
+
+def _va_la(la_source="logits"):
+    torch.manual_seed(0)
+    va = LessAttention(16, num_heads=2, num_tokens=9, mode="va", la_source=la_source).eval()
+    la = LessAttention(16, num_heads=2, num_tokens=9, mode="la", la_source=la_source).eval()
+    for m in (va, la):
+        torch.nn.init.trunc_normal_(m.proj.weight, std=0.02)
+        m.init_weights()
+    return va, la
+
+
+def test_less_attention_identity_transforms_reproduce_previous_map():
+    va, la = _va_la()
+    x = torch.randn(2, 9, 16)
+    c = ctx((3, 3))
+    with attention_maps(torch.nn.ModuleList([va, la])) as rec:
+        va(x, c)
+        la(x, c)
+    torch.testing.assert_close(rec.maps["1"], rec.maps["0"])
+
+
+def test_less_attention_transform_is_psi_a_theta_t():
+    va, la = _va_la()
+    with torch.no_grad():
+        for lin in (la.psi, la.theta):
+            lin.weight.normal_()
+            lin.bias.normal_()
+    m = torch.randn(2, 2, 9, 9)
+    ones = torch.ones(9, 1)
+    ref = (la.psi.weight @ m @ la.theta.weight.T + (la.psi.weight @ ones) @ la.theta.bias[None]
+           + la.psi.bias[:, None] @ ones.T)
+    torch.testing.assert_close(la.transform(m), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_less_attention_dp_terms_hand_computed():
+    la = LessAttention(8, num_heads=1, num_tokens=2, mode="la")
+    m = torch.tensor([[[[math.log(3.0), 0.0], [0.0, 0.0]]]])  # softmax rows: [.75, .25], [.5, .5]
+    sym, diag = la.dp_terms(m)
+    # |P - P^T|: off-diagonals |.25 - .5| twice over 4 entries -> 0.125
+    assert abs(sym.item() - 0.125) < 1e-6
+    # mean_i (1 - 2 P_ii) / 1 = ((1 - 1.5) + (1 - 1.0)) / 2 = -0.25
+    assert abs(diag.item() + 0.25) < 1e-6
+    la.dp_mode = "literal"
+    sym_l, diag_l = la.dp_terms(m)
+    assert abs(sym_l.item()) < 1e-6  # raw logits are symmetric
+    assert abs(diag_l.item() - (math.log(3.0) - 0.0 + 0.0 - 0.0)) < 1e-6
+
+
+def test_attention_residual_averages_2x2_blocks():
+    res = AttentionResidual(3)
+    with torch.no_grad():
+        res.scale.fill_(1.0)
+    prev = torch.randn(1, 2, 16, 16)  # 4x4 grid, 2 heads
+    out = res(prev, (4, 4), (2, 2))
+    m = prev.mean(1).reshape(4, 4, 4, 4)  # (qy, qx, ky, kx)
+    ref = m.reshape(2, 2, 2, 2, 2, 2, 2, 2).mean(dim=(1, 3, 5, 7)).reshape(4, 4)
+    torch.testing.assert_close(out[0, 0], ref)
+    assert out.shape == (1, 3, 4, 4)
+
+
+def test_less_attention_needs_a_source():
+    la = LessAttention(8, num_heads=2, num_tokens=4, mode="la")
+    with pytest.raises(ValueError, match="preceding 'va'"):
+        la(torch.randn(1, 4, 8), ctx((2, 2)))
+
+
+def test_random_mixing_is_row_stochastic_and_frozen():
+    r = RandomMixing(4, num_tokens=6)
+    assert not list(r.parameters())
+    torch.testing.assert_close(r.random_matrix.sum(-1), torch.ones(6))
+    x = torch.randn(2, 6, 4)
+    torch.testing.assert_close(r(x, ctx((2, 3))), r.random_matrix @ x)
+
+
+def test_token_ff_mixes_tokens_only():
+    torch.manual_seed(0)
+    t = TokenFF(5, num_tokens=7)
+    x = torch.randn(2, 7, 5)
+    out = t(x, ctx((2, 3), 1))
+    ref = t.mlp.fc2(F.gelu(t.mlp.fc1(x.transpose(1, 2)))).transpose(1, 2)
+    torch.testing.assert_close(out, ref)
+    norm = t.build_norm(5, None)
+    assert norm.weight.shape == (7,)  # FF-only's LayerNorm over the token axis
+    y = norm(x)
+    torch.testing.assert_close(y.mean(dim=1), torch.zeros(2, 5), atol=1e-5, rtol=0)
+
+
+def test_attention_maps_records_each_layer():
+    m = mixerlab.create_model("convit_micro").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with attention_maps(m) as rec:
+        y = m(x)
+    assert list(rec.maps) == [f"blocks.{i}.token_mixer" for i in range(5)]
+    assert rec.maps["blocks.0.token_mixer"].shape == (2, 4, 64, 64)  # GPSA: patch tokens only
+    assert rec.maps["blocks.4.token_mixer"].shape == (2, 4, 65, 65)  # MHSA: class token joined
+    for a in rec.maps.values():
+        torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]))
+    torch.testing.assert_close(y, m(x), rtol=1e-5, atol=1e-5)  # fused path gives the same
+    assert all(mod.fused for mod in m.modules() if hasattr(mod, "fused"))  # restored
+    with attention_maps(m, layers=["blocks.1.token_mixer"]) as rec:
+        m(x)
+    assert list(rec.maps) == ["blocks.1.token_mixer"]
+    with pytest.raises(ValueError, match="not attention layers"):
+        with attention_maps(m, layers=["blocks.1.mlp"]):
+            pass
+
+
+def test_attention_maps_deepvit_and_lavit():
+    d = mixerlab.create_model("deepvit_micro").eval()
+    with attention_maps(d) as rec:
+        d(torch.randn(2, 3, 32, 32))
+    assert len(rec) == 10
+    a = rec.maps["blocks.0.token_mixer"]
+    assert not torch.allclose(a.sum(-1), torch.ones(a.shape[:-1]))  # re-attention: not stochastic
+    lv = mixerlab.create_model("lavit_micro").eval()
+    with attention_maps(lv) as rec:
+        lv(torch.randn(2, 3, 32, 32))
+    kinds = [type(mod).__name__ for n, mod in lv.named_modules() if n in rec.maps]
+    assert kinds.count("LessAttention") == 6 and kinds.count("Attention") == 1
+    # With identity transforms at init, each LA layer starts as a copy of its stage's VA map
+    # (stage 3's VA also receives the zero-scaled residual, which changes nothing at init).
+    torch.testing.assert_close(rec.maps["stages.1.blocks.1.token_mixer"],
+                               rec.maps["stages.1.blocks.0.token_mixer"])
+
+
+def test_model_aux_losses_from_lavit():
+    m = mixerlab.create_model("lavit_micro")
+    m(torch.randn(2, 3, 32, 32))
+    aux = m.aux_losses()
+    assert set(aux) == {"dp_sym", "dp_diag"} and all(v.requires_grad for v in aux.values())
+    assert mixerlab.create_model("deit_micro").aux_losses() == {}
+
+
+def test_get_mixer_unknown_name():
+    with pytest.raises(ValueError, match="unknown token mixer 'poolin'.*did you mean pooling"):
+        get_mixer("poolin")
+
+
+def test_misspelt_mixer_keyword_raises():
+    with pytest.raises(TypeError, match="num_head"):
+        Attention(8, num_head=2)
