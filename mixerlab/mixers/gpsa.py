@@ -74,6 +74,7 @@ class GPSA(AttentionMixer):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.register_buffer("rel_pos", torch.zeros(0, 0, 3), persistent=False)
+        self._pos_cache = None  # (key, (H, N, N) positional map), eval + no-grad only
 
     def init_weights(self) -> None:
         self.gating_param.data.fill_(1.0)
@@ -102,9 +103,23 @@ class GPSA(AttentionMixer):
     _grid = None
 
     def positional_attention(self, grid: tuple[int, int], device, dtype) -> torch.Tensor:
-        """softmax over keys of the positional scores: (H, N, N); independent of the input."""
+        """softmax over keys of the positional scores: (H, N, N); independent of the input.
+
+        In eval mode without autograd the map is cached; the key holds the grid, device, dtype and
+        the version counters of ``pos_proj``'s parameters, so a resolution change or any update of
+        the weights (optimizer step, ``load_state_dict``) invalidates it.
+        """
+        use_cache = not self.training and not torch.is_grad_enabled()
+        if use_cache:
+            w, b = self.pos_proj.weight, self.pos_proj.bias
+            key = (tuple(grid), str(device), dtype, w._version, b._version, w.data_ptr())
+            if self._pos_cache is not None and self._pos_cache[0] == key:
+                return self._pos_cache[1]
         scores = self.pos_proj(self._rel_pos(grid, device).to(dtype))  # (N, N, H)
-        return scores.permute(2, 0, 1).softmax(dim=-1)
+        pos = scores.permute(2, 0, 1).softmax(dim=-1)
+        if use_cache:
+            self._pos_cache = (key, pos)
+        return pos
 
     def gates(self) -> torch.Tensor:
         """sigmoid(lambda) per head: 1 = positional, 0 = content."""

@@ -41,8 +41,12 @@ Proposals adopted (PROPOSAL = not published; see lavit.md sections 3 and 10):
 7. Placement (stage 1 plain attention with PVT spatial reduction, no LA there: an N x N Linear
    at 56 x 56 tokens would cost 9.8M parameters) is model configuration, see ``zoo/lavit.py``.
 
-This is the explicit O(N^3) formulation (the transforms act on N x N matrices); the LA layers'
-map is always materialised, so ``fused`` has no effect here.
+Two paths. The explicit one (the reference; used by ``attention_maps``) materialises every N x N
+matrix and applies the transforms to it: O(N^3) per head. The fused one (default, ``la_source=
+"logits"`` only) carries the logits in factored form, M = U V^T (+ the head-shared residual term),
+transforms the factors (Psi Q)(Theta K)^T with the rank-one bias terms as extra columns, and calls
+fused attention with q = U, k = V: O(N^2 r). Diagonality-preserving terms are computed only when
+autograd is on (training); they need the dense M.
 """
 from __future__ import annotations
 
@@ -71,7 +75,8 @@ class AttentionResidual(nn.Module):
         nn.init.constant_(self.filter_k, 1.0 / self.factor ** 2)
         nn.init.zeros_(self.scale)
 
-    def forward(self, prev: torch.Tensor, prev_grid: tuple[int, int], grid: tuple[int, int]):
+    def downsample(self, prev: torch.Tensor, prev_grid: tuple[int, int], grid: tuple[int, int]):
+        """(B, H', N', N') -> head-averaged, downsampled (B, 1, N, N)."""
         f = self.factor
         hp, wp = prev_grid
         if (hp, wp) != (grid[0] * f, grid[1] * f):
@@ -85,8 +90,38 @@ class AttentionResidual(nn.Module):
         m = F.conv2d(m, self.filter_q.to(m.dtype), stride=f).reshape(b, n_p, n).transpose(1, 2)
         # Downsample the key axis: (B, N, Nk') -> (B * N, 1, h', w') -> (B, N, N)
         m = F.conv2d(m.reshape(b * n, 1, hp, wp), self.filter_k.to(m.dtype), stride=f)
-        m = m.reshape(b, n, n)
-        return self.scale.to(m.dtype).view(1, -1, 1, 1) * m.unsqueeze(1)  # (B, H, N, N)
+        return m.reshape(b, 1, n, n)
+
+    def head_scale(self, dtype) -> torch.Tensor:
+        return self.scale.to(dtype).view(1, -1, 1, 1)  # (1, H, 1, 1)
+
+    def forward(self, prev: torch.Tensor, prev_grid: tuple[int, int], grid: tuple[int, int]):
+        """The term added to the logits: per-head scale x downsampled map, (B, H, N, N)."""
+        return self.head_scale(prev.dtype) * self.downsample(prev, prev_grid, grid)
+
+
+class Factored:
+    """A carried logit matrix kept in factored form: M = U V^T + s R.
+
+    U, V: (B, H, N, r); R: None or a head-shared dense part (B, 1, N, N) with per-head scale s
+    (1, H, 1, 1) (the attention residual). Less-attention transforms act on the factors:
+    Psi M Theta^T + (Psi 1) b_Theta^T + b_Psi 1^T = [Psi U | Psi 1 | b_Psi] [Theta V | b_Theta | 1]^T
+    + s Psi R Theta^T, so the rank grows by 2 per layer and no N x N matrix is needed except R.
+    """
+
+    def __init__(self, u, v, r=None, s=None):
+        self.u, self.v, self.r, self.s = u, v, r, s
+
+    def dense(self) -> torch.Tensor:
+        m = self.u @ self.v.transpose(-2, -1)  # (B, H, N, N)
+        return m if self.r is None else m + self.s * self.r
+
+    def mask(self):
+        return None if self.r is None else self.s * self.r
+
+
+def as_dense(carry) -> torch.Tensor:
+    return carry.dense() if isinstance(carry, Factored) else carry
 
 
 @register_mixer("less_attention")
@@ -175,37 +210,74 @@ class LessAttention(AttentionMixer):
         diag_term = ((1.0 - n * p.diagonal(dim1=-2, dim2=-1)) / (n - 1)).mean()
         return sym, diag_term
 
+    def transform_factored(self, c: Factored) -> Factored:
+        """The same transform on the factors (see ``Factored``)."""
+        wp, bp = self.psi.weight, self.psi.bias  # (N, N), (N,)
+        wt, bt = self.theta.weight, self.theta.bias
+        b, h, n, _ = c.u.shape
+        ones = c.u.new_ones(b, h, n, 1)
+        u = torch.cat([wp @ c.u, (wp.sum(dim=1)[:, None] * ones), bp[:, None] * ones], dim=-1)
+        v = torch.cat([wt @ c.v, bt[:, None] * ones, ones], dim=-1)
+        r = None if c.r is None else wp @ c.r @ wt.T
+        return Factored(u, v, r, c.s)
+
     def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
         self.check_tokens(x, ctx)
         b, n, c = x.shape
         if self.fixed_num_tokens and n != self.num_tokens:
             raise ValueError(f"less_attention was built for {self.num_tokens} tokens, got {n}: its "
                              "N x N transforms fix the input size")
+        # The factored (fused) path needs the carried matrix to be logits (softmax breaks it).
+        factored = self.fused and self.la_source == "logits"
+        drop = self.attn_drop.p if self.training else 0.0
         if self.mode == "va":
             qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)  # (B, H, N, D)
-            logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+            res = None
             if self.residual is not None:
                 prev = ctx.state.get(CARRY)
                 if prev is None:
                     raise ValueError("less_attention: attn_residual=True but no earlier stage "
                                      "carried an attention matrix")
-                logits = logits + self.residual(prev, ctx.state[CARRY_GRID], ctx.grid)
-            attn = logits.softmax(dim=-1)
-            ctx.state[CARRY] = logits if self.la_source == "logits" else attn
+                res = self.residual.downsample(as_dense(prev), ctx.state[CARRY_GRID], ctx.grid)
+            if factored:
+                carry = Factored(q * self.scale, k, res,
+                                 None if res is None else self.residual.head_scale(x.dtype))
+                ctx.state[CARRY] = carry
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=carry.mask(), dropout_p=drop)
+            else:
+                logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
+                if res is not None:
+                    logits = logits + self.residual.head_scale(x.dtype) * res
+                attn = self.attn_probe(logits.softmax(dim=-1))
+                ctx.state[CARRY] = logits if self.la_source == "logits" else attn
+                out = self.attn_drop(attn) @ v
         else:
             prev = ctx.state.get(CARRY)
-            if prev is None or prev.shape[-1] != n:
+            size = prev.u.shape[-2] if isinstance(prev, Factored) else (prev.shape[-1] if prev is not None else None)
+            if size != n:
                 raise ValueError("less_attention: an 'la' layer needs a preceding 'va' or 'la' "
                                  f"layer in the same stage with {n} tokens")
             v = self.v(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-            m = self.transform(prev)  # (B, H, N, N) pre-softmax
-            ctx.state[CARRY] = m
-            sym, diag = self.dp_terms(m)
-            ctx.add_aux("dp_sym", sym)
-            ctx.add_aux("dp_diag", diag)
-            attn = m.softmax(dim=-1)
+            if factored and isinstance(prev, Factored):
+                carry = self.transform_factored(prev)
+                ctx.state[CARRY] = carry
+                if torch.is_grad_enabled():
+                    self.add_dp_terms(ctx, carry.dense())
+                out = F.scaled_dot_product_attention(carry.u, carry.v, v, attn_mask=carry.mask(),
+                                                     dropout_p=drop, scale=1.0)
+            else:
+                m = self.transform(as_dense(prev))  # (B, H, N, N) pre-softmax
+                ctx.state[CARRY] = m
+                if torch.is_grad_enabled():
+                    self.add_dp_terms(ctx, m)
+                attn = self.attn_probe(m.softmax(dim=-1))
+                out = self.attn_drop(attn) @ v
         ctx.state[CARRY_GRID] = ctx.grid
-        attn = self.attn_probe(attn)
-        out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(b, n, c)
+        out = out.transpose(1, 2).reshape(b, n, c)
         return self.proj_drop(self.proj(out))
+
+    def add_dp_terms(self, ctx: TokenContext, m: torch.Tensor) -> None:
+        sym, diag = self.dp_terms(m)
+        ctx.add_aux("dp_sym", sym)
+        ctx.add_aux("dp_diag", diag)

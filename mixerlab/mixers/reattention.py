@@ -54,9 +54,28 @@ class ReAttention(AttentionMixer):
         self.head_norm.reset_parameters()
         self.head_norm.reset_running_stats()
 
+    def folded_mixing(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval-mode BN folded into the mixing: (Theta' (H, H), b' (H,)) with
+        BN(Theta A + b) * s = Theta' A + b'."""
+        bn = self.head_norm
+        inv = bn.weight * torch.rsqrt(bn.running_var + bn.eps) * self.reatten_scale  # (H,)
+        h = self.num_heads
+        theta = self.head_mix.weight.view(h, h) * inv[:, None]
+        bias = (self.head_mix.bias - bn.running_mean) * inv + bn.bias * self.reatten_scale
+        return theta, bias
+
     def mix_heads(self, attn: torch.Tensor) -> torch.Tensor:
-        """(B, H, N, Nk) -> BN(Theta A + b) * s, with Theta applied as one batched matmul."""
+        """(B, H, N, Nk) -> BN(Theta A + b) * s, with Theta applied as one batched matmul.
+
+        In eval mode (running statistics) the BatchNorm is folded into Theta and b: one matmul and
+        one add, no normalisation pass.
+        """
         b, h, n, m = attn.shape
+        if not self.training and self.head_norm.track_running_stats and \
+                self.head_norm.running_mean is not None:
+            theta, bias = self.folded_mixing()
+            mixed = (theta.to(attn.dtype) @ attn.reshape(b, h, n * m)).view(b, h, n, m)
+            return mixed + bias.to(attn.dtype).view(1, h, 1, 1)
         theta = self.head_mix.weight.view(h, h)
         mixed = (theta @ attn.reshape(b, h, n * m)).view(b, h, n, m)  # out_g = sum_h Theta_gh A_h
         mixed = mixed + self.head_mix.bias.view(1, h, 1, 1)

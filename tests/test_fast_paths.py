@@ -1,0 +1,125 @@
+"""Fast paths equal their explicit references (fp32, 1e-5 relative)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mixerlab
+from mixerlab.mixers import GPSA, ReAttention, TokenContext
+
+
+def randomise_less_attention(m):
+    """Move Psi/Theta and the residual away from their identity/zero init so tests can fail."""
+    with torch.no_grad():
+        for mod in m.modules():
+            if type(mod).__name__ == "LessAttention" and mod.mode == "la":
+                for lin in (mod.psi, mod.theta):
+                    lin.weight.add_(torch.randn_like(lin.weight) * 0.05)
+                    lin.bias.normal_(0, 0.1)
+            if type(mod).__name__ == "AttentionResidual":
+                mod.scale.normal_(0, 1)
+                mod.filter_q.normal_(0.25, 0.1)
+                mod.filter_k.normal_(0.25, 0.1)
+
+
+@pytest.mark.parametrize("name", ["lavit_micro", "lavit_tiny"])
+def test_less_attention_factored_equals_explicit(name):
+    torch.manual_seed(0)
+    m = mixerlab.create_model(name, img_size=32 if name == "lavit_micro" else 64).eval()
+    randomise_less_attention(m)
+    x = torch.randn(2, 3, *m.img_size)
+    with torch.no_grad():
+        fast = m(x)
+        with mixerlab.explicit_attention(m):
+            ref = m(x)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    m.train()
+    m(x)
+    aux_fast = m.aux_losses()
+    with mixerlab.explicit_attention(m):
+        m(x)
+    for k, v in m.aux_losses().items():
+        torch.testing.assert_close(aux_fast[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_less_attention_post_softmax_mode_runs_explicitly():
+    from mixerlab.zoo.lavit import lavit
+    cfg = lavit((1, 2, 2, 2), dims=(32, 64, 96, 160), heads=(1, 2, 3, 5), mlp_ratios=(4,) * 4,
+                n_va=(None, 1, 1, 1), sr_ratios=(2, 1, 1, 1), stem=(2, 2, 0), img_size=32,
+                la_source="post_softmax")
+    m = mixerlab.build_model(cfg).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        a = m(x)
+        with mixerlab.explicit_attention(m):
+            b = m(x)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # (stage 1's plain attention is fused)
+
+
+def test_gpsa_positional_cache_is_invalidated():
+    torch.manual_seed(0)
+    g = GPSA(16, num_heads=4).eval()
+    g.init_weights()
+    with torch.no_grad():
+        p1 = g.positional_attention((3, 3), "cpu", torch.float32)
+        assert g.positional_attention((3, 3), "cpu", torch.float32) is p1  # cached
+        p_other = g.positional_attention((4, 4), "cpu", torch.float32)  # resolution change
+        assert p_other.shape == (4, 16, 16)
+        g.pos_proj.weight.mul_(2.0)  # parameters change in place (as an optimizer step does)
+        p2 = g.positional_attention((3, 3), "cpu", torch.float32)
+    assert not torch.allclose(p1, p2)
+    with torch.no_grad():
+        g.pos_proj.weight.div_(2.0)
+        torch.testing.assert_close(g.positional_attention((3, 3), "cpu", torch.float32), p1)
+    g.train()
+    assert g.positional_attention((3, 3), "cpu", torch.float32).requires_grad  # no cache in training
+
+
+def test_gpsa_fused_with_attention_dropout_falls_back():
+    g = GPSA(16, num_heads=4, attn_drop=0.5).train()
+    x = torch.randn(2, 9, 16)
+    torch.manual_seed(1)
+    with mixerlab.attention_maps(g) as rec:
+        g(x, TokenContext(grid=(3, 3)))
+    assert "" in rec.maps  # recorded: the explicit path ran
+    torch.manual_seed(1)
+    a = g(x, TokenContext(grid=(3, 3)))
+    torch.manual_seed(1)
+    with mixerlab.explicit_attention(g):
+        b = g(x, TokenContext(grid=(3, 3)))
+    assert torch.equal(a, b)  # same dropout mask: the fused call used the explicit path
+
+
+def test_reattention_folded_bn_equals_batchnorm():
+    torch.manual_seed(0)
+    r = ReAttention(24, num_heads=4, transform_scale=True)
+    x = torch.randn(4, 7, 24)
+    for _ in range(3):
+        r(x, TokenContext(grid=(2, 3), num_prefix_tokens=1))  # non-trivial running statistics
+    r.eval()
+    attn = torch.rand(2, 4, 7, 7)
+    folded = r.mix_heads(attn)
+    ref = r.head_norm(r.head_mix(attn)) * r.reatten_scale
+    torch.testing.assert_close(folded, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["convit_micro", "lavit_micro", "poolformer_micro",
+                                  "deepvit_micro", "ffonly_micro", "deit_micro"])
+def test_compile_no_graph_breaks(name):
+    """fullgraph=True fails on any graph break; the eager backend keeps this test fast."""
+    torch._dynamo.reset()
+    m = mixerlab.create_model(name).eval()
+    x = torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(m, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), m(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["convit_micro", "poolformer_micro"])
+def test_compile_inductor_matches_eager(name):
+    torch._dynamo.reset()
+    m = mixerlab.create_model(name).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(m)(x), m(x), rtol=1e-4, atol=1e-4)
