@@ -82,3 +82,18 @@ def test_cli_list_and_errors():
     bad = subprocess.run([sys.executable, "-m", "mixerlab", "list", "nope*"], capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "no model matches" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_overrides_from_plain_data():
+    """YAML-style overrides: nested dicts for the block and stages, lists for mixer specs."""
+    m = mixerlab.create_model("poolformer_micro", stages=[
+        {}, {}, {"mixers": [["attention", {"num_heads": 3}]] * 2}, {"mixers": [["identity", {}]]}])
+    kinds = [[type(b.token_mixer).__name__ for b in st.blocks] for st in m.stages]
+    assert kinds[2] == ["Attention", "Attention"] and kinds[3] == ["IdentityMixer"]
+    d = mixerlab.create_model("deit_micro", mixers=[["reattention", {"num_heads": 4}]] * 3,
+                              block={"mlp_ratio": 2.0})
+    assert len(d.blocks) == 3 and d.blocks[0].mlp.fc1.out_features == 256
+    with pytest.raises(TypeError, match=r"unknown block option\(s\) \['mlp_ration'\]"):
+        mixerlab.create_model("deit_micro", block={"mlp_ration": 2.0})
+    with pytest.raises(TypeError, match=r"unknown stage 0 option"):
+        mixerlab.create_model("poolformer_micro", stages=[{"dims": 3}, {}, {}, {}])

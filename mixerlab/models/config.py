@@ -83,11 +83,47 @@ class HierarchicalConfig:
 ModelConfig = IsotropicConfig | HierarchicalConfig
 
 
+def _merge(obj, value, what: str):
+    """A dict (from YAML or the CLI) updates a nested config dataclass field by field."""
+    if not isinstance(value, dict):
+        return value
+    names = {f.name for f in dataclasses.fields(obj)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        raise TypeError(f"unknown {what} option(s) {unknown}; allowed: {sorted(names)}")
+    value = dict(value)
+    if "mixers" in value:
+        value["mixers"] = tuple(tuple(m) if isinstance(m, list) else m for m in value["mixers"])
+    return dataclasses.replace(obj, **value)
+
+
 def replace_config(cfg, **overrides):
-    """``dataclasses.replace`` that names the allowed fields when a key is unknown."""
+    """``dataclasses.replace`` that names the allowed fields when a key is unknown.
+
+    Plain data is accepted for the nested parts, so overrides can come from YAML: ``block`` as a
+    dict of ``BlockConfig`` fields, ``stages`` as a list of dicts each updating that stage, and
+    mixer specs as ``[name, {kwargs}]`` lists.
+    """
     names = {f.name for f in dataclasses.fields(cfg)}
     unknown = sorted(set(overrides) - names)
     if unknown:
         raise TypeError(f"unknown model option(s) {unknown} for {type(cfg).__name__}; "
                         f"allowed: {sorted(names)}")
+    overrides = dict(overrides)
+    if "block" in overrides:
+        overrides["block"] = _merge(cfg.block, overrides["block"], "block")
+    if "mixers" in overrides:
+        overrides["mixers"] = tuple(tuple(m) if isinstance(m, list) else m for m in overrides["mixers"])
+    if "stages" in overrides:
+        new = list(overrides["stages"])
+        if all(isinstance(st, dict) for st in new):
+            if len(new) != len(cfg.stages):
+                base = [cfg.stages[min(i, len(cfg.stages) - 1)] for i in range(len(new))]
+            else:
+                base = list(cfg.stages)
+            new = [_merge(b, st, f"stage {i}") for i, (b, st) in enumerate(zip(base, new))]
+        overrides["stages"] = tuple(new)
+    for key in ("img_size", "stem", "downsample", "pos_grid", "mean", "std"):
+        if isinstance(overrides.get(key), list):
+            overrides[key] = tuple(overrides[key])
     return dataclasses.replace(cfg, **overrides)
