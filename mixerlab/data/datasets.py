@@ -183,7 +183,7 @@ def synthetic(split: str, *, size: int, num_classes: int, in_chans: int, img_siz
     """
     rng = np.random.default_rng(1234)
     # (K, C, 4, 4) coarse patterns, upsampled 8x to (K, C, 32, 32): low-frequency "objects"
-    coarse = rng.uniform(40, 215, size=(num_classes, in_chans, 4, 4))
+    coarse = rng.choice([30.0, 225.0], size=(num_classes, in_chans, 4, 4))  # high-contrast on/off cells
     protos = np.kron(coarse, np.ones((1, 1, img_size // 4, img_size // 4)))
     n = size if split == "train" else max(size // 4, num_classes)
     rng = np.random.default_rng(1 if split == "train" else 2)

@@ -152,7 +152,10 @@ def train_loader(ds: Dataset, *, batch_size: int, seed: int, rank: int, world: i
             "lower --batch-size or raise --train-fraction"
         )
     batches = BatchSampler(sampler, batch_size, drop_last=True)  # constant batch: Mixup needs even sizes
-    return DataLoader(ds, batch_sampler=batches, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+    # Own generator: creating an iterator draws a worker base seed, which must not consume the
+    # global torch RNG (that would shift drop-path masks after a mid-epoch resume).
+    return DataLoader(ds, batch_sampler=batches, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def eval_loader(
@@ -164,4 +167,4 @@ def eval_loader(
     order = np.arange(len(ds)) if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(len(ds))
     order = order[:limit]
     return DataLoader(ds, batch_size=batch_size, sampler=ShardSampler(order, num_replicas=world, rank=rank),
-                      num_workers=workers, pin_memory=pin)
+                      num_workers=workers, pin_memory=pin, generator=torch.Generator().manual_seed(0))

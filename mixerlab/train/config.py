@@ -80,6 +80,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: Optional[int] = None  # CPU intra-op threads (torch.set_num_threads); None: torch default
     amp: Literal["none", "bf16", "fp16"] = "none"  # fp16 only on CUDA
     channels_last: bool = False
     compile: bool = False
@@ -123,6 +124,7 @@ class TrainConfig:
             "eval_batch_size": (self.eval_batch_size >= 1, ">= 1"),
             "bn_calibration_batches": (self.bn_calibration_batches >= 1, ">= 1"),
             "log_every": (self.log_every >= 1, ">= 1"),
+            "num_threads": (self.num_threads is None or self.num_threads >= 1, ">= 1 or null"),
         }
         for key, (ok, allowed) in checks.items():
             if not ok:

@@ -113,9 +113,13 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
     """
     cfg = config
     dist_info = distributed.setup(cfg.device)
+    threads = torch.get_num_threads()
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
     try:
         return _train(cfg, dist_info, Path(out_dir) if out_dir else default_run_dir(cfg), resume, on_step)
     finally:
+        torch.set_num_threads(threads)
         distributed.cleanup()
 
 
@@ -211,7 +215,6 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
             for i, (x, y) in enumerate(batches):
                 micro = i % cfg.accum_steps
                 if micro == 0:
-                    boundary_rng = capture_rng()  # the state to save if interrupted during this step
                     lr = lr_at(state["step"], **schedule)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
@@ -249,6 +252,7 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
                     ema.update(model)
                 state["step"] += 1
                 state["step_in_epoch"] += 1
+                boundary_rng = capture_rng()  # what a Ctrl-C during the next step saves
                 for k, v in zip(keys, values.tolist()):
                     state["sums"][k] = state["sums"].get(k, 0.0) + v
                 state["images"] += cfg.batch_size * cfg.accum_steps * di.world
@@ -279,6 +283,7 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
             if is_best:
                 state["best_top1"], state["best_epoch"] = record["val_top1"], epoch + 1
             state.update(epoch=epoch + 1, step_in_epoch=0, sums={})
+            boundary_rng = capture_rng()  # evaluation consumed randomness (BN calibration in train mode)
             reporter.epoch(record)
             save("last")
             if is_best:
