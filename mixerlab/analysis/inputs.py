@@ -1,0 +1,132 @@
+"""What ``mixerlab analyze`` runs on: a model (zoo name, weight file, or training checkpoint / run
+folder) and a few evaluation images (the dataset's validation split through the trainer's
+deterministic eval transform).
+
+Images are always adapted to the model: grey images are repeated to the model's channel count, and
+the dataset's own normalisation statistics are used (``mixerlab.data.STATS``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    name: str  # zoo name
+    source: str  # "random init" | weight file | checkpoint path
+    data: str | None = None  # the dataset the checkpoint was trained on, if known
+    data_dir: str | None = None
+    info: dict = field(default_factory=dict)
+
+
+def _is_checkpoint(path: Path) -> bool:
+    if path.is_dir():
+        return True
+    if path.suffix != ".safetensors":
+        return False
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format", "").startswith("mixerlab-checkpoint")
+    except Exception:  # not readable as safetensors: let the weights loader report it
+        return False
+
+
+def load_model(spec: str, *, weights: str | None = None, ema: bool = False, **overrides) -> LoadedModel:
+    """A model for analysis.
+
+    Args:
+        spec: a zoo name (random init unless ``weights``), a training checkpoint
+            (``.safetensors`` written by ``mixerlab train``) or a run folder holding one.
+        weights: a weight file for a zoo name (mixerlab state dict or checkpoint).
+        ema: take the EMA weights of a training checkpoint.
+        **overrides: ``create_model`` overrides for a zoo name (``img_size``, ``in_chans``, ...).
+    """
+    import mixerlab
+
+    path = Path(spec)
+    if path.exists() and _is_checkpoint(path):
+        if weights is not None:
+            raise ValueError("give either a checkpoint/run folder or a zoo name with --weights, not both")
+        from ..train.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+        from ..train.config import config_from_dict
+        from ..train.factory import build_model
+        file = resolve_checkpoint(path)
+        ckpt = load_checkpoint(file)
+        cfg = config_from_dict(ckpt.config)
+        di = ckpt.state.get("data_info", {})
+        model = build_model(cfg.model, num_classes=di.get("num_classes", 10), in_chans=di.get("in_chans", 1),
+                            img_size=cfg.img_size, drop_path_rate=0.0, model_args=cfg.model_args)
+        if ema and not ckpt.has_ema:
+            raise CheckpointError(f"checkpoint {file} holds no EMA weights")
+        ckpt.load_model(model, prefix="ema" if ema else "model")
+        return LoadedModel(model, cfg.model, str(file), data=cfg.data, data_dir=cfg.data_dir,
+                           info=dict(epoch=ckpt.state.get("epoch"), weights="ema" if ema else "model"))
+    if path.suffix in (".safetensors", ".pth", ".pt", ".bin") and not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    model = mixerlab.create_model(spec, **overrides)  # ValueError for unknown names
+    if weights is not None:
+        from ..weights import load_pretrained
+        load_pretrained(model, weights)
+    return LoadedModel(model, model.zoo_name, weights or "random init")
+
+
+def _fit(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(C, h, w) -> (C, H, W): zero-pad when at most 8 px smaller (the trainer's FitTo), else resize."""
+    c, h, w = img.shape
+    if (h, w) == size:
+        return img
+    if h <= size[0] <= h + 8 and w <= size[1] <= w + 8:
+        top, left = (size[0] - h) // 2, (size[1] - w) // 2
+        out = img.new_zeros(c, *size)
+        out[:, top:top + h, left:left + w] = img
+        return out
+    return torch.nn.functional.interpolate(img[None], size=size, mode="bilinear", antialias=True,
+                                           align_corners=False)[0]
+
+
+def load_images(data: str, n: int, *, in_chans: int, img_size: tuple[int, int],
+                data_dir: str | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """``n`` validation images for the model.
+
+    Args:
+        data: ``fashion-mnist``, ``synthetic`` or any dataset name ``mixerlab.data`` knows.
+        n: number of images (a fixed random subset of the validation split, by ``seed``).
+        in_chans: model channels (grey images are repeated).
+        img_size: model input (H, W).
+
+    Returns:
+        (normalised images (n, C, H, W), display images in [0, 1] (n, H, W, 3), class targets).
+    """
+    from ..data import STATS, build_sources
+
+    if data == "synthetic":
+        _, val = build_sources("synthetic", None, size=max(4 * n, 40), num_classes=10, in_chans=1,
+                               img_size=32)
+    else:
+        _, val = build_sources(data, data_dir)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(val), generator=g)[:n].tolist()
+    raw = []
+    for i in idx:
+        import numpy as np
+        a = torch.from_numpy(np.array(val.load(i), dtype=np.float32) / 255.0)
+        a = a[None] if a.ndim == 2 else a.permute(2, 0, 1)  # (C, h, w)
+        raw.append(_fit(a, img_size))
+    x = torch.stack(raw)  # (n, c, H, W) in [0, 1]
+    mean, std = STATS.get(data, STATS["synthetic"])
+    mean = torch.tensor(mean[: x.shape[1]]).view(1, -1, 1, 1)
+    std = torch.tensor(std[: x.shape[1]]).view(1, -1, 1, 1)
+    norm = (x - mean) / std
+    if norm.shape[1] != in_chans:
+        if norm.shape[1] == 1:
+            norm = norm.expand(-1, in_chans, -1, -1).contiguous()
+        else:
+            raise ValueError(f"{data} images have {norm.shape[1]} channels; the model takes {in_chans}")
+    show = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x[:, :3]
+    return norm, show.permute(0, 2, 3, 1).clamp(0, 1), [int(val.targets[i]) for i in idx]
