@@ -2,32 +2,138 @@
 
 Files: ``.safetensors`` (preferred), or ``.pth``/``.pt``/``.bin`` read with
 ``torch.load(weights_only=True)`` (never unpickles arbitrary objects). A mixerlab training
-checkpoint (a dict with a ``model`` state dict) is unwrapped. Loading is strict: a missing,
-unexpected or mis-shaped key raises ``ValueError`` naming the first one.
+checkpoint (a dict with a ``model`` state dict, or a ``mixerlab-checkpoint`` safetensors file with
+``model.``-prefixed tensors) is unwrapped. Loading is strict: a missing, unexpected or mis-shaped
+key raises ``ValueError`` naming the first one.
+
+timm state dicts (ViT/DeiT, ConViT, PoolFormer) are recognised by their key names and converted
+(``mixerlab.convert.timm``). Weight files written by ``save_weights`` (``mixerlab convert``) carry
+metadata: the zoo name and the model options the weights need (e.g. ``head_norm_first=False`` for
+PoolFormer weights converted from timm), which ``load_pretrained`` applies or enforces.
 """
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+WEIGHTS_FORMAT = "mixerlab-weights/1"
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a weight file; ``ValueError`` for a missing, truncated or foreign file."""
+
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a weight file; ``ValueError`` for a truncated or foreign file.
+
+    Metadata: the safetensors header's string map, or a ``.pth`` file's ``mixerlab_meta`` dict;
+    empty when there is none.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weight file not found: {path}")
+    meta: dict[str, str] = {}
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            sd = load_file(str(path))
+            from safetensors import safe_open
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                meta = dict(f.metadata() or {})
+                sd = {k: f.get_tensor(k) for k in f.keys()}
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            if isinstance(sd, dict) and isinstance(sd.get("mixerlab_meta"), dict):
+                meta = {str(k): str(v) for k, v in sd["mixerlab_meta"].items()}
     except Exception as e:  # truncated or corrupt: say so, without a traceback wall
         raise ValueError(f"cannot read weights from {path}: {type(e).__name__}: {e}") from None
-    return unwrap_state_dict(sd, source=str(path))
+    if meta.get("format", "").startswith("mixerlab-checkpoint") and isinstance(sd, dict):
+        sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+        if not sd:
+            raise ValueError(f"training checkpoint {path} holds no model weights")
+    return unwrap_state_dict(sd, source=str(path)), meta
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a weight file; ``ValueError`` for a missing, truncated or foreign file."""
+    return read_weights(path)[0]
+
+
+def save_weights(sd: dict[str, torch.Tensor], path: str | os.PathLike, *,
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Write a state dict atomically (temporary file in the same folder, fsync, rename).
+
+    ``.safetensors`` (metadata in the header) or ``.pth``/``.pt``/``.bin`` (``{"model": sd,
+    "mixerlab_meta": metadata}``). A failed write leaves no partial file and an existing target
+    untouched.
+    """
+    path = Path(path)
+    if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+        raise ValueError(f"output {path}: unknown weight-file extension {path.suffix!r}; "
+                         "allowed: .safetensors, .pth, .pt, .bin")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
+        with os.fdopen(fd, "wb") as f:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import save
+                f.write(save(tensors, metadata=dict(metadata or {})))
+            else:
+                payload = {"model": tensors}
+                if metadata:
+                    payload["mixerlab_meta"] = dict(metadata)
+                torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def weights_metadata(model: nn.Module, options: dict | None = None) -> dict[str, str]:
+    """Metadata ``save_weights`` stores for ``model``'s weights: format, zoo name, options."""
+    meta = {"format": WEIGHTS_FORMAT}
+    if getattr(model, "zoo_name", None):
+        meta["model"] = model.zoo_name
+    if options:
+        meta["options"] = json.dumps(options, sort_keys=True)
+    return meta
+
+
+def apply_saved_options(model: nn.Module, meta: dict[str, str], *, what: str) -> None:
+    """Make ``model`` match the options recorded with its weights, or refuse.
+
+    ``head_norm_first`` is switched in place (the weights define which head they belong to);
+    any other differing option raises ``ValueError`` naming it.
+    """
+    if not meta.get("options"):
+        return
+    try:
+        options = json.loads(meta["options"])
+    except json.JSONDecodeError:
+        raise ValueError(f"{what}: unreadable 'options' metadata {meta['options']!r}") from None
+    cfg = getattr(model, "cfg", None)
+    for key, value in sorted(options.items()):
+        current = getattr(cfg, key, None)
+        if isinstance(current, tuple):
+            current = list(current)
+        if current == value:
+            continue
+        if key == "head_norm_first":
+            from .convert.timm import set_head_norm_first
+            set_head_norm_first(model, bool(value))
+            continue
+        raise ValueError(f"{what} were saved from a model with {key}={value!r}, but this model has "
+                         f"{key}={current!r}; create it with {key}={value!r}")
 
 
 def unwrap_state_dict(sd, *, source: str = "state dict") -> dict[str, torch.Tensor]:
@@ -57,9 +163,22 @@ def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], *, what: str
 
 
 def load_pretrained(model: nn.Module, path_or_sd) -> nn.Module:
-    """Load a mixerlab state dict (a file path or a dict) strictly into ``model``."""
-    sd = read_state_dict(path_or_sd) if isinstance(path_or_sd, (str, os.PathLike)) else \
-        unwrap_state_dict(path_or_sd)
-    check_state_dict(model, sd, what=f"weights {path_or_sd}" if isinstance(path_or_sd, (str, os.PathLike)) else "state dict")
+    """Load a mixerlab state dict (a file path or a dict) strictly into ``model``.
+
+    A timm state dict (recognised by its key names) is converted with
+    ``mixerlab.convert.load_timm_weights``; for PoolFormer the model is switched to timm's head
+    (``head_norm_first=False``) in place, so that it reproduces timm's logits. Options recorded in
+    a ``save_weights`` file are applied the same way.
+    """
+    if isinstance(path_or_sd, (str, os.PathLike)):
+        sd, meta = read_weights(path_or_sd)
+        what = f"weights {os.fspath(path_or_sd)}"
+    else:
+        sd, meta, what = unwrap_state_dict(path_or_sd), {}, "state dict"
+    from .convert.timm import is_timm_state_dict, load_timm_weights
+    if is_timm_state_dict(sd):
+        return load_timm_weights(model, sd, adapt_head=True, what=what)
+    check_state_dict(model, sd, what=what)
+    apply_saved_options(model, meta, what=what)
     model.load_state_dict(sd, strict=True)
     return model

@@ -1,0 +1,76 @@
+"""``mixerlab convert``: convert weights between timm and mixerlab layouts (issue 3).
+
+    mixerlab convert --from timm --model convit_tiny IN.pth OUT.safetensors
+    mixerlab convert --from mixerlab --model poolformer_s12 IN.safetensors OUT_timm.safetensors
+
+From timm: the weights are loaded into the mixerlab zoo model (guessed from the weights when
+``--model`` is omitted) with the options timm's architecture needs (PoolFormer:
+``head_norm_first=False``), and its state dict is written with metadata recording the model and
+those options, so ``create_model(name, pretrained=OUT)`` rebuilds the same model. From mixerlab:
+the model's weights are exported in timm's layout. The output is written atomically (temporary
+file in the same folder, then rename): a failure never leaves a partial OUT.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "convert", help="convert weights between timm and mixerlab",
+        description="Convert a timm state dict to mixerlab weights (--from timm) or mixerlab "
+                    "weights to a timm state dict (--from mixerlab). Covered timm models: "
+                    "deit/vit tiny/small/base patch16_224, convit_tiny/small/base, "
+                    "poolformer_s12/s24/s36/m36/m48.")
+    p.add_argument("--from", dest="source", choices=("timm", "mixerlab"), required=True,
+                   help="layout of IN")
+    p.add_argument("--model", default=None,
+                   help="mixerlab zoo name (e.g. convit_tiny); guessed from the weights if omitted")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument("input", metavar="IN", help="weights to read (.safetensors, .pth, .pt, .bin)")
+    p.add_argument("output", metavar="OUT", help="file to write (.safetensors, .pth, .pt, .bin)")
+    return p
+
+
+def run(args) -> int:
+    from ..convert.timm import (TIMM_OPTIONS, create_from_timm, export_timm_weights,
+                                is_timm_state_dict, timm_family, timm_names_for)
+    from ..models.factory import create_model
+    from ..weights import load_pretrained, read_weights, save_weights, weights_metadata
+
+    src, dst = Path(args.input), Path(args.output)
+    if dst.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+        raise ValueError(f"OUT {dst}: unknown weight-file extension {dst.suffix!r}; allowed: "
+                         ".safetensors, .pth, .pt, .bin")
+    if dst.exists() and not args.force:
+        raise ValueError(f"OUT {dst} exists; pass --force to overwrite it")
+    sd, meta = read_weights(src)
+    if args.source == "timm":
+        if not is_timm_state_dict(sd):
+            raise ValueError(f"{src} is not a timm ViT/DeiT, ConViT or PoolFormer state dict "
+                             f"(first keys: {list(sd)[:3]}); for mixerlab weights use --from mixerlab")
+        model = create_from_timm(sd, args.model, what=str(src))
+        model.eval()
+        options = TIMM_OPTIONS[timm_family(model)]
+        meta_out = weights_metadata(model, options)
+        meta_out["source"] = f"timm:{'/'.join(timm_names_for(model.zoo_name))}"
+        out_sd = model.state_dict()
+        what = f"mixerlab {model.zoo_name} weights"
+    else:
+        if is_timm_state_dict(sd):
+            raise ValueError(f"{src} is already a timm state dict; use --from timm to convert it "
+                             "to mixerlab")
+        name = args.model or meta.get("model")
+        if not name:
+            raise ValueError(f"{src} does not record its model; pass --model NAME")
+        model = load_pretrained(create_model(name), src)
+        out_sd = export_timm_weights(model)
+        meta_out = {"format": "pt"}
+        what = f"timm {'/'.join(timm_names_for(model.zoo_name))} state dict"
+    save_weights(out_sd, dst, metadata=meta_out)
+    n_params = sum(v.numel() for v in out_sd.values()) / 1e6
+    opts = meta_out.get("options")
+    print(f"wrote {dst}: {what} ({len(out_sd)} tensors, {n_params:.2f}M values)"
+          + (f"; model options {opts}" if opts else ""))
+    return 0

@@ -1,0 +1,322 @@
+"""timm weight interoperability (issue 3): parity of converted weights, round trips, refusals,
+``create_model(pretrained=...)`` detection and the ``mixerlab convert`` command.
+
+No downloads: timm models are built with ``pretrained=False`` and every parameter re-randomised.
+The base / m-sized pairs are marked slow (run with ``-m slow``).
+"""
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+import torch
+
+import mixerlab
+from mixerlab.cli.main import main as cli
+from mixerlab.convert import (TIMM_PAIRS, export_timm_weights, guess_model_name, is_timm_state_dict,
+                              load_timm_weights)
+from mixerlab.convert.parity import check_pair, randomize_parameters
+from mixerlab.weights import read_weights, save_weights
+
+timm = pytest.importorskip("timm")
+
+TOL = 1e-4
+FAST = ["deit_tiny_patch16_224", "deit_small_patch16_224", "vit_tiny_patch16_224",
+        "vit_small_patch16_224", "convit_tiny", "convit_small", "poolformer_s12", "poolformer_s24"]
+SLOW = [n for n in TIMM_PAIRS if n not in FAST]
+
+
+def timm_model(name: str, seed: int = 0):
+    return randomize_parameters(timm.create_model(name, pretrained=False), seed).eval()
+
+
+@pytest.fixture(scope="module")
+def timm_sds():
+    """Randomised timm state dicts of the small models the refusal tests use."""
+    return {n: timm_model(n).state_dict()
+            for n in ("deit_tiny_patch16_224", "deit_small_patch16_224", "convit_tiny",
+                      "poolformer_s12")}
+
+
+def images(seed: int = 1):
+    return torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
+
+
+def same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- parity ---------------------------------------------------------------------------------------
+def _check(name):
+    r = check_pair(name)
+    assert r["logits"] <= TOL, r
+    assert r["features"] <= TOL, r
+    assert r["export_logits"] <= TOL, r
+    assert r["roundtrip_exact"], r
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_parity_and_round_trip(name):
+    _check(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW)
+def test_parity_and_round_trip_large(name):
+    _check(name)
+
+
+def test_covered_pairs_are_the_issue_list():
+    want = {f"{f}_{s}_patch16_224" for f in ("deit", "vit") for s in ("tiny", "small", "base")}
+    want |= {f"convit_{s}" for s in ("tiny", "small", "base")}
+    want |= {f"poolformer_{s}" for s in ("s12", "s24", "s36", "m36", "m48")}
+    assert set(TIMM_PAIRS) == want
+    assert set(TIMM_PAIRS) <= set(timm.list_models())
+    assert set(TIMM_PAIRS.values()) <= set(mixerlab.list_models())
+    assert mixerlab.load_timm_weights is load_timm_weights
+    assert mixerlab.export_timm_weights is export_timm_weights
+
+
+def test_randomisation_makes_a_wrong_mapping_visible(timm_sds):
+    """The parity tests can fail: swapping two blocks' tensors changes the logits a lot."""
+    tm = timm.create_model("convit_tiny", pretrained=False).eval()
+    tm.load_state_dict(timm_sds["convit_tiny"])
+    sd = dict(timm_sds["convit_tiny"])
+    a, b = "blocks.0.attn.gating_param", "blocks.1.attn.gating_param"
+    sd[a], sd[b] = sd[b], sd[a]
+    model = load_timm_weights(mixerlab.create_model("convit_tiny"), sd).eval()
+    with torch.no_grad():
+        assert (model(images()) - tm(images())).abs().max() > 1e-2
+
+
+def test_poolformer_heads_differ(timm_sds):
+    """The official head (norm, then pool) is not timm's (pool, then norm): the option matters."""
+    sd = timm_sds["poolformer_s12"]
+    tm = timm.create_model("poolformer_s12", pretrained=False).eval()
+    tm.load_state_dict(sd)
+    model = mixerlab.create_model("poolformer_s12", pretrained=sd).eval()
+    assert model.head_norm_first is False and model.cfg.head_norm_first is False
+    official = mixerlab.create_model("poolformer_s12").eval()
+    own = export_timm_weights(model)
+    official.load_state_dict(model.state_dict())  # same tensors, official head order
+    with torch.no_grad():
+        x = images()
+        assert (model(x) - tm(x)).abs().max() <= TOL
+        assert (official(x) - tm(x)).abs().max() > 1e-2
+    assert same_state(own, sd)
+
+
+# -- detection and create_model(pretrained=...) --------------------------------------------------
+def test_mixerlab_state_dicts_are_not_taken_for_timm():
+    with torch.device("meta"):
+        for name in mixerlab.list_models():
+            assert not is_timm_state_dict(mixerlab.create_model(name).state_dict()), name
+
+
+def test_guess_model_name_for_every_pair():
+    with torch.device("meta"):
+        for tname, mname in TIMM_PAIRS.items():
+            assert guess_model_name(timm.create_model(tname, pretrained=False).state_dict()) == mname
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_create_model_pretrained_timm_file(tmp_path, suffix):
+    tm = timm_model("poolformer_s12", seed=3)
+    path = tmp_path / f"timm{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+        save_file(tm.state_dict(), str(path))
+    else:
+        torch.save(tm.state_dict(), path)
+    model = mixerlab.create_model("poolformer_s12", pretrained=path).eval()
+    assert model.head_norm_first is False
+    with torch.no_grad():
+        assert (model(images()) - tm(images())).abs().max() <= TOL
+
+
+def test_create_model_pretrained_timm_convit_and_mixerlab_checkpoint(tmp_path, timm_sds):
+    sd = timm_sds["convit_tiny"]
+    torch.save(sd, tmp_path / "convit.pth")
+    a = mixerlab.create_model("convit_tiny", pretrained=tmp_path / "convit.pth")
+    # a plain mixerlab checkpoint still loads as before
+    torch.save(a.state_dict(), tmp_path / "mixerlab.pth")
+    b = mixerlab.create_model("convit_tiny", pretrained=tmp_path / "mixerlab.pth")
+    assert same_state(a.state_dict(), b.state_dict())
+    assert same_state(export_timm_weights(b), sd)
+
+
+def test_saved_head_option_is_applied(tmp_path, timm_sds):
+    """Converted PoolFormer weights remember timm's head; loading rebuilds it."""
+    model = mixerlab.create_model("poolformer_s12", pretrained=timm_sds["poolformer_s12"])
+    from mixerlab.weights import weights_metadata
+    save_weights(model.state_dict(), tmp_path / "pf.safetensors",
+                 metadata=weights_metadata(model, {"head_norm_first": False}))
+    again = mixerlab.create_model("poolformer_s12", pretrained=tmp_path / "pf.safetensors")
+    assert again.head_norm_first is False
+    assert same_state(again.state_dict(), model.state_dict())
+    save_weights(model.state_dict(), tmp_path / "bad.safetensors",
+                 metadata={"format": "mixerlab-weights/1", "options": '{"drop_rate": 0.5}'})
+    with pytest.raises(ValueError, match="drop_rate=0.5"):
+        mixerlab.create_model("poolformer_s12", pretrained=tmp_path / "bad.safetensors")
+
+
+# -- refusals ------------------------------------------------------------------------------------
+def _refuses(model, sd, pattern):
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=pattern):
+        load_timm_weights(model, sd)
+    assert same_state(before, model.state_dict()), "a refused load changed the model"
+
+
+def test_wrong_size_names_first_key_and_shapes(timm_sds):
+    _refuses(mixerlab.create_model("deit_tiny"), timm_sds["deit_small_patch16_224"],
+             re.escape("'cls_token' has shape (1, 1, 384), deit_tiny expects (1, 1, 192)")
+             + ".*looks like timm deit_small_patch16_224")
+
+
+def test_wrong_family(timm_sds):
+    _refuses(mixerlab.create_model("deit_tiny"), timm_sds["convit_tiny"],
+             "timm ConViT model.*deit_tiny is a ViT/DeiT model")
+    _refuses(mixerlab.create_model("convit_tiny"), timm_sds["poolformer_s12"],
+             "timm PoolFormer.*convit_tiny is a ConViT model")
+    _refuses(mixerlab.create_model("poolformer_s12", head_norm_first=False), timm_sds["deit_tiny_patch16_224"],
+             "ViT/DeiT model.*poolformer_s12 is a PoolFormer")
+
+
+def test_missing_and_unexpected_keys(timm_sds):
+    sd = dict(timm_sds["deit_tiny_patch16_224"])
+    del sd["blocks.3.mlp.fc2.bias"]
+    _refuses(mixerlab.create_model("deit_tiny"), sd, re.escape("missing key 'blocks.3.mlp.fc2.bias'"))
+    sd = dict(timm_sds["deit_tiny_patch16_224"], **{"blocks.12.norm1.weight": torch.ones(192)})
+    _refuses(mixerlab.create_model("deit_tiny"), sd, re.escape("unexpected key 'blocks.12.norm1.weight'"))
+
+
+def test_class_count_mismatch(timm_sds):
+    _refuses(mixerlab.create_model("convit_tiny", num_classes=10), timm_sds["convit_tiny"],
+             re.escape("'head.weight' has shape (1000, 192), convit_tiny expects (10, 192)"))
+
+
+def test_not_a_timm_state_dict(timm_sds):
+    own = mixerlab.create_model("deit_tiny").state_dict()
+    _refuses(mixerlab.create_model("deit_tiny"), own, "not a timm ViT/DeiT, ConViT or PoolFormer")
+
+
+@pytest.mark.parametrize("name", ["deepvit_s", "lavit_small", "identityformer_s12", "ffonly_tiny",
+                                  "poolformer_hybrid_s12"])
+def test_models_without_timm_counterpart(name, timm_sds):
+    if name not in mixerlab.list_models():
+        pytest.skip(f"{name} not in the zoo")
+    with torch.device("meta"):
+        model = mixerlab.create_model(name)
+    with pytest.raises(ValueError, match="no timm counterpart"):
+        export_timm_weights(model)
+    with pytest.raises(ValueError, match="no timm counterpart"):
+        load_timm_weights(model, timm_sds["poolformer_s12"])
+
+
+def test_official_poolformer_head_is_refused(timm_sds):
+    model = mixerlab.create_model("poolformer_s12")
+    _refuses(model, timm_sds["poolformer_s12"], "head_norm_first=False")
+    with pytest.raises(ValueError, match="head_norm_first=False"):
+        export_timm_weights(model)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_truncated_file(tmp_path, timm_sds, suffix):
+    path = tmp_path / f"full{suffix}"
+    save_weights(timm_sds["deit_tiny_patch16_224"], path)
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="cannot read weights"):
+        load_timm_weights(mixerlab.create_model("deit_tiny"), cut)
+    with pytest.raises(ValueError, match="cannot read weights"):
+        mixerlab.create_model("deit_tiny", pretrained=cut)
+
+
+# -- atomic writes and the CLI -------------------------------------------------------------------
+def test_save_weights_failure_leaves_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "w.safetensors"
+    out.write_bytes(b"old")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        save_weights({"a": torch.ones(3)}, out)
+    assert out.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+
+
+def test_cli_timm_to_mixerlab_and_back(tmp_path, capsys, timm_sds):
+    sd = timm_sds["poolformer_s12"]
+    torch.save(sd, tmp_path / "in.pth")
+    out = tmp_path / "out.safetensors"
+    assert cli(["convert", "--from", "timm", "--model", "poolformer_s12",
+                str(tmp_path / "in.pth"), str(out)]) == 0
+    assert "head_norm_first" in capsys.readouterr().out
+    w, meta = read_weights(out)
+    assert meta["model"] == "poolformer_s12" and "head_norm_first" in meta["options"]
+    model = mixerlab.create_model("poolformer_s12", pretrained=out).eval()
+    tm = timm.create_model("poolformer_s12", pretrained=False).eval()
+    tm.load_state_dict(sd)
+    with torch.no_grad():
+        assert (model(images()) - tm(images())).abs().max() <= TOL
+    back = tmp_path / "back.safetensors"
+    assert cli(["convert", "--from", "mixerlab", str(out), str(back)]) == 0  # model from metadata
+    tm.load_state_dict(read_weights(back)[0], strict=True)
+    assert same_state(tm.state_dict(), sd)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back.safetensors", "in.pth", "out.safetensors"]
+
+
+def test_cli_guesses_the_model(tmp_path, timm_sds):
+    torch.save(timm_sds["deit_tiny_patch16_224"], tmp_path / "in.pth")
+    assert cli(["convert", "--from", "timm", str(tmp_path / "in.pth"), str(tmp_path / "o.pth")]) == 0
+    m = mixerlab.create_model("deit_tiny", pretrained=tmp_path / "o.pth")
+    assert same_state(export_timm_weights(m), timm_sds["deit_tiny_patch16_224"])
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "wrong_size", "wrong_family", "exists",
+                                  "bad_ext", "mixerlab_as_timm", "unknown_model"])
+def test_cli_bad_input(tmp_path, capsys, timm_sds, case):
+    good = tmp_path / "in.pth"
+    torch.save(timm_sds["deit_tiny_patch16_224"], good)
+    out = tmp_path / "out.safetensors"
+    args = ["convert", "--from", "timm", "--model", "deit_tiny", str(good), str(out)]
+    if case == "missing":
+        args[-2] = str(tmp_path / "nope.pth")
+    elif case == "truncated":
+        (tmp_path / "cut.pth").write_bytes(good.read_bytes()[:5000])
+        args[-2] = str(tmp_path / "cut.pth")
+    elif case == "wrong_size":
+        args[4] = "deit_small"
+    elif case == "wrong_family":
+        args[4] = "convit_tiny"
+    elif case == "exists":
+        out.write_bytes(b"keep")
+    elif case == "bad_ext":
+        args[-1] = str(tmp_path / "out.txt")
+    elif case == "mixerlab_as_timm":
+        torch.save(mixerlab.create_model("deit_tiny").state_dict(), good)
+    elif case == "unknown_model":
+        args[4] = "deit_tinyy"
+    assert cli(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mixerlab convert: error:") and "\n" not in err
+    names = sorted(p.name for p in tmp_path.iterdir())
+    if case == "exists":
+        assert out.read_bytes() == b"keep"
+    else:
+        assert "out.safetensors" not in names
+    assert not [n for n in names if n.endswith(".tmp")]
+
+
+def test_training_checkpoint_weights_load(tmp_path):
+    """A ``mixerlab-checkpoint`` safetensors file: the ``model.`` tensors are the weights."""
+    from safetensors.torch import save_file
+    model = mixerlab.create_model("deit_micro")
+    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_file(tensors, str(tmp_path / "ckpt.safetensors"), metadata={"format": "mixerlab-checkpoint/1"})
+    again = mixerlab.create_model("deit_micro", pretrained=tmp_path / "ckpt.safetensors")
+    assert same_state(again.state_dict(), model.state_dict())
