@@ -126,6 +126,9 @@ def build_data(cfg) -> DataBundle:
     mean, std = STATS[cfg.data]
     mean, std = tuple(mean[: train_src.in_chans]), tuple(std[: train_src.in_chans])
     subset = balanced_subset(train_src.targets, cfg.train_fraction, cfg.subset_seed)
+    # A class-balanced, fixed part of the evaluation split (quick experiments); None = all of it.
+    val_subset = (balanced_subset(val_src.targets, cfg.val_fraction, cfg.subset_seed)
+                  if cfg.val_fraction < 1.0 else None)
     t_train = train_transform(
         cfg.img_size, mean, std, crop=cfg.train_crop, hflip=cfg.hflip,
         randaugment=cfg.randaugment, random_erasing=cfg.random_erasing,
@@ -134,7 +137,7 @@ def build_data(cfg) -> DataBundle:
     return DataBundle(
         train=TransformedDataset(train_src, t_train, subset),
         train_plain=TransformedDataset(train_src, t_eval, subset),
-        val=TransformedDataset(val_src, t_eval),
+        val=TransformedDataset(val_src, t_eval, val_subset),
         num_classes=len(train_src.classes),
         in_chans=train_src.in_chans,
         classes=train_src.classes,

@@ -42,6 +42,7 @@ class TrainConfig:
     data: str = "fashion-mnist"  # one of DATASETS
     data_dir: Optional[str] = None  # None: the Debian package folder for fashion-mnist
     train_fraction: float = 1.0  # class-balanced subset of the training split
+    val_fraction: float = 1.0  # class-balanced fixed subset of the evaluation split
     subset_seed: int = 0  # fixed, so every run/seed sees the same subset
     num_workers: int = 0  # DataLoader worker processes (0 = load in the main process)
     synthetic_size: int = 512  # training images of the synthetic dataset (val: 1/4)
@@ -94,6 +95,7 @@ class TrainConfig:
             "data": (self.data in DATASETS, f"one of {', '.join(DATASETS)}"),
             "img_size": (self.img_size >= 8, ">= 8"),
             "train_fraction": (0.0 < self.train_fraction <= 1.0, "in (0, 1]"),
+            "val_fraction": (0.0 < self.val_fraction <= 1.0, "in (0, 1]"),
             "num_workers": (self.num_workers >= 0, ">= 0"),
             "synthetic_size": (self.synthetic_size >= 8, ">= 8"),
             "synthetic_classes": (self.synthetic_classes >= 2, ">= 2"),

@@ -1,0 +1,24 @@
+"""``mixerlab compare --preset quick|standard|full [--data ...] [--out DIR]``."""
+from __future__ import annotations
+
+
+def add_parser(sub):
+    from ..compare.presets import PRESETS
+    p = sub.add_parser("compare", help="re-run the papers' central experiments and write a report")
+    p.add_argument("--preset", default="quick", choices=sorted(PRESETS),
+                   help="quick: <= 15 min on 2 CPU cores; standard: ~2 h CPU; full: one GPU; smoke: tests")
+    p.add_argument("--data", default=None,
+                   help="fashion-mnist (default) | cifar10 | cifar100 | imagefolder | synthetic")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: the Debian package's)")
+    p.add_argument("--out", default=None, help="output folder (default runs/compare-<preset>)")
+    p.add_argument("--experiments", nargs="+", default=None, metavar="E",
+                   help="subset of E1 E2 E3 E4 E5")
+    return p
+
+
+def run(args) -> int:
+    from ..compare import run_compare
+    out = args.out or f"runs/compare-{args.preset}"
+    run_compare(args.preset, data=args.data, data_dir=args.data_dir, out=out,
+                experiments=args.experiments, log=lambda s: print(s, flush=True))
+    return 0

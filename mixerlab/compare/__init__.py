@@ -1,0 +1,105 @@
+"""``mixerlab compare``: re-run the five papers' central experiments at small scale and write a
+report (``report.md`` with plots, ``results.csv``, ``results.json``, one folder per run).
+
+Usage: ``run_compare("quick", out="runs/compare-quick")``; see ``presets.py`` for the presets and
+``experiments.py`` for what each experiment trains.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from .experiments import plan
+from .presets import PRESETS, Preset, get_preset
+from .report import aggregate, run_rows, write_report, write_tables
+from .runner import Runner, RunResult, config_hash
+
+__all__ = ["PRESETS", "Preset", "get_preset", "run_compare", "config_hash"]
+
+
+def _in_chans(cfg) -> int:
+    if cfg.data == "fashion-mnist":
+        return 1
+    if cfg.data == "synthetic":
+        return cfg.synthetic_chans
+    return 3
+
+
+def _macs(results: list[RunResult], preset, data, data_dir) -> dict:
+    import torch
+
+    from ..bench.complexity import count_macs
+    from ..train.factory import build_model
+    from .runner import build_config
+    out = {}
+    for r in results:
+        if str(r.run_dir) in out or r.status == "failed":
+            continue
+        cfg = build_config(r.spec, preset, r.seed, data, data_dir)
+        with torch.device("meta"):
+            m = build_model(cfg.model, num_classes=10, in_chans=_in_chans(cfg), img_size=cfg.img_size,
+                            drop_path_rate=0.0, model_args=cfg.model_args)
+        out[str(r.run_dir)] = count_macs(m) / 1e9
+    return out
+
+
+def _analyses(results: list[RunResult], preset, data, data_dir, log) -> dict:
+    """Diagnostics of the runs marked ``analyze`` (first seed), cached in the run folder."""
+    from ..analysis.analyze import analyze_model
+    from ..analysis.inputs import load_images, load_model
+    out: dict = {}
+    for r in results:
+        if not r.spec.analyze or r.status == "failed" or r.seed != preset.seeds[0]:
+            continue
+        name = f"{r.spec.label}" + (f" (x={r.spec.x:g})" if r.spec.x is not None else "")
+        cache = r.run_dir / f"analysis-{preset.analysis_images}.json"
+        if cache.exists():
+            rec = json.loads(cache.read_text())
+        else:
+            log(f"analysing {r.spec.exp} {name}")
+            lm = load_model(str(r.run_dir))
+            m = lm.model.eval()
+            images, _, _ = load_images(data, preset.analysis_images, in_chans=m.in_chans,
+                                       img_size=m.img_size, data_dir=data_dir)
+            rec, _ = analyze_model(m, images, batch_size=16)
+            cache.write_text(json.dumps(rec))
+        out.setdefault(r.spec.exp, {})[name] = rec
+    return out
+
+
+def machine_desc() -> dict:
+    import torch
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    desc = gpu or f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU"
+    return dict(desc=desc, torch=torch.__version__, platform=platform.platform())
+
+
+def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data_dir: str | None = None,
+                out: str | os.PathLike = "runs/compare", experiments=None, log=print) -> dict:
+    """Train (or take from the cache) every run of the preset, analyse, and write the report.
+
+    Returns ``dict(report=path, rows=..., aggregate=...)``.
+    """
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    if experiments:
+        unknown = sorted(set(experiments) - {"E1", "E2", "E3", "E4", "E5"})
+        if unknown:
+            raise ValueError(f"unknown experiment(s) {unknown}; allowed: E1, E2, E3, E4, E5")
+        import dataclasses
+        p = dataclasses.replace(p, experiments=tuple(e for e in p.experiments if e in experiments))
+    data = data or p.data
+    out = Path(out)
+    t0 = time.time()
+    specs = plan(p)
+    results = Runner(out, p, data=data, data_dir=data_dir, log=log).run_all(specs)
+    macs = _macs(results, p, data, data_dir)
+    analyses = _analyses(results, p, data, data_dir, log)
+    rows = run_rows(results, macs)
+    agg = aggregate(rows)
+    write_tables(out, rows, agg)
+    report = write_report(out, p, data, rows, agg, analyses, machine_desc(), time.time() - t0)
+    log(f"report: {report}")
+    return dict(report=report, rows=rows, aggregate=agg)

@@ -1,0 +1,62 @@
+"""Presets of ``mixerlab compare``: how much data, how many epochs, seeds and variants.
+
+Sizes (2 CPU cores unless stated; measured wall times are in the committed reports):
+* ``smoke``: synthetic data, seconds; for tests.
+* ``quick``: 15 minutes or less on 2 CPU cores: 5% of Fashion-MNIST, 2 epochs, one seed, fewer
+  variants, 2,000 test images. Enough to show every table and plot, not to rank close mixers.
+* ``standard``: about 2 hours on 2 CPU cores (minutes on one GPU): 20% of the training set,
+  4 epochs, two seeds, the full test set.
+* ``full``: sized for one GPU: the full training set, 30 epochs, three seeds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    data: str = "fashion-mnist"
+    train_fraction: float = 0.05  # base fraction of the training set for every run
+    val_fraction: float = 1.0  # fraction of the test split used for evaluation
+    epochs: int = 2
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup_epochs: float = 0.5
+    seeds: tuple = (0,)
+    experiments: tuple = ("E1", "E2", "E3", "E4", "E5")
+    e2_fractions: tuple = (0.01, 0.025, 0.05)  # absolute fractions of the training set
+    e3_depths: tuple = (4, 8)
+    e5_variants: tuple = ("vanilla", "la_last", "la_all", "la_all_no_dp")
+    analysis_images: int = 64
+    train_overrides: dict = field(default_factory=dict)  # any further TrainConfig fields
+
+
+PRESETS = {
+    "smoke": Preset(
+        "smoke", data="synthetic", train_fraction=1.0, epochs=1, batch_size=16, lr=1e-3,
+        warmup_epochs=0.0, e2_fractions=(0.5, 1.0), e3_depths=(2, 3),
+        e5_variants=("vanilla", "la_all", "la_all_no_dp"), analysis_images=8,
+        train_overrides=dict(synthetic_size=64, randaugment=None, mixup=0.0, cutmix=0.0,
+                             random_erasing=0.0, bn_calibration_batches=2, num_threads=1)),
+    "quick": Preset(
+        "quick", train_fraction=0.05, val_fraction=0.2, epochs=2, e2_fractions=(0.01, 0.025, 0.05),
+        e3_depths=(4, 8), analysis_images=64,
+        # Few epochs on little data: the light end of the DeiT recipe.
+        train_overrides=dict(randaugment=None, mixup=0.0, cutmix=0.0, bn_calibration_batches=10)),
+    "standard": Preset(
+        "standard", train_fraction=0.2, val_fraction=1.0, epochs=4, seeds=(0, 1),
+        e2_fractions=(0.01, 0.02, 0.05, 0.1, 0.2), e3_depths=(4, 8, 12), analysis_images=128,
+        train_overrides=dict(randaugment=None, mixup=0.0, cutmix=0.0, bn_calibration_batches=20)),
+    "full": Preset(
+        "full", train_fraction=1.0, val_fraction=1.0, epochs=30, batch_size=128, lr=1e-3,
+        warmup_epochs=3.0, seeds=(0, 1, 2), e2_fractions=(0.05, 0.1, 0.25, 0.5, 1.0),
+        e3_depths=(4, 8, 12, 16), analysis_images=256),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; allowed: {sorted(PRESETS)}") from None

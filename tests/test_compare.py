@@ -1,0 +1,74 @@
+"""``mixerlab compare --preset smoke``: every experiment end to end on synthetic data, caching,
+failure isolation."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from mixerlab.compare import experiments, run_compare
+from mixerlab.compare.experiments import RunSpec
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    logs = []
+    res = run_compare("smoke", out=out, log=logs.append)
+    return out, res, logs
+
+
+def test_smoke_writes_report_with_every_experiment(smoke):
+    out, res, logs = smoke
+    report = (out / "report.md").read_text()
+    for exp in ("E1", "E2", "E3", "E4", "E5"):
+        assert f"## {exp}:" in report
+    assert report.count("**Verdict.**") == 5
+    for fig in ("e1_acc_vs_macs", "e2_acc_vs_fraction", "e2_gates", "e3_acc_vs_depth", "e3_similarity",
+                "e4_mixers", "e5_acc_vs_macs", "e5_token_similarity"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
+        assert f"figures/{fig}.png" in report
+    agg = json.loads((out / "results.json").read_text())["aggregate"]
+    labels = {(a["experiment"], a["label"]) for a in agg}
+    assert {("E1", n) for n in ("deit", "ffonly", "convit", "deepvit", "poolformer", "identityformer",
+                                 "lavit")} <= labels
+    assert {("E4", n) for n in ("attention", "pooling", "random", "identity", "hybrid")} <= labels
+    assert sum(a["experiment"] == "E2" for a in agg) == 4  # 2 models x 2 fractions
+    assert sum(a["experiment"] == "E3" for a in agg) == 4  # 2 mixers x 2 depths
+    assert all(a["top1"] is not None and 0 <= a["top1"] <= 100 for a in agg)
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(res["rows"]) and all(r["status"] in ("done", "cached") for r in rows)
+
+
+def test_shared_runs_train_once(smoke):
+    out, res, logs = smoke
+    # E1's deit/convit runs are E2's largest fraction, E1's poolformer is E4's pooling: one folder each.
+    dirs = {(r["experiment"], r["label"], r["x"]): r["run_dir"] for r in res["rows"]}
+    assert dirs[("E1", "deit", None)] == dirs[("E2", "deit", 1.0)]
+    assert dirs[("E1", "poolformer", None)] == dirs[("E4", "pooling", None)]
+    assert len({r["run_dir"] for r in res["rows"]}) < len(res["rows"])
+
+
+def test_cache_skips_finished_runs(smoke):
+    out, res, _ = smoke
+    logs = []
+    again = run_compare("smoke", out=out, log=logs.append)
+    assert "0 to train" in logs[0]
+    assert not any(line.startswith("[") for line in logs)  # no training progress line
+    assert [r["top1"] for r in again["rows"]] == [r["top1"] for r in res["rows"]]
+
+
+def test_failed_run_is_reported_and_others_go_on(smoke, monkeypatch):
+    out, _, _ = smoke
+    bad = RunSpec("E1", "broken", "deit_micro", model_args={"mixers": [["attention", {"num_heads": 7}]]})
+    orig = experiments.PLANS["E1"]
+    monkeypatch.setitem(experiments.PLANS, "E1", lambda p: orig(p) + [bad])
+    logs = []
+    res = run_compare("smoke", out=out, log=logs.append, experiments=["E1"])
+    rows = {r["label"]: r for r in res["rows"]}
+    assert rows["broken"]["status"] == "failed" and "num_heads" in rows["broken"]["error"]
+    assert all(r["status"] == "cached" for k, r in rows.items() if k != "broken")
+    report = (out / "report.md").read_text()
+    assert "## Failed runs" in report and "broken" in report
