@@ -17,9 +17,18 @@ def _entrypoint(zoo_name: str):
         if pretrained:
             raise ValueError(f"mixerlab_{zoo_name}: no hub weights are registered; load a local file "
                              "with mixerlab.create_model(name, pretrained=PATH)")
-        for k in ("features_only", "out_indices", "feature_cfg", "cache_dir"):
+        features_only = kwargs.pop("features_only", False)
+        out_indices = kwargs.pop("out_indices", None)
+        for k in ("feature_cfg", "cache_dir"):
             kwargs.pop(k, None)
-        return create_model(zoo_name, **kwargs)
+        model = create_model(zoo_name, **kwargs)
+        if not features_only:
+            return model
+        # timm's getter wrapper, built on forward_intermediates (multi-scale NCHW maps)
+        from timm.models._features import FeatureGetterNet
+        if out_indices is None:
+            out_indices = tuple(range(len(model.feature_info)))[-4:]
+        return FeatureGetterNet(model, out_indices=tuple(out_indices), prune=False)
     fn.__name__ = f"mixerlab_{zoo_name}"
     fn.__qualname__ = fn.__name__
     fn.__module__ = __name__

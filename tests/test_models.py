@@ -140,3 +140,13 @@ def test_grad_checkpointing_same_output():
     lavit = mixerlab.create_model("lavit_micro")
     with pytest.raises(ValueError, match="less_attention"):
         lavit.set_grad_checkpointing(True)
+
+
+def test_timm_features_only():
+    import timm
+    m = timm.create_model("mixerlab_poolformer_micro", features_only=True)
+    feats = m(torch.randn(1, 3, 32, 32))
+    assert [f.shape[1] for f in feats] == m.feature_info.channels() == [24, 48, 96, 176]
+    assert [32 // f.shape[-1] for f in feats] == m.feature_info.reduction()
+    v = timm.create_model("mixerlab_deit_micro", features_only=True, out_indices=(1, 3))
+    assert [tuple(f.shape) for f in v(torch.randn(1, 3, 32, 32))] == [(1, 128, 8, 8)] * 2
