@@ -116,3 +116,18 @@ def test_fashion_mnist_slice_learns(tmp_path):
     m = _metrics(run)
     assert m[-1]["train_loss"] < m[0]["train_loss"]
     assert m[-1]["val_top1"] > 20.0  # 600 images, 2 epochs; chance is 10%
+
+
+def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
+    import os
+    import signal
+
+    def terminate(step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # e.g. a scheduler pre-empting the job
+
+    run = tmp_path / "run"
+    out = train(tiny_config(epochs=1), out_dir=run, on_step=terminate)
+    assert out["interrupted"] and load_checkpoint(run / "last.safetensors").state["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    assert train(resume_config(run), out_dir=run, resume=True)["steps"] == 8

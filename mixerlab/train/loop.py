@@ -16,6 +16,8 @@ import os
 import platform
 import random
 import resource
+import signal
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -116,11 +118,20 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
     threads = torch.get_num_threads()
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
+    # SIGTERM (kill, job-scheduler pre-emption) is handled like Ctrl-C: save a resumable checkpoint.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if on_main_thread else None
     try:
         return _train(cfg, dist_info, Path(out_dir) if out_dir else default_run_dir(cfg), resume, on_step)
     finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         torch.set_num_threads(threads)
         distributed.cleanup()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bool, on_step) -> dict:
