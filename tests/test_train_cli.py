@@ -135,3 +135,15 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
         assert rb["val_loss"] == pytest.approx(ra["val_loss"], abs=1e-4)
         assert rb["val_top1"] == pytest.approx(ra["val_top1"], abs=1e-6)
     assert json.loads((ddp / "summary.json").read_text())["world_size"] == 2
+
+
+def test_corrupt_data_file_is_a_clear_error(tmp_path, capsys):
+    from test_data import _write_idx
+
+    _write_idx(tmp_path)
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-8])  # truncated gzip stream
+    code, _, err = _main(capsys, "train", *TINY, "--data", "fashion-mnist", "--data-dir", str(tmp_path),
+                         "--out", str(tmp_path / "run"))
+    assert code == 2 and "train-labels-idx1-ubyte.gz is corrupt or truncated" in err
+    assert not (tmp_path / "run").exists()  # nothing written

@@ -7,6 +7,7 @@ matrix (rows: true class, columns: prediction).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import build_data, eval_loader
+from . import distributed
+from .bn import batchnorms, calibrate_batchnorm
+from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from .config import config_from_dict
 from .distributed import all_reduce_sum
+from .factory import build_model
 
 
 @torch.no_grad()
@@ -128,15 +135,6 @@ def evaluate(
     Returns:
         Metrics (``top1``, ``top5``, ``loss``, ``n``, ``per_class_top1``) plus ``files``.
     """
-    import dataclasses
-
-    from ..data import build_data, eval_loader
-    from . import distributed
-    from .bn import batchnorms, calibrate_batchnorm
-    from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-    from .config import config_from_dict
-    from .factory import build_model
-
     if bn_calibration not in ("auto", "on", "off"):
         raise ValueError(f"bn_calibration must be auto, on or off, got {bn_calibration!r}")
     if batch_size < 1:
