@@ -131,3 +131,10 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
     assert out["interrupted"] and load_checkpoint(run / "last.safetensors").state["step"] == 3
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
     assert train(resume_config(run), out_dir=run, resume=True)["steps"] == 8
+
+
+def test_mixerlab_train_is_callable(tmp_path):
+    import mixerlab.train
+
+    assert callable(mixerlab.train)  # the package forwards calls to mixerlab.train.train
+    assert mixerlab.train(tiny_config(epochs=1, synthetic_size=32), out_dir=tmp_path / "run")["steps"] == 2
