@@ -226,6 +226,23 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} has damaged metadata: {e}") from None
 
 
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The config stored in a checkpoint, reading only its header (no tensors, no digest check)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        if metadata.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not a mixerlab training checkpoint (format {metadata.get('format')!r})")
+        return json.loads(metadata["config"])
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e})") from None
+
+
 def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
     """A file, or a run folder -> its ``best.safetensors`` (or ``last``), per ``prefer``."""
     path = Path(path)

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data import build_data, build_mixup, eval_loader, train_loader
 from . import distributed
 from .bn import batchnorms, calibrate_batchnorm
-from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import CheckpointError, capture_rng, load_checkpoint, read_config, restore_rng, save_checkpoint
 from .config import TrainConfig, config_from_dict, config_to_yaml
 from .ema import ModelEma
 from .evaluate import evaluate_model
@@ -95,8 +95,8 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None) -> TrainCo
     """The config stored in ``run_dir/last.safetensors`` with (resume-safe) ``overrides`` applied."""
     from .config import load_config
 
-    ckpt = load_checkpoint(Path(run_dir) / "last.safetensors")
-    return load_config(overrides=overrides, base=config_from_dict(ckpt.config))
+    stored = read_config(Path(run_dir) / "last.safetensors")  # header only; train() verifies the file
+    return load_config(overrides=overrides, base=config_from_dict(stored))
 
 
 def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: bool = False,
