@@ -22,10 +22,16 @@ def randomise_less_attention(m):
                 mod.filter_k.normal_(0.25, 0.1)
 
 
-@pytest.mark.parametrize("name", ["lavit_micro", "lavit_tiny"])
-def test_less_attention_factored_equals_explicit(name):
+@pytest.mark.parametrize("name,size", [("lavit_micro", 32), ("lavit_micro", 64), ("lavit_tiny", 64)])
+def test_less_attention_factored_equals_explicit(name, size, monkeypatch):
+    """At 64 px lavit_micro's stage 3 (64 tokens) carries the attention residual in factored form."""
+    from mixerlab.mixers import less_attention as la_mod
+    calls = []
+    orig = la_mod.LessAttention.transform_factored
+    monkeypatch.setattr(la_mod.LessAttention, "transform_factored",
+                        lambda self, c: calls.append(c.r is not None) or orig(self, c))
     torch.manual_seed(0)
-    m = mixerlab.create_model(name, img_size=32 if name == "lavit_micro" else 64).eval()
+    m = mixerlab.create_model(name, img_size=size).eval()
     randomise_less_attention(m)
     x = torch.randn(2, 3, *m.img_size)
     with torch.no_grad():
@@ -33,6 +39,8 @@ def test_less_attention_factored_equals_explicit(name):
         with mixerlab.explicit_attention(m):
             ref = m(x)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    if name == "lavit_micro":
+        assert calls and (any(calls) if size == 64 else True)  # factored path (with residual) ran
     m.train()
     m(x)
     aux_fast = m.aux_losses()

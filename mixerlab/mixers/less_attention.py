@@ -45,8 +45,10 @@ Two paths. The explicit one (the reference; used by ``attention_maps``) material
 matrix and applies the transforms to it: O(N^3) per head. The fused one (default, ``la_source=
 "logits"`` only) carries the logits in factored form, M = U V^T (+ the head-shared residual term),
 transforms the factors (Psi Q)(Theta K)^T with the rank-one bias terms as extra columns, and calls
-fused attention with q = U, k = V: O(N^2 r). Diagonality-preserving terms are computed only when
-autograd is on (training); they need the dense M.
+fused attention with q = U, k = V: O(N^2 r). Once the rank r is not small next to N (3r + 2 >= 2N,
+e.g. stage 4 at 224 px where N = 49 < the head width) the dense N x N transform is cheaper and is
+used instead. Diagonality-preserving terms are computed only when autograd is on (training); they
+need the dense M. Measured costs: ``scripts/bench_lavit.py`` and ``docs/benchmarks.md``.
 """
 from __future__ import annotations
 
@@ -259,7 +261,10 @@ class LessAttention(AttentionMixer):
                 raise ValueError("less_attention: an 'la' layer needs a preceding 'va' or 'la' "
                                  f"layer in the same stage with {n} tokens")
             v = self.v(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-            if factored and isinstance(prev, Factored):
+            # Per head, the factored transform costs N^2 (2 r + r + 2) against 2 N^3 for the dense
+            # one: keep the factors while their rank r is small next to N (stage 3 at 224 px), switch
+            # to the dense matrix once it is not (stage 4: N = 49 < the head width).
+            if factored and isinstance(prev, Factored) and 3 * prev.u.shape[-1] + 2 < 2 * n:
                 carry = self.transform_factored(prev)
                 ctx.state[CARRY] = carry
                 if torch.is_grad_enabled():
