@@ -84,11 +84,18 @@ def test_counter_sees_attention_on_explicit_path():
     assert model_breakdown(tiny)["macs"] / 1e9 == pytest.approx(1.254, abs=0.002)
 
 
-def test_bench_cli_end_to_end(tmp_path, capsys):
+@pytest.fixture
+def restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_bench_cli_end_to_end(tmp_path, capsys, restore_threads):
     from mixerlab.cli.main import main
     out = tmp_path / "b.csv"
     rc = main(["bench", "deit_micro", "--batch-size", "1", "2", "--mode", "infer", "train", "--reps", "1",
-               "--warmup", "1", "--min-time", "0", "--out", str(out)])
+               "--warmup", "0", "--min-time", "0", "--threads", "1", "--out", str(out)])
     assert rc == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 4
@@ -97,11 +104,11 @@ def test_bench_cli_end_to_end(tmp_path, capsys):
     assert "deit_micro" in capsys.readouterr().out
 
 
-def test_bench_vs_timm_json(tmp_path):
+def test_bench_vs_timm_json(tmp_path, restore_threads):
     from mixerlab.cli.main import main
     out = tmp_path / "b.json"
-    rc = main(["bench", "deit_tiny", "--img-size", "32", "--vs-timm", "--reps", "1", "--warmup", "1",
-               "--min-time", "0", "--out", str(out)])
+    rc = main(["bench", "deit_tiny", "--img-size", "32", "--vs-timm", "--reps", "1", "--warmup", "0",
+               "--min-time", "0", "--threads", "1", "--out", str(out)])
     assert rc == 0
     data = json.loads(out.read_text())
     impls = [r["impl"] for r in data["rows"]]

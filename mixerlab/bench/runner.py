@@ -58,6 +58,10 @@ def environment() -> dict:
         pass
     env = dict(torch=torch.__version__, timm=timm.__version__, python=platform.python_version(), cpu=cpu,
                cpu_cores=len(os_sched_cpus()), torch_threads=torch.get_num_threads())
+    try:
+        env["load_avg_1m"] = round(__import__("os").getloadavg()[0], 2)  # other work on the machine
+    except OSError:
+        pass
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
