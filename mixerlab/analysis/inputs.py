@@ -66,7 +66,7 @@ def load_model(spec: str, *, weights: str | None = None, ema: bool = False, **ov
             raise CheckpointError(f"checkpoint {file} holds no EMA weights")
         ckpt.load_model(model, prefix="ema" if ema else "model")
         return LoadedModel(model, cfg.model, str(file), data=cfg.data, data_dir=cfg.data_dir,
-                           info=dict(epoch=ckpt.state.get("epoch"), weights="ema" if ema else "model"))
+                           info=dict(epoch=ckpt.state.get("epoch"), checkpoint_part="ema" if ema else "model"))
     if path.suffix in (".safetensors", ".pth", ".pt", ".bin") and not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     model = mixerlab.create_model(spec, **overrides)  # ValueError for unknown names

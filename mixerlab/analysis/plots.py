@@ -24,6 +24,12 @@ def _matrix(m) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in row] for row in m], dtype=float)
 
 
+def _vmin(mat) -> float:
+    """Colour-scale floor: the data minimum rounded down to 0.1 (contrast for values near 1)."""
+    lo = float(mat.min()) if np.ma.count(mat) else 0.0
+    return min(math.floor(lo * 10) / 10, 0.9)
+
+
 def _ticks(ax, labels, axis="both", max_labels=24):
     step = max(1, math.ceil(len(labels) / max_labels))
     idx = list(range(0, len(labels), step))
@@ -51,7 +57,7 @@ def plot_attention_similarity(rec: dict, title: str, path: Path) -> Path | None:
                                  gridspec_kw=dict(width_ratios=(1, 1.25)))
     mat = np.ma.masked_invalid(_matrix(sim["matrix"]))
     cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
-    im = a0.imshow(mat, cmap=cmap, vmin=min(0.0, float(mat.min()) if mat.count() else 0.0), vmax=1.0)
+    im = a0.imshow(mat, cmap=cmap, vmin=_vmin(mat), vmax=1.0)
     _ticks(a0, sim["layers"])
     a0.set_xlabel("attention layer q")
     a0.set_ylabel("attention layer p")
@@ -153,7 +159,7 @@ def plot_feature_similarity(rec: dict, title: str, path: Path) -> Path | None:
                                  gridspec_kw=dict(width_ratios=(1, 1.25)))
     mat = np.ma.masked_invalid(_matrix(fs["matrix"]))
     cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
-    im = a0.imshow(mat, cmap=cmap, vmin=min(0.0, float(mat.min())), vmax=1.0)
+    im = a0.imshow(mat, cmap=cmap, vmin=_vmin(mat), vmax=1.0)
     _ticks(a0, fs["layers"])
     a0.set_xlabel("block q output")
     a0.set_ylabel("block p output")
