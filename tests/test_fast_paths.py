@@ -131,3 +131,14 @@ def test_compile_inductor_matches_eager(name):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(m)(x), m(x), rtol=1e-4, atol=1e-4)
+
+
+def test_gpsa_trains_after_inference_mode_forward():
+    m = mixerlab.create_model("convit_micro")
+    x = torch.randn(2, 3, 32, 32)
+    m.eval()
+    with torch.inference_mode():
+        m(x)
+    m.train()
+    m(x).sum().backward()  # the cached relative positions must not be inference tensors
+    assert m.blocks[0].token_mixer.pos_proj.weight.grad is not None

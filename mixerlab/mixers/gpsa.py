@@ -96,7 +96,9 @@ class GPSA(AttentionMixer):
     def _rel_pos(self, grid: tuple[int, int], device) -> torch.Tensor:
         n = grid[0] * grid[1]
         if self.rel_pos.shape[0] != n or self._grid != grid or self.rel_pos.device != device:
-            self.rel_pos = relative_positions(grid, device)
+            # Built as a normal tensor even under inference_mode, so a later training step can use it.
+            with torch.inference_mode(False):
+                self.rel_pos = relative_positions(grid, device)
             self._grid = grid
         return self.rel_pos
 
