@@ -120,3 +120,19 @@ def test_mixup_gives_smoothed_soft_targets():
     assert xm.shape == x.shape and ym.shape == (4, 5)
     assert torch.allclose(ym.sum(1), torch.ones(4)) and ym.min() > 0  # smoothing: no zero entries
     assert build_mixup(mixup=0, cutmix=0, prob=1.0, switch_prob=0.5, label_smoothing=0.1, num_classes=5) is None
+
+
+def test_image_folder_tree(tmp_path):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    bundle = build_data(tiny_config(data="imagefolder", data_dir=str(tmp_path), train_crop="rrc"))
+    assert bundle.classes == ("cat", "dog") and bundle.in_chans == 3 and len(bundle.train) == len(bundle.val) == 6
+    assert bundle.train[(0, 1)][0].shape == (3, 32, 32) and bundle.val[5][0].shape == (3, 32, 32)
+    assert bundle.val[5][1] == 1
+    (tmp_path / "train" / "cat" / "0.png").write_bytes(b"broken")
+    with pytest.raises(ValueError, match="corrupt or unreadable"):
+        bundle.train_plain[0]
