@@ -19,10 +19,11 @@ __all__ = [
 
 def __getattr__(name):
     # Training/evaluation and weight conversion are imported on first use (keeps import light).
+    # importlib, not "from . import", which would re-enter this hook through hasattr().
+    import importlib
     if name in ("train", "evaluate", "TrainConfig"):
-        from . import train as _train
-        return getattr(_train, name)
+        mod = importlib.import_module("mixerlab.train")
+        return mod if name == "train" else getattr(mod, name)
     if name in ("load_timm_weights", "export_timm_weights"):
-        from . import convert as _convert
-        return getattr(_convert, name)
+        return getattr(importlib.import_module("mixerlab.convert"), name)
     raise AttributeError(f"module 'mixerlab' has no attribute {name!r}")
