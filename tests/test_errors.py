@@ -97,3 +97,11 @@ def test_overrides_from_plain_data():
         mixerlab.create_model("deit_micro", block={"mlp_ration": 2.0})
     with pytest.raises(TypeError, match=r"unknown stage 0 option"):
         mixerlab.create_model("poolformer_micro", stages=[{"dims": 3}, {}, {}, {}])
+
+
+def test_lazy_top_level_api():
+    assert callable(mixerlab.train)  # mixerlab.train(config) is the documented entry point
+    assert mixerlab.TrainConfig().model == "deit_micro"
+    assert callable(mixerlab.evaluate) and callable(mixerlab.load_timm_weights)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        mixerlab.nope
