@@ -23,8 +23,6 @@ def resolve_heads(dim: int, num_heads: int | None, head_dim: int | None) -> int:
         if dim % head_dim:
             raise ValueError(f"dim {dim} is not a multiple of head_dim {head_dim}")
         return dim // head_dim
-    if dim % num_heads:
-        raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
     return num_heads
 
 
@@ -46,9 +44,7 @@ class Attention(AttentionMixer):
                  qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
                  sr_ratio: int = 1):
         super().__init__()
-        self.num_heads = resolve_heads(dim, num_heads, head_dim)
-        self.head_dim = dim // self.num_heads
-        self.scale = self.head_dim ** -0.5
+        self.set_heads(dim, resolve_heads(dim, num_heads, head_dim))
         self.sr_ratio = sr_ratio
         if sr_ratio == 1:
             self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)

@@ -103,6 +103,14 @@ class AttentionMixer(TokenMixer):
         self.fused = True  # use the fused kernel where the map is not needed
         self.attn_probe = AttentionProbe()
 
+    def set_heads(self, dim: int, num_heads: int) -> None:
+        """``num_heads``, ``head_dim`` and the 1/sqrt(head_dim) ``scale``; dim must divide evenly."""
+        if num_heads < 1 or dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+
 
 _MIXERS: dict[str, type] = {}
 

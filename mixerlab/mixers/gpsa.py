@@ -58,11 +58,7 @@ class GPSA(AttentionMixer):
     def __init__(self, dim: int, *, num_heads: int, qkv_bias: bool = False, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, locality_strength: float = 1.0, local_init: bool = True):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        self.set_heads(dim, num_heads)
         self.locality_strength = locality_strength
         self.local_init = local_init
         self.qk = nn.Linear(dim, dim * 2, bias=qkv_bias)

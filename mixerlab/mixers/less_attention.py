@@ -159,13 +159,9 @@ class LessAttention(AttentionMixer):
                                    ("dp_mode", dp_mode, ("corrected", "literal"))):
             if val not in allowed:
                 raise ValueError(f"less_attention: {name}={val!r}; allowed: {list(allowed)}")
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.set_heads(dim, num_heads)
         if attn_residual and mode != "va":
             raise ValueError("less_attention: attn_residual applies to mode='va' layers only")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
         self.num_tokens = num_tokens
         self.mode = mode
         self.la_source = la_source

@@ -35,11 +35,7 @@ class ReAttention(AttentionMixer):
     def __init__(self, dim: int, *, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, transform_scale: bool = False):
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
+        self.set_heads(dim, num_heads)
         self.reatten_scale = self.scale if transform_scale else 1.0
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.head_mix = nn.Conv2d(num_heads, num_heads, 1)  # Theta (H, H) + bias
