@@ -250,3 +250,23 @@ def test_get_mixer_unknown_name():
 def test_misspelt_mixer_keyword_raises():
     with pytest.raises(TypeError, match="num_head"):
         Attention(8, num_head=2)
+
+
+@pytest.mark.parametrize("n", [49, 13, 1, 64])
+def test_groupnorm1_equals_torch_groupnorm(n):
+    """GroupNorm1 on (B, N, C) tokens equals nn.GroupNorm(1, C) on the (B, C, N) map, for grids
+    with and without a 2-D factorisation (prime N takes the layer_norm path)."""
+    from mixerlab.layers import GroupNorm1
+    torch.manual_seed(0)
+    g = GroupNorm1(8)
+    with torch.no_grad():
+        g.weight.normal_()
+        g.bias.normal_()
+    ref = torch.nn.GroupNorm(1, 8)
+    ref.load_state_dict(g.state_dict())
+    x = torch.randn(3, n, 8, requires_grad=True)
+    y = g(x)
+    torch.testing.assert_close(y, ref(x.transpose(1, 2)).transpose(1, 2), rtol=1e-5, atol=1e-5)
+    assert y.is_contiguous()
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
