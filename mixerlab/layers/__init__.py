@@ -1,5 +1,5 @@
 """Building blocks shared by every model: norms, MLPs, scales, drop path, embeddings."""
-from .drop import DropPath, drop_path_rates
+from .drop import DropPath, drop_path_rates, dropout
 from .embed import ConvStem, PatchEmbed, resample_pos_embed
 from .mlp import Mlp
 from .norm import GroupNorm1, LayerNorm, ScaledInputLayerNorm, TokenLayerNorm, get_norm_layer
@@ -7,6 +7,6 @@ from .scale import FixedScale, LayerScale
 
 __all__ = [
     "ConvStem", "DropPath", "FixedScale", "GroupNorm1", "LayerNorm", "LayerScale", "Mlp",
-    "PatchEmbed", "ScaledInputLayerNorm", "TokenLayerNorm", "drop_path_rates", "get_norm_layer",
+    "PatchEmbed", "ScaledInputLayerNorm", "TokenLayerNorm", "drop_path_rates", "dropout", "get_norm_layer",
     "resample_pos_embed",
 ]

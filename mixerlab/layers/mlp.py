@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from .drop import dropout
+
 
 class Mlp(nn.Module):
     """Two-layer MLP acting on the last axis.
@@ -20,9 +22,9 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
         self.act = act_layer()
-        self.drop1 = nn.Dropout(drop)
+        self.drop1 = dropout(drop)
         self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
-        self.drop2 = nn.Dropout(drop)
+        self.drop2 = dropout(drop)
 
     def forward(self, x):
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.drop import dropout
 from .base import AttentionMixer, TokenContext, register_mixer, tokens_to_map, map_to_tokens
 
 
@@ -55,9 +56,9 @@ class Attention(AttentionMixer):
             self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
             self.sr_norm = nn.LayerNorm(dim, eps=1e-6)
         self.attn_drop_p = attn_drop
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop = dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = dropout(proj_drop)
 
     def qkv_heads(self, x: torch.Tensor, ctx: TokenContext):
         """q, k, v as (B, H, N, D) (keys and values reduced when ``sr_ratio > 1``)."""

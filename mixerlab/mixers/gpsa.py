@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.drop import dropout
 from .base import AttentionMixer, TokenContext, register_mixer
 
 
@@ -66,9 +67,9 @@ class GPSA(AttentionMixer):
         self.pos_proj = nn.Linear(3, num_heads)
         self.gating_param = nn.Parameter(torch.ones(num_heads))
         self.attn_drop_p = attn_drop
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop = dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = dropout(proj_drop)
         self.register_buffer("rel_pos", torch.zeros(0, 0, 3), persistent=False)
         self._pos_cache = None  # (key, (H, N, N) positional map), eval + no-grad only
 

@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.drop import dropout
 from .base import AttentionMixer, TokenContext, register_mixer
 
 CARRY = "less_attention.carry"  # (B, H, N, N) matrix handed to the next layer
@@ -175,9 +176,10 @@ class LessAttention(AttentionMixer):
             self.theta = nn.Linear(num_tokens, num_tokens)  # mixes the key axis
             self.psi = nn.Linear(num_tokens, num_tokens)  # mixes the query axis
         self.residual = AttentionResidual(num_heads) if attn_residual else None
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop_p = attn_drop
+        self.attn_drop = dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = dropout(proj_drop)
 
     def init_weights(self) -> None:
         if self.mode == "la":
@@ -227,7 +229,7 @@ class LessAttention(AttentionMixer):
                              "N x N transforms fix the input size")
         # The factored (fused) path needs the carried matrix to be logits (softmax breaks it).
         factored = self.fused and self.la_source == "logits"
-        drop = self.attn_drop.p if self.training else 0.0
+        drop = self.attn_drop_p if self.training else 0.0
         if self.mode == "va":
             qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)  # (B, H, N, D)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..layers.drop import dropout
 from .base import AttentionMixer, TokenContext, register_mixer
 
 
@@ -40,9 +41,9 @@ class ReAttention(AttentionMixer):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.head_mix = nn.Conv2d(num_heads, num_heads, 1)  # Theta (H, H) + bias
         self.head_norm = nn.BatchNorm2d(num_heads)
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop = dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = dropout(proj_drop)
 
     def init_weights(self) -> None:
         # The generic walk leaves convs alone; restate PyTorch's default for clarity on re-init.

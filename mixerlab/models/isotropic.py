@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import ConvStem, PatchEmbed, drop_path_rates, resample_pos_embed
+from ..layers import ConvStem, PatchEmbed, drop_path_rates, dropout, resample_pos_embed
 from ..mixers.base import TokenContext
 from .base import MixerModel, mixer_factory
 from .block import MetaFormerBlock
@@ -60,7 +60,7 @@ class IsotropicModel(MixerModel):
             self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, cfg.dim))
         else:
             self.pos_embed = None
-        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        self.pos_drop = dropout(cfg.drop_rate)
 
         dpr = drop_path_rates(cfg.drop_path_rate, depth)
         blocks = []
@@ -75,7 +75,7 @@ class IsotropicModel(MixerModel):
         self.blocks = nn.ModuleList(blocks)
         self.norm = self.norm_layer(cfg.dim)
         self.global_pool = cfg.global_pool
-        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head_drop = dropout(cfg.drop_rate)
         self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.feature_info = [dict(num_chs=cfg.dim, reduction=self.patch_embed.patch_size,
                                   module=f"blocks.{i}") for i in range(depth)]
