@@ -4,15 +4,9 @@ Every embedding returns tokens (B, N, C) and the grid (H, W) they lie on (raster
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 class PatchEmbed(nn.Module):
@@ -92,10 +86,3 @@ def resample_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: t
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], c)  # (1, N, C)
     return torch.cat([prefix, grid], dim=1)
 
-
-def grid_from_tokens(n: int) -> tuple[int, int]:
-    """Square grid holding ``n`` tokens (for loading position tables of unknown shape)."""
-    s = math.isqrt(n)
-    if s * s != n:
-        raise ValueError(f"{n} position slots do not form a square grid")
-    return s, s

@@ -62,7 +62,6 @@ class TokenMixer(nn.Module):
     """Base class of all token mixers.
 
     Class attributes (what the mixer needs; read by the model builder, never by the block):
-        is_attention: the mixer has an attention map (it owns ``attn_probe`` and ``fused``).
         needs_num_tokens: the builder passes ``num_tokens=`` (the sequence length is fixed).
         fixed_num_tokens: the model cannot change its input size after construction.
         supports_prefix_tokens: the mixer accepts class tokens in the sequence.
@@ -70,7 +69,6 @@ class TokenMixer(nn.Module):
         drop_kwarg: the keyword through which the builder passes the model's dropout rate.
     """
 
-    is_attention = False
     needs_num_tokens = False
     fixed_num_tokens = False
     supports_prefix_tokens = True
@@ -95,7 +93,6 @@ class TokenMixer(nn.Module):
 class AttentionMixer(TokenMixer):
     """Base of attention-family mixers: the fused/explicit switch and the probe."""
 
-    is_attention = True
     drop_kwarg = "proj_drop"
 
     def __init__(self):

@@ -82,8 +82,8 @@ class MixerModel(nn.Module):
         self.pretrained_cfg = {
             "input_size": (self.in_chans, *self.img_size),
             "fixed_input_size": self.fixed_input_size,
-            "mean": tuple(self.cfg.mean[: self.in_chans]) if self.in_chans <= 3 else self.cfg.mean,
-            "std": tuple(self.cfg.std[: self.in_chans]) if self.in_chans <= 3 else self.cfg.std,
+            "mean": tuple(self.cfg.mean),
+            "std": tuple(self.cfg.std),
             "num_classes": self.num_classes,
             "interpolation": "bicubic",
             "crop_pct": 0.9,
