@@ -72,3 +72,28 @@ def test_failed_run_is_reported_and_others_go_on(smoke, monkeypatch):
     assert all(r["status"] == "cached" for k, r in rows.items() if k != "broken")
     report = (out / "report.md").read_text()
     assert "## Failed runs" in report and "broken" in report
+
+
+def test_parallel_jobs_match_the_cache_and_isolate_failures(tmp_path, monkeypatch):
+    """``jobs=2`` trains in worker processes; the hashes are the same as a one-process compare
+    (a rerun with one job trains nothing) and a failing run does not stop the others."""
+    bad = RunSpec("E1", "broken", "deit_micro", model_args={"mixers": [["attention", {"num_heads": 7}]]})
+    orig = experiments.PLANS["E1"]
+    monkeypatch.setitem(experiments.PLANS, "E1", lambda p: orig(p)[:3] + [bad])
+    logs = []
+    res = run_compare("smoke", out=tmp_path, log=logs.append, experiments=["E1"], jobs=2)
+    assert any("in 2 processes" in line for line in logs)
+    rows = {r["label"]: r for r in res["rows"]}
+    assert set(rows) == {"deit", "ffonly", "convit", "broken"}
+    assert rows["broken"]["status"] == "failed" and "num_heads" in rows["broken"]["error"]
+    assert all(rows[k]["status"] == "done" and 0 <= rows[k]["top1"] <= 100 for k in ("deit", "ffonly", "convit"))
+    logs2 = []
+    again = run_compare("smoke", out=tmp_path, log=logs2.append, experiments=["E1"])
+    assert "3 cached, 1 to train" in logs2[0]  # only the broken run is retried
+    assert {r["label"]: r["top1"] for r in again["rows"] if r["status"] == "cached"} == \
+        {k: rows[k]["top1"] for k in ("deit", "ffonly", "convit")}
+
+
+def test_jobs_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
+        run_compare("smoke", out=tmp_path, experiments=["E1"], jobs=0)

@@ -78,8 +78,12 @@ def machine_desc() -> dict:
 
 
 def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data_dir: str | None = None,
-                out: str | os.PathLike = "runs/compare", experiments=None, log=print) -> dict:
+                out: str | os.PathLike = "runs/compare", experiments=None, log=print,
+                jobs: int = 1, threads_per_job: int | None = None) -> dict:
     """Train (or take from the cache) every run of the preset, analyse, and write the report.
+
+    ``jobs`` distinct runs train at once in worker processes (``threads_per_job`` threads each;
+    default: the CPU count divided by ``jobs``); the results do not depend on it.
 
     Returns ``dict(report=path, rows=..., aggregate=...)``.
     """
@@ -94,7 +98,8 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
     out = Path(out)
     t0 = time.time()
     specs = plan(p)
-    results = Runner(out, p, data=data, data_dir=data_dir, log=log).run_all(specs)
+    results = Runner(out, p, data=data, data_dir=data_dir, log=log, jobs=jobs,
+                     threads_per_job=threads_per_job).run_all(specs)
     macs = _macs(results, p, data, data_dir)
     analyses = _analyses(results, p, data, data_dir, log)
     rows = run_rows(results, macs)

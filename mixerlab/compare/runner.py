@@ -4,11 +4,18 @@ A run folder is ``OUT/runs/<model>-<hash>``; the hash covers the whole resolved 
 (model, model overrides, data, recipe, seed), so runs shared by experiments train once, a finished
 run (``summary.json``) is never retrained and an interrupted one resumes from ``last.safetensors``.
 A failed run is recorded with its error and the others go on.
+
+With ``jobs > 1`` distinct runs train concurrently in spawned worker processes, each with
+``threads_per_job`` intra-op threads (default: the CPU count divided by ``jobs``). On a CPU this is
+faster than one process using every core, because the micro models are too small to keep several
+threads busy. The thread count is set outside the config, so it does not change the run hashes:
+a compare started with one job resumes with several and vice versa.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 import traceback
@@ -48,8 +55,16 @@ def build_config(spec: RunSpec, preset, seed: int, data: str, data_dir: str | No
 class Runner:
     """Trains what is not cached; reports progress with an overall ETA."""
 
-    def __init__(self, out: Path, preset, *, data: str, data_dir: str | None, log=print):
+    def __init__(self, out: Path, preset, *, data: str, data_dir: str | None, log=print,
+                 jobs: int = 1, threads_per_job: int | None = None):
+        if not isinstance(jobs, int) or jobs < 1:
+            raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+        if threads_per_job is not None and (not isinstance(threads_per_job, int) or threads_per_job < 1):
+            raise ValueError(f"threads_per_job must be an integer >= 1 or None, got {threads_per_job!r}")
         self.out, self.preset, self.data, self.data_dir, self.log = out, preset, data, data_dir, log
+        self.jobs = jobs
+        self._parallel: dict[str, RunResult] = {}
+        self.threads_per_job = threads_per_job or max(1, (os.cpu_count() or 1) // jobs)
         (out / "runs").mkdir(parents=True, exist_ok=True)
 
     def run_all(self, specs: list[RunSpec]) -> list[RunResult]:
@@ -62,6 +77,8 @@ class Runner:
         todo = [h for h in distinct if not (self._dir(jobs, h) / "summary.json").exists()]
         self.log(f"compare: {len(jobs)} runs, {len(distinct)} distinct configs, "
                  f"{len(distinct) - len(todo)} cached, {len(todo)} to train")
+        if self.jobs > 1 and len(todo) > 1:
+            self._train_parallel(jobs, todo)
         results, times, t0 = [], [], time.time()
         for spec, seed, cfg, h in jobs:
             if h in seen:
@@ -69,7 +86,9 @@ class Runner:
                 results.append(RunResult(spec, seed, r.run_dir, r.status, r.summary, r.error, 0.0))
                 continue
             run_dir = self._dir(jobs, h)
-            if (run_dir / "summary.json").exists():
+            if h in self._parallel:
+                r = self._parallel[h]
+            elif (run_dir / "summary.json").exists():
                 r = RunResult(spec, seed, run_dir, "cached", json.loads((run_dir / "summary.json").read_text()))
             else:
                 i = len(times) + 1
@@ -81,33 +100,80 @@ class Runner:
                          f"-> {run_dir.name}{eta}")
                 r = self._train(spec, seed, cfg, run_dir)
                 times.append(r.seconds)
-                msg = (f"top-1 {r.summary['final'].get('val_top1', float('nan')):.2f}%"
-                       if r.status == "done" else f"FAILED: {r.error}")
-                self.log(f"    {msg} ({r.seconds:.0f} s; {(time.time() - t0) / 60:.1f} min so far)")
+                self.log(f"    {self._outcome(r)} ({r.seconds:.0f} s; {(time.time() - t0) / 60:.1f} min so far)")
             seen[h] = r
             results.append(r)
         return results
+
+    @staticmethod
+    def _outcome(r: RunResult) -> str:
+        if r.status == "done":
+            return f"top-1 {r.summary['final'].get('val_top1', float('nan')):.2f}%"
+        return f"FAILED: {r.error}"
+
+    def _train_parallel(self, jobs, todo: list[str]) -> None:
+        """Train the runs ``todo`` (hashes) in ``self.jobs`` worker processes; log as each ends."""
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        first = {}
+        for spec, seed, cfg, h in jobs:
+            first.setdefault(h, (spec, seed, cfg))
+        self._parallel = {}
+        self.log(f"compare: training {len(todo)} runs in {self.jobs} processes x "
+                 f"{self.threads_per_job} thread(s)")
+        t0 = time.time()
+        with ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(self.threads_per_job,)) as pool:
+            futures = {}
+            for h in todo:
+                spec, seed, cfg = first[h]
+                futures[pool.submit(_train_one, spec, seed, cfg, self._dir(jobs, h))] = h
+            for n, fut in enumerate(as_completed(futures), 1):
+                h = futures[fut]
+                spec, seed, _ = first[h]
+                try:
+                    r = fut.result()
+                except Exception as e:  # the worker itself died (e.g. killed for memory)
+                    r = RunResult(spec, seed, self._dir(jobs, h), "failed",
+                                  error=f"worker process failed: {type(e).__name__}: {e}")
+                self._parallel[h] = r
+                elapsed = time.time() - t0
+                eta = elapsed / n * (len(todo) - n)
+                self.log(f"[{n}/{len(todo)}] {spec.exp} {spec.label}: {spec.model} seed {seed}: "
+                         f"{self._outcome(r)} ({r.seconds:.0f} s; {elapsed / 60:.1f} min so far, "
+                         f"ETA {eta / 60:.1f} min)")
 
     def _dir(self, jobs, h) -> Path:
         model = next(spec.model for spec, _, _, hh in jobs if hh == h)
         return self.out / "runs" / f"{model}-{h}"
 
     def _train(self, spec: RunSpec, seed: int, cfg, run_dir: Path) -> RunResult:
-        from ..train import train
-        t = time.time()
-        resume = (run_dir / "last.safetensors").exists()
-        if run_dir.exists() and not resume:
-            # A run that failed before its first checkpoint left only logs behind: start it afresh.
-            shutil.rmtree(run_dir)
-        try:
-            summary = train(cfg, out_dir=run_dir, resume=resume)
-            if summary.get("interrupted"):
-                raise KeyboardInterrupt
-            return RunResult(spec, seed, run_dir, "done", summary, seconds=time.time() - t)
-        except KeyboardInterrupt:
-            raise
-        except Exception as e:  # a failed run is reported and does not stop the others
-            (run_dir).mkdir(parents=True, exist_ok=True)
-            (run_dir / "error.txt").write_text(traceback.format_exc())
-            return RunResult(spec, seed, run_dir, "failed", error=f"{type(e).__name__}: {e}",
-                             seconds=time.time() - t)
+        return _train_one(spec, seed, cfg, run_dir)
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+def _train_one(spec: RunSpec, seed: int, cfg, run_dir: Path) -> RunResult:
+    """Train one run (resuming from its last checkpoint if there is one); never raises but for
+    KeyboardInterrupt."""
+    from ..train import train
+    t = time.time()
+    resume = (run_dir / "last.safetensors").exists()
+    if run_dir.exists() and not resume:
+        # A run that failed before its first checkpoint left only logs behind: start it afresh.
+        shutil.rmtree(run_dir)
+    try:
+        summary = train(cfg, out_dir=run_dir, resume=resume)
+        if summary.get("interrupted"):
+            raise KeyboardInterrupt
+        return RunResult(spec, seed, run_dir, "done", summary, seconds=time.time() - t)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # a failed run is reported and does not stop the others
+        (run_dir).mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        return RunResult(spec, seed, run_dir, "failed", error=f"{type(e).__name__}: {e}",
+                         seconds=time.time() - t)
