@@ -142,3 +142,51 @@ def test_gpsa_trains_after_inference_mode_forward():
     m.train()
     m(x).sum().backward()  # the cached relative positions must not be inference tensors
     assert m.blocks[0].token_mixer.pos_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_token_ff_token_major_equals_module_path(bias):
+    """The token-major GEMMs give the module path's output and gradients (eval and training)."""
+    from mixerlab.mixers import TokenFF
+    torch.manual_seed(0)
+    t = TokenFF(12, num_tokens=17)
+    if not bias:
+        t.mlp.fc1.bias = t.mlp.fc2.bias = None
+    base = torch.randn(3, 12, 17)
+    ctx = TokenContext(grid=(4, 4), num_prefix_tokens=1)
+    for x in (base.transpose(1, 2), base.transpose(1, 2).contiguous()):  # the token norm's layout, plain
+        xs = [x.clone().requires_grad_(True) for _ in range(2)]
+        t.fused = True
+        fast = t(xs[0], ctx)
+        t.fused = False
+        ref = t(xs[1], ctx)
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+        g = torch.randn_like(ref)
+        gw_fast = torch.autograd.grad(fast, [xs[0], t.mlp.fc1.weight, t.mlp.fc2.weight], g)
+        gw_ref = torch.autograd.grad(ref, [xs[1], t.mlp.fc1.weight, t.mlp.fc2.weight], g)
+        for a, b in zip(gw_fast, gw_ref):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_token_ff_dropout_takes_module_path():
+    from mixerlab.mixers import TokenFF
+    t = TokenFF(8, num_tokens=5, drop=0.5).train()
+    calls = []
+    t.mlp.register_forward_hook(lambda *a: calls.append(1))
+    t(torch.randn(2, 5, 8), TokenContext(grid=(2, 2), num_prefix_tokens=1))
+    assert calls == [1]
+    t.eval()(torch.randn(2, 5, 8), TokenContext(grid=(2, 2), num_prefix_tokens=1))
+    assert calls == [1]  # eval: the token-major path, no module call
+
+
+def test_ffonly_model_fast_equals_reference():
+    torch.manual_seed(0)
+    m = mixerlab.create_model("ffonly_micro").eval()
+    x = torch.randn(2, 3, *m.img_size)
+    with torch.no_grad():
+        fast = m(x)
+        for mod in m.modules():
+            if hasattr(mod, "fused"):
+                mod.fused = False
+        ref = m(x)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)

@@ -7,6 +7,13 @@ across channels; then transposed back. As in the official code, the norm in fron
 LayerNorm over the *token* axis (T affine pairs): this mixer asks the block for that norm through
 ``build_norm``. The block runs the channel MLP *before* this mixer (``mlp_first``), as the code does.
 T is fixed at construction, so the model only accepts the input size it was built for.
+
+Fast path (``fused``, the default): the same two linear maps applied from the left to the tokens
+laid out as a (T, B*D) matrix, ``W2 @ act(W1 @ X + b1) + b2``, instead of to (B*D, T) rows. The
+weights, the maths and the state dict are unchanged; only the GEMM layout differs (profiled: the
+two token-axis GEMMs are ~75% of an FF-only training step on a CPU, and the (T, B*D) layout runs
+them 15-25% faster at one thread; ``scripts/profile_model.py``). With active dropout the module path
+runs instead, which is also the reference the tests compare with.
 """
 from __future__ import annotations
 
@@ -36,6 +43,8 @@ class TokenFF(TokenMixer):
     def __init__(self, dim: int, *, num_tokens: int, mlp_ratio: float = 4.0, drop: float = 0.0):
         super().__init__()
         self.num_tokens = num_tokens
+        self.drop = drop
+        self.fused = True  # token-major GEMMs; False: the module path (the reference)
         self.mlp = Mlp(num_tokens, hidden_dim=int(mlp_ratio * num_tokens), act_layer=nn.GELU, drop=drop)
 
     def build_norm(self, dim: int, norm_layer):
@@ -45,4 +54,15 @@ class TokenFF(TokenMixer):
         if x.shape[1] != self.num_tokens:
             raise ValueError(f"token_ff was built for {self.num_tokens} tokens, got {x.shape[1]}: "
                              "the feed-forward over the token axis has a fixed token count")
+        if self.fused and not (self.training and self.drop > 0):
+            return self._forward_token_major(x)
         return self.mlp(x.transpose(1, 2)).transpose(1, 2)  # (B, D, T) -> (B, T, D)
+
+    def _forward_token_major(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
+        h = x.transpose(0, 1).reshape(t, b * d)  # (T, B*D): every column is one channel's tokens
+        h = torch.addmm(fc1.bias[:, None], fc1.weight, h) if fc1.bias is not None else fc1.weight @ h
+        h = self.mlp.act(h)
+        h = torch.addmm(fc2.bias[:, None], fc2.weight, h) if fc2.bias is not None else fc2.weight @ h
+        return h.view(t, b, d).transpose(0, 1)
