@@ -97,3 +97,32 @@ def test_parallel_jobs_match_the_cache_and_isolate_failures(tmp_path, monkeypatc
 def test_jobs_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="jobs must be an integer >= 1"):
         run_compare("smoke", out=tmp_path, experiments=["E1"], jobs=0)
+
+
+def test_macs_follow_the_trained_data(tmp_path):
+    """MACs are counted on the model as trained: 3 input channels and 4 classes here, not the
+    Fashion-MNIST 1 x 10 defaults."""
+    import dataclasses
+
+    import torch
+
+    from mixerlab.bench.complexity import count_macs
+    from mixerlab.compare.presets import get_preset
+    from mixerlab.train.factory import build_model
+    smoke = get_preset("smoke")
+    p = dataclasses.replace(smoke, experiments=("E1",), train_overrides={
+        **smoke.train_overrides, "synthetic_chans": 3, "synthetic_classes": 4})
+    monkey_plan = experiments.PLANS["E1"]
+    try:
+        experiments.PLANS["E1"] = lambda pr: monkey_plan(pr)[4:5]  # poolformer only
+        res = run_compare(p, out=tmp_path, log=lambda s: None)
+    finally:
+        experiments.PLANS["E1"] = monkey_plan
+    (row,) = res["rows"]
+    with torch.device("meta"):
+        m = build_model("poolformer_micro", num_classes=4, in_chans=3, img_size=32, drop_path_rate=0.0,
+                        model_args={})
+        m1 = build_model("poolformer_micro", num_classes=10, in_chans=1, img_size=32, drop_path_rate=0.0,
+                         model_args={})
+    assert row["gmacs"] == pytest.approx(count_macs(m) / 1e9, rel=1e-9)
+    assert count_macs(m) != count_macs(m1)

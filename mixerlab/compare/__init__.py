@@ -20,18 +20,11 @@ from .runner import Runner, RunResult, config_hash
 __all__ = ["PRESETS", "Preset", "get_preset", "run_compare", "config_hash"]
 
 
-def _in_chans(cfg) -> int:
-    if cfg.data == "fashion-mnist":
-        return 1
-    if cfg.data == "synthetic":
-        return cfg.synthetic_chans
-    return 3
-
-
 def _macs(results: list[RunResult], preset, data, data_dir) -> dict:
     import torch
 
     from ..bench.complexity import count_macs
+    from ..train.checkpoint import read_state, resolve_checkpoint
     from ..train.factory import build_model
     from .runner import build_config
     out = {}
@@ -39,9 +32,10 @@ def _macs(results: list[RunResult], preset, data, data_dir) -> dict:
         if str(r.run_dir) in out or r.status == "failed":
             continue
         cfg = build_config(r.spec, preset, r.seed, data, data_dir)
+        info = read_state(resolve_checkpoint(r.run_dir))["data_info"]  # the model as it was trained
         with torch.device("meta"):
-            m = build_model(cfg.model, num_classes=10, in_chans=_in_chans(cfg), img_size=cfg.img_size,
-                            drop_path_rate=0.0, model_args=cfg.model_args)
+            m = build_model(cfg.model, num_classes=info["num_classes"], in_chans=info["in_chans"],
+                            img_size=cfg.img_size, drop_path_rate=0.0, model_args=cfg.model_args)
         out[str(r.run_dir)] = count_macs(m) / 1e9
     return out
 

@@ -228,6 +228,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """The config stored in a checkpoint, reading only its header (no tensors, no digest check)."""
+    return _read_header(path, "config")
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """The training state stored in a checkpoint (epoch, step, ``data_info``, ...), header only."""
+    return _read_header(path, "state")
+
+
+def _read_header(path: str | Path, key: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -236,7 +245,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
             metadata = f.metadata() or {}
         if metadata.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not a mixerlab training checkpoint (format {metadata.get('format')!r})")
-        return json.loads(metadata["config"])
+        return json.loads(metadata[key])
     except CheckpointError:
         raise
     except Exception as e:
