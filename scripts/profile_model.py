@@ -1,23 +1,65 @@
-"""Profile one zoo model with ``torch.profiler``: which operators take the time.
+"""Profile one zoo model: which operators take the time, and what its fast paths buy.
 
-Prints the operators sorted by self CPU time (or CUDA time on a GPU) for an inference forward or a
-training step (forward + backward + AdamW step), so a hot spot of a mixer, a norm or a layout copy
-shows up by name. With ``--json`` the table is also written as records (name, calls, self time
-in ms, share of the total) to compare before and after a change.
+Default: the operators of an inference forward or a training step (forward, backward, AdamW step)
+sorted by self CPU time (CUDA time on a GPU), so a hot spot of a mixer, a norm or a layout copy
+shows up by name; ``--json`` also writes them as records (name, calls, ms per step, share).
+
+``--paths``: time the model with every mixer that has a ``fused`` switch (attention family, token
+feed-forward) on its fast path and on its reference path, alternately, ``--reps`` times, same
+weights and batch; prints the medians and their ratio (the unit tests check that both paths give
+the same numbers; this measures what the fast path buys inside the whole model).
 
 Usage: python scripts/profile_model.py ffonly_tiny [--batch 16] [--mode infer|train] [--threads 1]
-       [--steps 3] [--top 20] [--json FILE]
+       [--steps 3] [--top 20] [--json FILE] [--paths --reps 6]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 import mixerlab
+from mixerlab.bench.speed import Case, Runner
+
+
+def profile_ops(run: Runner, steps: int) -> tuple[list[dict], float]:
+    """Operator records sorted by self time, and the total self time per step in ms."""
+    dev = run.device
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    run.timed(1)  # warm-up (caches, allocator)
+    with profile(activities=acts) as prof:
+        run.timed(steps)
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key) > 0]
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events)
+    recs = [dict(name=e.key, calls=e.count // steps, self_ms=getattr(e, key) / 1e3 / steps,
+                 share=getattr(e, key) / total) for e in events]
+    return recs, total / 1e3 / steps
+
+
+def compare_paths(run: Runner, reps: int) -> tuple[float, float]:
+    """Median seconds per step on the fast paths and on the reference paths (interleaved)."""
+    switches = [m for m in run.model.modules() if hasattr(m, "fused")]
+    if not switches:
+        raise ValueError("the model has no mixer with a fast path (no `fused` switch)")
+    times: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for rep in range(reps + 1):
+            for fused in (True, False):
+                for m in switches:
+                    m.fused = fused
+                t = run.timed(1)
+                if rep:  # the first round is the warm-up
+                    times[fused].append(t)
+    finally:
+        for m in switches:
+            m.fused = True
+    return statistics.median(times[True]), statistics.median(times[False])
 
 
 def main(argv=None) -> int:
@@ -30,54 +72,40 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--paths", action="store_true", help="time fast vs reference paths instead")
+    ap.add_argument("--reps", type=int, default=6)
     args = ap.parse_args(argv)
-    if args.batch < 1 or args.steps < 1:
-        ap.error("--batch and --steps must be >= 1")
+    if min(args.batch, args.steps, args.reps) < 1:
+        ap.error("--batch, --steps and --reps must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         model = mixerlab.create_model(args.model, **({"img_size": args.img_size} if args.img_size else {}))
     except (KeyError, ValueError) as e:
         print(f"profile_model: {e}", file=sys.stderr)
         return 2
-    model.to(dev)
-    x = torch.randn(args.batch, model.in_chans, *model.img_size, device=dev)
-    y = torch.randint(0, model.num_classes, (args.batch,), device=dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step():
-        if args.mode == "infer":
-            with torch.inference_mode():
-                model.eval()(x)
-            return
-        model.train()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    step()  # warm-up (caches, allocator)
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    with profile(activities=acts) as prof:
-        for _ in range(args.steps):
-            step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-    events = [e for e in prof.key_averages() if getattr(e, key) > 0]
-    total = sum(getattr(e, key) for e in events)
-    events.sort(key=lambda e: getattr(e, key), reverse=True)
-    recs = [dict(name=e.key, calls=e.count, self_ms=getattr(e, key) / 1e3 / args.steps,
-                 share=getattr(e, key) / total) for e in events]
-    print(f"{args.model} {args.mode} batch {args.batch} on {dev} ({torch.get_num_threads()} threads), "
-          f"{total / 1e3 / args.steps:.1f} ms self time per step")
+    run = Runner(model, Case(mode=args.mode, batch_size=args.batch, device=dev), model.in_chans,
+                 model.img_size, model.num_classes)
+    where = (f"{args.model} {args.mode} batch {args.batch} on {dev} ({torch.get_num_threads()} threads, "
+             f"torch {torch.__version__})")
+    if args.paths:
+        try:
+            fast, ref = compare_paths(run, args.reps)
+        except ValueError as e:
+            print(f"profile_model: {args.model}: {e}", file=sys.stderr)
+            return 2
+        print(f"{where}: fast path {fast * 1e3:.1f} ms, reference path {ref * 1e3:.1f} ms, "
+              f"speed-up {ref / fast:.2f}x")
+        return 0
+    recs, total_ms = profile_ops(run, args.steps)
+    print(f"{where}: {total_ms:.1f} ms self time per step")
     print(f"{'operator':<44} {'calls':>6} {'ms/step':>9} {'share':>7}")
     for r in recs[:args.top]:
-        print(f"{r['name'][:44]:<44} {r['calls'] // args.steps:>6} {r['self_ms']:>9.2f} {100 * r['share']:>6.1f}%")
+        print(f"{r['name'][:44]:<44} {r['calls']:>6} {r['self_ms']:>9.2f} {100 * r['share']:>6.1f}%")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(model=args.model, mode=args.mode, batch=args.batch, device=str(dev),
+            json.dump(dict(model=args.model, mode=args.mode, batch=args.batch, device=dev,
                            threads=torch.get_num_threads(), torch=torch.__version__, ops=recs), f, indent=1)
     return 0
 

@@ -47,22 +47,30 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _matrix_and_curves(rec: dict, *, xlabel: str, ylabel: str, title: str, cbar: str):
+    """A figure with a layer x layer similarity matrix (left, NaN in grey) and an empty right axis."""
+    plt = _plt()
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained",
+                                 gridspec_kw=dict(width_ratios=(1, 1.25)))
+    mat = np.ma.masked_invalid(_matrix(rec["matrix"]))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
+    im = a0.imshow(mat, cmap=cmap, vmin=_vmin(mat), vmax=1.0)
+    _ticks(a0, rec["layers"])
+    a0.set_xlabel(xlabel)
+    a0.set_ylabel(ylabel)
+    a0.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=a0, fraction=0.046, pad=0.04, label=cbar)
+    return fig, a0, a1
+
+
 def plot_attention_similarity(rec: dict, title: str, path: Path) -> Path | None:
     """Left: layer x layer cross-layer similarity; right: similarity with the next 1..k layers."""
     sim = rec["attention_similarity"]
     if not sim["layers"]:
         return None
-    plt = _plt()
-    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained",
-                                 gridspec_kw=dict(width_ratios=(1, 1.25)))
-    mat = np.ma.masked_invalid(_matrix(sim["matrix"]))
-    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
-    im = a0.imshow(mat, cmap=cmap, vmin=_vmin(mat), vmax=1.0)
-    _ticks(a0, sim["layers"])
-    a0.set_xlabel("attention layer q")
-    a0.set_ylabel("attention layer p")
-    a0.set_title("cross-layer attention similarity\n(grey: different map shape)", fontsize=9)
-    fig.colorbar(im, ax=a0, fraction=0.046, pad=0.04, label="mean column cosine")
+    fig, a0, a1 = _matrix_and_curves(
+        sim, xlabel="attention layer q", ylabel="attention layer p",
+        title="cross-layer attention similarity\n(grey: different map shape)", cbar="mean column cosine")
     labels = sim["layers"]
     k = max((len(v) for v in sim["next_k"].values()), default=0)
     x = np.arange(len(labels))
@@ -154,17 +162,9 @@ def plot_feature_similarity(rec: dict, title: str, path: Path) -> Path | None:
     fs = rec["feature_similarity"]
     if not fs["layers"]:
         return None
-    plt = _plt()
-    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained",
-                                 gridspec_kw=dict(width_ratios=(1, 1.25)))
-    mat = np.ma.masked_invalid(_matrix(fs["matrix"]))
-    cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
-    im = a0.imshow(mat, cmap=cmap, vmin=_vmin(mat), vmax=1.0)
-    _ticks(a0, fs["layers"])
-    a0.set_xlabel("block q output")
-    a0.set_ylabel("block p output")
-    a0.set_title("token feature similarity across blocks\n(grey: different tokens or width)", fontsize=9)
-    fig.colorbar(im, ax=a0, fraction=0.046, pad=0.04, label="mean token cosine")
+    fig, a0, a1 = _matrix_and_curves(
+        fs, xlabel="block q output", ylabel="block p output",
+        title="token feature similarity across blocks\n(grey: different tokens or width)", cbar="mean token cosine")
     x = np.arange(len(fs["layers"]))
     adj = [np.nan] + [np.nan if v is None else v for v in fs["adjacent"]]
     a1.plot(x, adj, marker="o", ms=3, label="with previous block (same token)")

@@ -205,19 +205,25 @@ class Checkpoint:
         return _rng_from_file(self.tensors, self.state["rng"])
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read and verify a checkpoint file (safetensors only, nothing unpickled)."""
+def _open(path: str | Path, *, tensors: bool) -> tuple[Path, dict[str, str], dict[str, torch.Tensor]]:
+    """(path, metadata, tensors) of a mixerlab checkpoint; tensors only when asked for."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            loaded = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except Exception as e:  # SafetensorError, OSError, header JSON errors: all mean "unreadable"
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e})") from None
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a mixerlab training checkpoint (format {metadata.get('format')!r})")
+    return path, metadata, loaded
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and verify a checkpoint file (safetensors only, nothing unpickled)."""
+    path, metadata, tensors = _open(path, tensors=True)
     if _digest(tensors) != metadata.get("sha256"):
         raise CheckpointError(f"checkpoint {path} is corrupt: its tensors do not match the stored sha256")
     try:
@@ -237,19 +243,11 @@ def read_state(path: str | Path) -> dict[str, Any]:
 
 
 def _read_header(path: str | Path, key: str) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    path, metadata, _ = _open(path, tensors=False)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        if metadata.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not a mixerlab training checkpoint (format {metadata.get('format')!r})")
         return json.loads(metadata[key])
-    except CheckpointError:
-        raise
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e})") from None
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path} has damaged metadata: {type(e).__name__}: {e}") from None
 
 
 def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
