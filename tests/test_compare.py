@@ -126,3 +126,19 @@ def test_macs_follow_the_trained_data(tmp_path):
                          model_args={})
     assert row["gmacs"] == pytest.approx(count_macs(m) / 1e9, rel=1e-9)
     assert count_macs(m) != count_macs(m1)
+
+
+def test_report_only_trains_nothing_and_lists_missing_runs(smoke, tmp_path):
+    out, res, _ = smoke
+    # An empty folder: every run is missing, the report is still written.
+    logs = []
+    empty = run_compare("smoke", out=tmp_path, log=logs.append, report_only=True)
+    assert all(r["status"] == "missing" for r in empty["rows"])
+    assert not any(line.startswith("[") for line in logs)
+    assert not list((tmp_path / "runs").iterdir())
+    report = (tmp_path / "report.md").read_text()
+    assert "## Runs not trained yet" in report and "not run" in report
+    # The trained folder: nothing missing, the same numbers as the run that trained them.
+    again = run_compare("smoke", out=out, log=lambda s: None, report_only=True)
+    assert [r["top1"] for r in again["rows"]] == [r["top1"] for r in res["rows"]]
+    assert "## Runs not trained yet" not in (out / "report.md").read_text()

@@ -16,6 +16,8 @@ def add_parser(sub):
     p.add_argument("--jobs", type=int, default=1,
                    help="train this many runs at once in separate processes (CPU: 2 on 2 cores is "
                         "faster than 1; results do not depend on it)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the report from the finished runs in --out")
     p.add_argument("--threads-per-job", type=int, default=None,
                    help="intra-op threads per job (default: CPU count / jobs)")
     return p
@@ -30,5 +32,6 @@ def run(args) -> int:
     out = args.out or f"runs/compare-{args.preset}"
     run_compare(args.preset, data=args.data, data_dir=args.data_dir, out=out,
                 experiments=args.experiments, log=lambda s: print(s, flush=True),
-                jobs=args.jobs, threads_per_job=args.threads_per_job)
+                jobs=args.jobs, threads_per_job=args.threads_per_job,
+                report_only=args.report_only)
     return 0

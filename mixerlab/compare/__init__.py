@@ -29,7 +29,7 @@ def _macs(results: list[RunResult], preset, data, data_dir) -> dict:
     from .runner import build_config
     out = {}
     for r in results:
-        if str(r.run_dir) in out or r.status == "failed":
+        if str(r.run_dir) in out or r.status not in ("done", "cached"):
             continue
         cfg = build_config(r.spec, preset, r.seed, data, data_dir)
         info = read_state(resolve_checkpoint(r.run_dir))["data_info"]  # the model as it was trained
@@ -46,7 +46,7 @@ def _analyses(results: list[RunResult], preset, data, data_dir, log) -> dict:
     from ..analysis.inputs import load_images, load_model
     out: dict = {}
     for r in results:
-        if not r.spec.analyze or r.status == "failed" or r.seed != preset.seeds[0]:
+        if not r.spec.analyze or r.status not in ("done", "cached") or r.seed != preset.seeds[0]:
             continue
         name = f"{r.spec.label}" + (f" (x={r.spec.x:g})" if r.spec.x is not None else "")
         cache = r.run_dir / f"analysis-{preset.analysis_images}.json"
@@ -73,11 +73,13 @@ def machine_desc() -> dict:
 
 def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data_dir: str | None = None,
                 out: str | os.PathLike = "runs/compare", experiments=None, log=print,
-                jobs: int = 1, threads_per_job: int | None = None) -> dict:
+                jobs: int = 1, threads_per_job: int | None = None, report_only: bool = False) -> dict:
     """Train (or take from the cache) every run of the preset, analyse, and write the report.
 
     ``jobs`` distinct runs train at once in worker processes (``threads_per_job`` threads each;
-    default: the CPU count divided by ``jobs``); the results do not depend on it.
+    default: the CPU count divided by ``jobs``); the results do not depend on it. ``report_only``
+    trains nothing: the report is written from the finished runs (e.g. while another process is
+    still training), the others are listed as not trained.
 
     Returns ``dict(report=path, rows=..., aggregate=...)``.
     """
@@ -93,7 +95,7 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
     t0 = time.time()
     specs = plan(p)
     results = Runner(out, p, data=data, data_dir=data_dir, log=log, jobs=jobs,
-                     threads_per_job=threads_per_job).run_all(specs)
+                     threads_per_job=threads_per_job, report_only=report_only).run_all(specs)
     macs = _macs(results, p, data, data_dir)
     analyses = _analyses(results, p, data, data_dir, log)
     rows = run_rows(results, macs)

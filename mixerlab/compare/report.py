@@ -50,10 +50,11 @@ def aggregate(rows: list[dict]) -> list[dict]:
         groups.setdefault((row["experiment"], row["label"], row["x"]), []).append(row)
     out = []
     for (exp, label, x), rs in groups.items():
-        ok = [r for r in rs if r["status"] != "failed"]
+        ok = [r for r in rs if r["status"] in ("done", "cached")]
         m, sd = _mean_sd([r["top1"] for r in ok])
         out.append(dict(experiment=exp, label=label, x=x, model=rs[0]["model"], seeds=len(ok),
-                        failed=len(rs) - len(ok), top1=m, top1_sd=sd,
+                        failed=sum(r["status"] == "failed" for r in rs),
+                        missing=sum(r["status"] == "missing" for r in rs), top1=m, top1_sd=sd,
                         params_m=_mean_sd([r["params_m"] for r in ok])[0],
                         gmacs=_mean_sd([r["gmacs"] for r in ok])[0],
                         train_img_s=_mean_sd([r["train_img_s"] for r in ok])[0],
@@ -76,7 +77,7 @@ def _f(v, nd=2, suffix=""):
 
 def _acc(a):
     if a["top1"] is None:
-        return "failed"
+        return "not run" if a.get("missing") and not a["failed"] else "failed"
     return _f(a["top1"]) + (f" ± {a['top1_sd']:.2f}" if a["seeds"] > 1 else "")
 
 
@@ -130,7 +131,8 @@ def _lines(aggs, xlabel, title, path, logx=False):
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if by:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -351,6 +353,12 @@ def write_report(out: Path, preset, data: str, rows: list[dict], agg: list[dict]
     if failed:
         lines += ["## Failed runs", ""] + [f"- {r['experiment']} {r['label']} (seed {r['seed']}): {r['error']} "
                                            f"(`{r['run_dir']}/error.txt`)" for r in failed] + [""]
+    missing = [r for r in rows if r["status"] == "missing"]
+    if missing:
+        lines += ["## Runs not trained yet", "", f"This report was written before {len(missing)} of "
+                  f"{len(rows)} runs finished (`report_only`); their rows are missing or average fewer seeds: "
+                  + ", ".join(f"{r['experiment']} {r['label']}" + (f" x={r['x']:g}" if r["x"] is not None else "")
+                              + f" seed {r['seed']}" for r in missing) + ".", ""]
     for exp in preset.experiments:
         aggs = [a for a in agg if a["experiment"] == exp]
         if not aggs:

@@ -35,7 +35,7 @@ class RunResult:
     spec: RunSpec
     seed: int
     run_dir: Path
-    status: str  # done | cached | failed
+    status: str  # done | cached | failed | missing (not trained: report_only)
     summary: dict = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
@@ -56,13 +56,14 @@ class Runner:
     """Trains what is not cached; reports progress with an overall ETA."""
 
     def __init__(self, out: Path, preset, *, data: str, data_dir: str | None, log=print,
-                 jobs: int = 1, threads_per_job: int | None = None):
+                 jobs: int = 1, threads_per_job: int | None = None, report_only: bool = False):
         if not isinstance(jobs, int) or jobs < 1:
             raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
         if threads_per_job is not None and (not isinstance(threads_per_job, int) or threads_per_job < 1):
             raise ValueError(f"threads_per_job must be an integer >= 1 or None, got {threads_per_job!r}")
         self.out, self.preset, self.data, self.data_dir, self.log = out, preset, data, data_dir, log
         self.jobs = jobs
+        self.report_only = report_only
         self._parallel: dict[str, RunResult] = {}
         self.threads_per_job = threads_per_job or max(1, (os.cpu_count() or 1) // jobs)
         (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,9 @@ class Runner:
         todo = [h for h in distinct if not (self._dir(jobs, h) / "summary.json").exists()]
         self.log(f"compare: {len(jobs)} runs, {len(distinct)} distinct configs, "
                  f"{len(distinct) - len(todo)} cached, {len(todo)} to train")
-        if self.jobs > 1 and len(todo) > 1:
+        if self.report_only:
+            self.log(f"compare: report only: {len(todo)} run(s) not trained are marked missing")
+        elif self.jobs > 1 and len(todo) > 1:
             self._train_parallel(jobs, todo)
         results, times, t0 = [], [], time.time()
         for spec, seed, cfg, h in jobs:
@@ -90,6 +93,8 @@ class Runner:
                 r = self._parallel[h]
             elif (run_dir / "summary.json").exists():
                 r = RunResult(spec, seed, run_dir, "cached", json.loads((run_dir / "summary.json").read_text()))
+            elif self.report_only:
+                r = RunResult(spec, seed, run_dir, "missing", error="not trained yet (report written with report_only)")
             else:
                 i = len(times) + 1
                 eta = ""
