@@ -270,3 +270,16 @@ def test_groupnorm1_equals_torch_groupnorm(n):
     assert y.is_contiguous()
     y.sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_gpsa_positional_summary_at_local_init():
+    """Local init puts head h1 + 3*h2 of a 9-head GPSA at offset (h2 - 1, h1 - 1) with strength
+    alpha: the summary must recover |offset| and alpha."""
+    g = GPSA(36, num_heads=9, locality_strength=2.0)
+    g.init_weights()
+    s = g.positional_summary()
+    expected = torch.tensor([math.hypot(h2 - 1, h1 - 1) for h2 in range(3) for h1 in range(3)])
+    order = [h1 + 3 * h2 for h2 in range(3) for h1 in range(3)]
+    torch.testing.assert_close(s["centre_distance"][order], expected)
+    torch.testing.assert_close(s["locality_strength"], torch.full((9,), 2.0))
+    torch.testing.assert_close(s["gate"], torch.full((9,), torch.sigmoid(torch.tensor(1.0)).item()))

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..mixers.base import AttentionMixer, TokenMixer, attention_maps
+from ..mixers.gpsa import GPSA
 from . import metrics as M
 
 SIMILAR_THRESHOLD = 0.9
@@ -232,12 +233,8 @@ def analyze_model(model: nn.Module, images: torch.Tensor, *, batch_size: int = 1
     gates = {}
     for n in att:
         mixer = model.get_submodule(n)
-        if hasattr(mixer, "gates") and hasattr(mixer, "pos_proj"):
-            w = mixer.pos_proj.weight.detach().float()  # (H, 3): [dx, dy, d^2]
-            span = -1.0 / w[:, 2]
-            centre = torch.stack([w[:, 0] * span / 2, w[:, 1] * span / 2], -1).norm(dim=-1)
-            gates[layer_label(n)] = dict(gate=mixer.gates().detach(), locality_strength=-w[:, 2],
-                                         centre_distance=centre)
+        if isinstance(mixer, GPSA):
+            gates[layer_label(n)] = mixer.positional_summary()
     dp = {layer_label(n): dict(v, mode=getattr(model.get_submodule(n), "mode", None)) for n, v in raw["dp"].items()}
 
     fnames = raw["feature_layers"]

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -119,34 +120,56 @@ class Runner:
     def _train_parallel(self, jobs, todo: list[str]) -> None:
         """Train the runs ``todo`` (hashes) in ``self.jobs`` worker processes; log as each ends."""
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import ProcessPoolExecutor
         first = {}
         for spec, seed, cfg, h in jobs:
             first.setdefault(h, (spec, seed, cfg))
+        # Seed-major order: every configuration's first seed trains before any second seed, so a
+        # compare stopped early (and reported with report_only) covers every experiment.
+        seeds = list(self.preset.seeds)
+        todo = sorted(todo, key=lambda h: seeds.index(first[h][1]))  # stable: plan order within a seed
         self._parallel = {}
         self.log(f"compare: training {len(todo)} runs in {self.jobs} processes x "
                  f"{self.threads_per_job} thread(s)")
         t0 = time.time()
-        with ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(self.threads_per_job,)) as pool:
+        pool = ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self.threads_per_job,))
+        try:
             futures = {}
             for h in todo:
                 spec, seed, cfg = first[h]
                 futures[pool.submit(_train_one, spec, seed, cfg, self._dir(jobs, h))] = h
-            for n, fut in enumerate(as_completed(futures), 1):
-                h = futures[fut]
-                spec, seed, _ = first[h]
-                try:
-                    r = fut.result()
-                except Exception as e:  # the worker itself died (e.g. killed for memory)
-                    r = RunResult(spec, seed, self._dir(jobs, h), "failed",
-                                  error=f"worker process failed: {type(e).__name__}: {e}")
-                self._parallel[h] = r
-                elapsed = time.time() - t0
-                eta = elapsed / n * (len(todo) - n)
-                self.log(f"[{n}/{len(todo)}] {spec.exp} {spec.label}: {spec.model} seed {seed}: "
-                         f"{self._outcome(r)} ({r.seconds:.0f} s; {elapsed / 60:.1f} min so far, "
-                         f"ETA {eta / 60:.1f} min)")
+            self._collect(futures, first, jobs, todo, t0)
+        except KeyboardInterrupt:
+            # Ctrl-C / SIGTERM: no new run starts; each worker saves a resumable checkpoint of the
+            # run it is training (SIGTERM -> the training loop's interrupt path) and exits.
+            self.log("compare: interrupted; the workers save resumable checkpoints and stop")
+            procs = list((pool._processes or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                if proc.is_alive():
+                    os.kill(proc.pid, signal.SIGTERM)
+            for proc in procs:
+                proc.join(timeout=120)
+            raise
+        pool.shutdown(wait=True)
+
+    def _collect(self, futures, first, jobs, todo, t0) -> None:
+        from concurrent.futures import as_completed
+        for n, fut in enumerate(as_completed(futures), 1):
+            h = futures[fut]
+            spec, seed, _ = first[h]
+            try:
+                r = fut.result()
+            except Exception as e:  # the worker itself died (e.g. killed for memory)
+                r = RunResult(spec, seed, self._dir(jobs, h), "failed",
+                              error=f"worker process failed: {type(e).__name__}: {e}")
+            self._parallel[h] = r
+            elapsed = time.time() - t0
+            eta = elapsed / n * (len(todo) - n)
+            self.log(f"[{n}/{len(todo)}] {spec.exp} {spec.label}: {spec.model} seed {seed}: "
+                     f"{self._outcome(r)} ({r.seconds:.0f} s; {elapsed / 60:.1f} min so far, "
+                     f"ETA {eta / 60:.1f} min)")
 
     def _dir(self, jobs, h) -> Path:
         model = next(spec.model for spec, _, _, hh in jobs if hh == h)
@@ -156,15 +179,30 @@ class Runner:
         return _train_one(spec, seed, cfg, run_dir)
 
 
+_stopping = False  # in a worker: set once interrupted; no further run starts
+
+
+def _stop_worker(signum, frame):
+    global _stopping
+    _stopping = True
+    raise KeyboardInterrupt
+
+
 def _init_worker(threads: int) -> None:
     import torch
     torch.set_num_threads(threads)
+    # Ctrl-C reaches the whole process group: the parent decides, and stops workers by SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_worker)
 
 
 def _train_one(spec: RunSpec, seed: int, cfg, run_dir: Path) -> RunResult:
     """Train one run (resuming from its last checkpoint if there is one); never raises but for
     KeyboardInterrupt."""
+    global _stopping
     from ..train import train
+    if _stopping:
+        raise KeyboardInterrupt
     t = time.time()
     resume = (run_dir / "last.safetensors").exists()
     if run_dir.exists() and not resume:
@@ -176,6 +214,7 @@ def _train_one(spec: RunSpec, seed: int, cfg, run_dir: Path) -> RunResult:
             raise KeyboardInterrupt
         return RunResult(spec, seed, run_dir, "done", summary, seconds=time.time() - t)
     except KeyboardInterrupt:
+        _stopping = True
         raise
     except Exception as e:  # a failed run is reported and does not stop the others
         (run_dir).mkdir(parents=True, exist_ok=True)

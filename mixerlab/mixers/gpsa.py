@@ -124,6 +124,16 @@ class GPSA(AttentionMixer):
         """sigmoid(lambda) per head: 1 = positional, 0 = content."""
         return torch.sigmoid(self.gating_param)
 
+    @torch.no_grad()
+    def positional_summary(self) -> dict[str, torch.Tensor]:
+        """Per head: the gate, the locality strength alpha (minus the d^2 weight) and the distance
+        of the positional attention's centre from the query patch (from the [dx, dy, d^2] weights:
+        the score -alpha * |delta - c|^2 peaks at c = (w_dx, w_dy) / (2 alpha))."""
+        w = self.pos_proj.weight.float()  # (H, 3): [dx, dy, d^2]
+        alpha = -w[:, 2]
+        centre = (w[:, :2] / (2 * alpha[:, None])).norm(dim=-1)
+        return dict(gate=self.gates().detach(), locality_strength=alpha, centre_distance=centre)
+
     def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
         self.check_tokens(x, ctx)
         b, n, c = x.shape
