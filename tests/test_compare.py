@@ -142,3 +142,48 @@ def test_report_only_trains_nothing_and_lists_missing_runs(smoke, tmp_path):
     again = run_compare("smoke", out=out, log=lambda s: None, report_only=True)
     assert [r["top1"] for r in again["rows"]] == [r["top1"] for r in res["rows"]]
     assert "## Runs not trained yet" not in (out / "report.md").read_text()
+
+
+_INTERRUPT_SCRIPT = """
+import dataclasses, sys
+from mixerlab.compare import get_preset, run_compare
+p = dataclasses.replace(get_preset("smoke"), epochs=400, experiments=("E1",))
+run_compare(p, out=sys.argv[1], jobs=2, log=lambda s: print(s, flush=True))
+"""
+
+
+@pytest.mark.slow
+def test_parallel_compare_interrupt_saves_resumable_runs(tmp_path):
+    """Ctrl-C (SIGINT to the process group) stops a ``jobs=2`` compare: the two runs in training
+    save resumable checkpoints, no further run starts, no worker is left behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    proc = subprocess.Popen([sys.executable, "-c", _INTERRUPT_SCRIPT, str(tmp_path)], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "runs"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(runs.glob("*/last.safetensors"))) < 2:
+        time.sleep(0.5)
+    assert len(list(runs.glob("*/last.safetensors"))) == 2, "two runs should have reached a checkpoint"
+    started = {p.name for p in runs.iterdir()}
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert {p.name for p in runs.iterdir()} == started  # nothing new started
+    for d in runs.iterdir():
+        assert (d / "last.safetensors").exists() and not (d / "summary.json").exists()
+    with pytest.raises(ProcessLookupError):  # the whole group (workers included) is gone
+        os.killpg(proc.pid, 0)
+    logs = []
+    res = run_compare(dataclasses_replace_smoke(epochs=400), out=tmp_path, log=logs.append, report_only=True)
+    assert "0 cached" in logs[0] and all(r["status"] == "missing" for r in res["rows"])
+
+
+def dataclasses_replace_smoke(**kw):
+    import dataclasses
+
+    from mixerlab.compare.presets import get_preset
+    return dataclasses.replace(get_preset("smoke"), experiments=("E1",), **kw)
