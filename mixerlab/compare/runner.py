@@ -6,9 +6,8 @@ run (``summary.json``) is never retrained and an interrupted one resumes from ``
 A failed run is recorded with its error and the others go on.
 
 With ``jobs > 1`` distinct runs train concurrently in spawned worker processes, each with
-``threads_per_job`` intra-op threads (default: the CPU count divided by ``jobs``). On a CPU this is
-faster than one process using every core, because the micro models are too small to keep several
-threads busy. The thread count is set outside the config, so it does not change the run hashes:
+``threads_per_job`` intra-op threads (default: the CPU count divided by ``jobs``); see
+``docs/benchmarks.md`` for what it buys on a small CPU. The thread count is set outside the config, so it does not change the run hashes:
 a compare started with one job resumes with several and vice versa.
 """
 from __future__ import annotations
