@@ -83,6 +83,7 @@ def test_parallel_jobs_match_the_cache_and_isolate_failures(tmp_path, monkeypatc
     logs = []
     res = run_compare("smoke", out=tmp_path, log=logs.append, experiments=["E1"], jobs=2)
     assert any("in 2 processes" in line for line in logs)
+    assert any(line.strip().startswith("training: E1") for line in logs)  # progress: what is training
     rows = {r["label"]: r for r in res["rows"]}
     assert set(rows) == {"deit", "ffonly", "convit", "broken"}
     assert rows["broken"]["status"] == "failed" and "num_heads" in rows["broken"]["error"]

@@ -138,6 +138,8 @@ class Runner:
             for h in todo:
                 spec, seed, cfg = first[h]
                 futures[pool.submit(_train_one, spec, seed, cfg, self._dir(jobs, h))] = h
+            time.sleep(0.5)  # let the pool hand out the first runs
+            self._log_running(futures, first)
             self._collect(futures, first, jobs, todo, t0)
         except KeyboardInterrupt:
             # Ctrl-C / SIGTERM: no new run starts; each worker saves a resumable checkpoint of the
@@ -169,6 +171,14 @@ class Runner:
             self.log(f"[{n}/{len(todo)}] {spec.exp} {spec.label}: {spec.model} seed {seed}: "
                      f"{self._outcome(r)} ({r.seconds:.0f} s; {elapsed / 60:.1f} min so far, "
                      f"ETA {eta / 60:.1f} min)")
+            self._log_running(futures, first)
+
+    def _log_running(self, futures, first) -> None:
+        """The runs handed to workers and not finished (at most ``jobs`` + 1 queued)."""
+        running = [first[h] for f, h in futures.items() if f.running()]
+        if running:
+            self.log("    training: " + "; ".join(f"{s.exp} {s.label}" + (f" x={s.x:g}" if s.x is not None else "")
+                                             + f" seed {seed}" for s, seed, _ in running))
 
     def _dir(self, jobs, h) -> Path:
         model = next(spec.model for spec, _, _, hh in jobs if hh == h)
