@@ -123,3 +123,24 @@ def test_bench_bad_input(tmp_path):
     from mixerlab.cli.main import main
     assert main(["bench", "deit_mikro"]) == 2
     assert main(["bench", "deit_micro", "--flops-only", "--out", str(tmp_path / "x.txt")]) == 2
+
+
+def test_bench_dtype_autocasts_forward(tmp_path, restore_threads):
+    """--dtype bfloat16 runs the forward under autocast (Linear outputs bf16, weights stay fp32)."""
+    import mixerlab
+    from mixerlab.bench.speed import Case, Runner
+    from mixerlab.cli.main import main
+    m = mixerlab.create_model("deit_micro")
+    seen = []
+    m.head.register_forward_hook(lambda mod, i, o: seen.append(o.dtype))
+    for mode in ("infer", "train"):
+        run = Runner(m, Case(mode=mode, batch_size=2, dtype="bfloat16"), 3, m.img_size, m.num_classes)
+        run.step()
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert all(p.dtype == torch.float32 for p in m.parameters())
+    with pytest.raises(ValueError, match="dtype 'int8'; allowed"):
+        Runner(m, Case(dtype="int8"), 3, m.img_size, m.num_classes)
+    out = tmp_path / "b.json"
+    assert main(["bench", "deit_micro", "--dtype", "bfloat16", "--reps", "1", "--warmup", "0",
+                 "--min-time", "0", "--threads", "1", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][0]["dtype"] == "bfloat16"

@@ -77,6 +77,7 @@ def os_sched_cpus():
 
 def bench_rows(names: list[str], *, batch_sizes=(1,), modes=("infer",), img_size: int | None = None,
                device: str = "cpu", channels_last: bool = False, compile: bool = False, vs_timm: bool = False,
+               dtype: str = "float32",
                reps: int = 5, warmup: int = 2, min_time: float = 0.2, speed: bool = True,
                progress=None) -> list[dict]:
     """Benchmark zoo models; returns one JSON-able row per measurement (see module docstring)."""
@@ -106,14 +107,14 @@ def bench_rows(names: list[str], *, batch_sizes=(1,), modes=("infer",), img_size
         for mode in modes:
             for b in batch_sizes:
                 case = Case(mode=mode, batch_size=b, img_size=size, device=device,
-                            channels_last=channels_last, compile=compile)
+                            channels_last=channels_last, compile=compile, dtype=dtype)
                 runners = {"mixerlab": Runner(model, case, model.in_chans, size, model.num_classes)}
                 if timm_model is not None:
                     runners["timm"] = Runner(timm_model, case, model.in_chans, size, model.num_classes)
                 if progress:
                     progress(f"{name} {mode} batch {b}" + (f" vs timm {tname}" if tname else ""))
                 res = benchmark_interleaved(runners, reps=reps, warmup=warmup, min_time=min_time)
-                common = dict(mode=mode, batch_size=b, device=device, dtype="float32",
+                common = dict(mode=mode, batch_size=b, device=device, dtype=dtype,
                               channels_last=channels_last, compile=compile)
                 row = dict(base, impl="mixerlab", **common, **res["mixerlab"])
                 if "timm" in res:

@@ -23,6 +23,7 @@ Peak memory (what is measured differs by device; the row says which in ``mem_kin
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import os
@@ -95,6 +96,12 @@ class Case:
     device: str = "cpu"
     channels_last: bool = False
     compile: bool = False
+    dtype: str = "float32"  # float32 | bfloat16 | float16: autocast dtype of forward (and loss)
+
+
+# Mixed precision as in training: fp32 weights and optimizer, autocast forward. float16 would also
+# need a GradScaler for training; benchmarks take it as is (one step's speed does not need it).
+AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _sync(device: torch.device) -> None:
@@ -118,21 +125,30 @@ class Runner:
         self.y = torch.randint(0, max(num_classes, 1), (case.batch_size,), generator=g).to(self.device)
         self.fn = torch.compile(self.model) if case.compile else self.model
         self.mode = case.mode
+        if case.dtype not in AUTOCAST:
+            raise ValueError(f"dtype {case.dtype!r}; allowed: {sorted(AUTOCAST)}")
+        self.autocast_dtype = AUTOCAST[case.dtype]
         if case.mode == "train":
             self.model.train()
             self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         else:
             self.model.eval()
 
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
     def step(self) -> None:
         if self.mode == "infer":
             # no_grad, not inference_mode: GPSA caches its position table, and a cache created
             # as an inference tensor would break a later training step on the same model.
-            with torch.no_grad():
+            with torch.no_grad(), self._autocast():
                 self.fn(self.x)
             return
-        out = self.fn(self.x)
-        loss = nn.functional.cross_entropy(out, self.y)
+        with self._autocast():
+            out = self.fn(self.x)
+            loss = nn.functional.cross_entropy(out, self.y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

@@ -24,6 +24,8 @@ def add_parser(sub):
     p.add_argument("--warmup", type=int, default=2, help="warm-up steps per model and case")
     p.add_argument("--min-time", type=float, default=0.2, help="minimum seconds per repetition")
     p.add_argument("--compile", action="store_true", help="torch.compile the models")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="autocast dtype of the forward (fp32 weights/optimizer, as in mixed-precision training)")
     p.add_argument("--channels-last", action="store_true", help="channels_last inputs and weights")
     p.add_argument("--vs-timm", action="store_true",
                    help="time timm's implementation of the same architecture side by side (deit, convit, poolformer)")
@@ -104,7 +106,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     rows = bench_rows(args.models, batch_sizes=args.batch_size, modes=args.mode, img_size=args.img_size,
                       device=args.device, channels_last=args.channels_last, compile=args.compile,
-                      vs_timm=args.vs_timm, reps=args.reps, warmup=args.warmup, min_time=args.min_time,
+                      dtype=args.dtype, vs_timm=args.vs_timm, reps=args.reps, warmup=args.warmup, min_time=args.min_time,
                       speed=not args.flops_only, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True))
     env = environment()
     env["command"] = "mixerlab bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""
