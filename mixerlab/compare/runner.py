@@ -7,8 +7,9 @@ A failed run is recorded with its error and the others go on.
 
 With ``jobs > 1`` distinct runs train concurrently in spawned worker processes, each with
 ``threads_per_job`` intra-op threads (default: the CPU count divided by ``jobs``); see
-``docs/benchmarks.md`` for what it buys on a small CPU. The thread count is set outside the config, so it does not change the run hashes:
-a compare started with one job resumes with several and vice versa.
+``docs/benchmarks.md`` for what it buys on a small CPU. The thread count is set outside the
+config, so it does not change the run hashes: a compare started with one job resumes with several
+and vice versa. Runs start seed-major; Ctrl-C stops the workers, which save resumable checkpoints.
 """
 from __future__ import annotations
 
