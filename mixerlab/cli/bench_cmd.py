@@ -24,7 +24,8 @@ def add_parser(sub):
     p.add_argument("--warmup", type=int, default=2, help="warm-up steps per model and case")
     p.add_argument("--min-time", type=float, default=0.2, help="minimum seconds per repetition")
     p.add_argument("--compile", action="store_true", help="torch.compile the models")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+    from ..bench.speed import AUTOCAST
+    p.add_argument("--dtype", default="float32", choices=sorted(AUTOCAST),
                    help="autocast dtype of the forward (fp32 weights/optimizer, as in mixed-precision training)")
     p.add_argument("--channels-last", action="store_true", help="channels_last inputs and weights")
     p.add_argument("--vs-timm", action="store_true",

@@ -14,8 +14,9 @@ def add_parser(sub):
     p.add_argument("--experiments", nargs="+", default=None, metavar="E",
                    help="subset of E1 E2 E3 E4 E5")
     p.add_argument("--jobs", type=int, default=1,
-                   help="train this many runs at once in separate processes (CPU: 2 on 2 cores is "
-                        "faster than 1; results do not depend on it)")
+                   help="train this many runs at once in separate processes (2 on 2 CPU cores: "
+                        "1.25-1.3x the images/s for most micro models, see docs/benchmarks.md; "
+                        "results do not depend on it)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report from the finished runs in --out")
     p.add_argument("--threads-per-job", type=int, default=None,
@@ -25,10 +26,6 @@ def add_parser(sub):
 
 def run(args) -> int:
     from ..compare import run_compare
-    if args.jobs < 1:
-        raise SystemExit(f"mixerlab compare: --jobs must be >= 1, got {args.jobs}")
-    if args.threads_per_job is not None and args.threads_per_job < 1:
-        raise SystemExit(f"mixerlab compare: --threads-per-job must be >= 1, got {args.threads_per_job}")
     out = args.out or f"runs/compare-{args.preset}"
     run_compare(args.preset, data=args.data, data_dir=args.data_dir, out=out,
                 experiments=args.experiments, log=lambda s: print(s, flush=True),

@@ -75,21 +75,23 @@ class Runner:
             for seed in self.preset.seeds:
                 cfg = build_config(spec, self.preset, seed, self.data, self.data_dir)
                 jobs.append((spec, seed, cfg, config_hash(cfg)))
-        distinct = list(dict.fromkeys(h for *_, h in jobs))
-        todo = [h for h in distinct if not (self._dir(jobs, h) / "summary.json").exists()]
-        self.log(f"compare: {len(jobs)} runs, {len(distinct)} distinct configs, "
-                 f"{len(distinct) - len(todo)} cached, {len(todo)} to train")
+        first: dict[str, tuple] = {}  # hash -> (spec, seed, cfg) of its first job
+        for spec, seed, cfg, h in jobs:
+            first.setdefault(h, (spec, seed, cfg))
+        todo = [h for h in first if not (self._dir(first, h) / "summary.json").exists()]
+        self.log(f"compare: {len(jobs)} runs, {len(first)} distinct configs, "
+                 f"{len(first) - len(todo)} cached, {len(todo)} to train")
         if self.report_only:
             self.log(f"compare: report only: {len(todo)} run(s) not trained are marked missing")
         elif self.jobs > 1 and len(todo) > 1:
-            self._train_parallel(jobs, todo)
+            self._train_parallel(first, todo)
         results, times, t0 = [], [], time.time()
         for spec, seed, cfg, h in jobs:
             if h in seen:
                 r = seen[h]
                 results.append(RunResult(spec, seed, r.run_dir, r.status, r.summary, r.error, 0.0))
                 continue
-            run_dir = self._dir(jobs, h)
+            run_dir = self._dir(first, h)
             if h in self._parallel:
                 r = self._parallel[h]
             elif (run_dir / "summary.json").exists():
@@ -104,7 +106,7 @@ class Runner:
                     eta = f", ETA {left / 60:.1f} min"
                 self.log(f"[{i}/{len(todo)}] {spec.exp} {spec.label}: {spec.model} seed {seed} "
                          f"-> {run_dir.name}{eta}")
-                r = self._train(spec, seed, cfg, run_dir)
+                r = _train_one(spec, seed, cfg, run_dir)
                 times.append(r.seconds)
                 self.log(f"    {self._outcome(r)} ({r.seconds:.0f} s; {(time.time() - t0) / 60:.1f} min so far)")
             seen[h] = r
@@ -117,13 +119,10 @@ class Runner:
             return f"top-1 {r.summary['final'].get('val_top1', float('nan')):.2f}%"
         return f"FAILED: {r.error}"
 
-    def _train_parallel(self, jobs, todo: list[str]) -> None:
+    def _train_parallel(self, first: dict, todo: list[str]) -> None:
         """Train the runs ``todo`` (hashes) in ``self.jobs`` worker processes; log as each ends."""
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
-        first = {}
-        for spec, seed, cfg, h in jobs:
-            first.setdefault(h, (spec, seed, cfg))
         # Seed-major order: every configuration's first seed trains before any second seed, so a
         # compare stopped early (and reported with report_only) covers every experiment.
         seeds = list(self.preset.seeds)
@@ -138,10 +137,10 @@ class Runner:
             futures = {}
             for h in todo:
                 spec, seed, cfg = first[h]
-                futures[pool.submit(_train_one, spec, seed, cfg, self._dir(jobs, h))] = h
+                futures[pool.submit(_train_one, spec, seed, cfg, self._dir(first, h))] = h
             time.sleep(0.5)  # let the pool hand out the first runs
             self._log_running(futures, first)
-            self._collect(futures, first, jobs, todo, t0)
+            self._collect(futures, first, todo, t0)
         except KeyboardInterrupt:
             # Ctrl-C / SIGTERM: no new run starts; each worker saves a resumable checkpoint of the
             # run it is training (SIGTERM -> the training loop's interrupt path) and exits.
@@ -156,7 +155,7 @@ class Runner:
             raise
         pool.shutdown(wait=True)
 
-    def _collect(self, futures, first, jobs, todo, t0) -> None:
+    def _collect(self, futures, first, todo, t0) -> None:
         from concurrent.futures import as_completed
         for n, fut in enumerate(as_completed(futures), 1):
             h = futures[fut]
@@ -164,7 +163,7 @@ class Runner:
             try:
                 r = fut.result()
             except Exception as e:  # the worker itself died (e.g. killed for memory)
-                r = RunResult(spec, seed, self._dir(jobs, h), "failed",
+                r = RunResult(spec, seed, self._dir(first, h), "failed",
                               error=f"worker process failed: {type(e).__name__}: {e}")
             self._parallel[h] = r
             elapsed = time.time() - t0
@@ -181,12 +180,8 @@ class Runner:
             self.log("    training: " + "; ".join(f"{s.exp} {s.label}" + (f" x={s.x:g}" if s.x is not None else "")
                                              + f" seed {seed}" for s, seed, _ in running))
 
-    def _dir(self, jobs, h) -> Path:
-        model = next(spec.model for spec, _, _, hh in jobs if hh == h)
-        return self.out / "runs" / f"{model}-{h}"
-
-    def _train(self, spec: RunSpec, seed: int, cfg, run_dir: Path) -> RunResult:
-        return _train_one(spec, seed, cfg, run_dir)
+    def _dir(self, first: dict, h: str) -> Path:
+        return self.out / "runs" / f"{first[h][0].model}-{h}"
 
 
 _stopping = False  # in a worker: set once interrupted; no further run starts

@@ -10,10 +10,10 @@ T is fixed at construction, so the model only accepts the input size it was buil
 
 Fast path (``fused``, the default): the same two linear maps applied from the left to the tokens
 laid out as a (T, B*D) matrix, ``W2 @ act(W1 @ X + b1) + b2``, instead of to (B*D, T) rows. The
-weights, the maths and the state dict are unchanged; only the GEMM layout differs (profiled: the
-two token-axis GEMMs are ~75% of an FF-only training step on a CPU, and the (T, B*D) layout runs
-them 15-25% faster at one thread; ``scripts/profile_model.py``). With active dropout the module path
-runs instead, which is also the reference the tests compare with.
+weights, the maths and the state dict are unchanged; only the GEMM layout differs. GEMMs are ~75%
+of an FF-only training step on a CPU; the layout makes ffonly_tiny's step 1.06-1.07x faster and
+inference 1.02x (``scripts/profile_model.py ffonly_tiny --paths``, docs/benchmarks.md). With active
+dropout the module path runs instead, which is also the reference the tests compare with.
 """
 from __future__ import annotations
 
