@@ -1,12 +1,13 @@
 """Building blocks shared by every model: norms, MLPs, scales, drop path, embeddings."""
 from .drop import DropPath, drop_path_rates, dropout
 from .embed import ConvStem, PatchEmbed, resample_pos_embed
+from .linear import Linear
 from .mlp import Mlp
 from .norm import GroupNorm1, LayerNorm, ScaledInputLayerNorm, TokenLayerNorm, get_norm_layer
 from .scale import FixedScale, LayerScale
 
 __all__ = [
-    "ConvStem", "DropPath", "FixedScale", "GroupNorm1", "LayerNorm", "LayerScale", "Mlp",
+    "ConvStem", "DropPath", "FixedScale", "GroupNorm1", "LayerNorm", "LayerScale", "Linear", "Mlp",
     "PatchEmbed", "ScaledInputLayerNorm", "TokenLayerNorm", "drop_path_rates", "dropout", "get_norm_layer",
     "resample_pos_embed",
 ]

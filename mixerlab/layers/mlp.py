@@ -4,10 +4,15 @@ from __future__ import annotations
 from torch import nn
 
 from .drop import dropout
+from .linear import Linear, linear
 
 
 class Mlp(nn.Module):
     """Two-layer MLP acting on the last axis.
+
+    Both layers are :class:`~mixerlab.layers.linear.Linear` (``nn.Linear`` with a oneDNN fast path
+    on the CPU). With an exact GELU, the first layer's bias and activation run inside its GEMM when
+    no gradient is needed (inference); ``fc1.fused = False`` gives the reference path.
 
     Args:
         dim: input and output width.
@@ -20,11 +25,17 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, *, hidden_dim: int, act_layer=nn.GELU, drop: float = 0.0,
                  bias: bool = True):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
+        self.fc1 = Linear(dim, hidden_dim, bias=bias)
         self.act = act_layer()
         self.drop1 = dropout(drop)
-        self.fc2 = nn.Linear(hidden_dim, dim, bias=bias)
+        self.fc2 = Linear(hidden_dim, dim, bias=bias)
         self.drop2 = dropout(drop)
+        self._exact_gelu = type(self.act) is nn.GELU and self.act.approximate == "none"
 
     def forward(self, x):
-        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+        fc1 = self.fc1
+        if self._exact_gelu and not (fc1._forward_hooks or fc1._forward_pre_hooks):
+            x = linear(x, self.fc1.weight, self.fc1.bias, act="gelu", fast=self.fc1.fused)
+        else:
+            x = self.act(self.fc1(x))
+        return self.drop2(self.fc2(self.drop1(x)))

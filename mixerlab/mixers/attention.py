@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.drop import dropout
+from ..layers.linear import Linear
 from .base import AttentionMixer, TokenContext, register_mixer, tokens_to_map, map_to_tokens
 
 
@@ -48,16 +49,16 @@ class Attention(AttentionMixer):
         self.set_heads(dim, resolve_heads(dim, num_heads, head_dim))
         self.sr_ratio = sr_ratio
         if sr_ratio == 1:
-            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+            self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         else:
             self.supports_prefix_tokens = False
-            self.q = nn.Linear(dim, dim, bias=qkv_bias)
-            self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+            self.q = Linear(dim, dim, bias=qkv_bias)
+            self.kv = Linear(dim, dim * 2, bias=qkv_bias)
             self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
             self.sr_norm = nn.LayerNorm(dim, eps=1e-6)
         self.attn_drop_p = attn_drop
         self.attn_drop = dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = dropout(proj_drop)
 
     def qkv_heads(self, x: torch.Tensor, ctx: TokenContext):

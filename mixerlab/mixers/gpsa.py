@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.drop import dropout
+from ..layers.linear import Linear
 from .base import AttentionMixer, TokenContext, register_mixer
 
 
@@ -62,13 +63,13 @@ class GPSA(AttentionMixer):
         self.set_heads(dim, num_heads)
         self.locality_strength = locality_strength
         self.local_init = local_init
-        self.qk = nn.Linear(dim, dim * 2, bias=qkv_bias)
-        self.v = nn.Linear(dim, dim, bias=qkv_bias)
-        self.pos_proj = nn.Linear(3, num_heads)
+        self.qk = Linear(dim, dim * 2, bias=qkv_bias)
+        self.v = Linear(dim, dim, bias=qkv_bias)
+        self.pos_proj = Linear(3, num_heads)
         self.gating_param = nn.Parameter(torch.ones(num_heads))
         self.attn_drop_p = attn_drop
         self.attn_drop = dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = dropout(proj_drop)
         self.register_buffer("rel_pos", torch.zeros(0, 0, 3), persistent=False)
         self._pos_cache = None  # (key, (H, N, N) positional map), eval + no-grad only

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.drop import dropout
+from ..layers.linear import Linear
 from .base import AttentionMixer, TokenContext, register_mixer
 
 CARRY = "less_attention.carry"  # (B, H, N, N) matrix handed to the next layer
@@ -170,15 +171,15 @@ class LessAttention(AttentionMixer):
         self.dp_mode = dp_mode
         self.fixed_num_tokens = mode == "la" or attn_residual
         if mode == "va":
-            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+            self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         else:
-            self.v = nn.Linear(dim, dim, bias=qkv_bias)
-            self.theta = nn.Linear(num_tokens, num_tokens)  # mixes the key axis
-            self.psi = nn.Linear(num_tokens, num_tokens)  # mixes the query axis
+            self.v = Linear(dim, dim, bias=qkv_bias)
+            self.theta = Linear(num_tokens, num_tokens)  # mixes the key axis
+            self.psi = Linear(num_tokens, num_tokens)  # mixes the query axis
         self.residual = AttentionResidual(num_heads) if attn_residual else None
         self.attn_drop_p = attn_drop
         self.attn_drop = dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = dropout(proj_drop)
 
     def init_weights(self) -> None:

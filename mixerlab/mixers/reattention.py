@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..layers.drop import dropout
+from ..layers.linear import Linear
 from .base import AttentionMixer, TokenContext, register_mixer
 
 
@@ -38,11 +39,11 @@ class ReAttention(AttentionMixer):
         super().__init__()
         self.set_heads(dim, num_heads)
         self.reatten_scale = self.scale if transform_scale else 1.0
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.head_mix = nn.Conv2d(num_heads, num_heads, 1)  # Theta (H, H) + bias
         self.head_norm = nn.BatchNorm2d(num_heads)
         self.attn_drop = dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = dropout(proj_drop)
 
     def init_weights(self) -> None:

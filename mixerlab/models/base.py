@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..layers.linear import Linear
 from ..layers.norm import get_norm_layer
 from ..mixers.base import TokenContext, TokenMixer, get_mixer
 
@@ -141,7 +142,7 @@ class MixerModel(nn.Module):
         if global_pool is not None:
             self.set_global_pool(global_pool)
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             nn.init.trunc_normal_(self.head.weight, std=0.02)
             nn.init.zeros_(self.head.bias)

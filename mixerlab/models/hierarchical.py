@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..layers import drop_path_rates, dropout, get_norm_layer, resample_pos_embed
+from ..layers.linear import Linear
 from ..layers.norm import LayerNorm
 from ..mixers.base import TokenContext, map_to_tokens
 from .base import MixerModel, mixer_factory
@@ -114,7 +115,7 @@ class HierarchicalModel(MixerModel):
         self.norm = (get_norm_layer(cfg.head_norm)(dims[-1]) if cfg.head_norm_first
                      else LayerNorm(dims[-1], eps=1e-6))
         self.head_drop = dropout(cfg.drop_rate)
-        self.head = nn.Linear(dims[-1], cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.head = Linear(dims[-1], cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self._finish()
 
     def no_weight_decay(self) -> set[str]:

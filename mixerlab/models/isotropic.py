@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import ConvStem, PatchEmbed, drop_path_rates, dropout, resample_pos_embed
+from ..layers import ConvStem, Linear, PatchEmbed, drop_path_rates, dropout, resample_pos_embed
 from ..mixers.base import TokenContext
 from .base import MixerModel, mixer_factory
 from .block import MetaFormerBlock
@@ -76,7 +76,7 @@ class IsotropicModel(MixerModel):
         self.norm = self.norm_layer(cfg.dim)
         self.global_pool = cfg.global_pool
         self.head_drop = dropout(cfg.drop_rate)
-        self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.head = Linear(cfg.dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.feature_info = [dict(num_chs=cfg.dim, reduction=self.patch_embed.patch_size,
                                   module=f"blocks.{i}") for i in range(depth)]
         self._finish()
