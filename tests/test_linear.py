@@ -14,7 +14,9 @@ needs_onednn = pytest.mark.skipif(not linear_mod.onednn_linear_available(),
                                   reason="this PyTorch build has no oneDNN linear kernel")
 
 
-def count_fast_calls(monkeypatch):
+def count_fast_calls(monkeypatch, min_macs=0):
+    """Record oneDNN calls; the size threshold is lifted so that small test shapes take the path."""
+    monkeypatch.setattr(linear_mod, "MIN_MACS", min_macs)
     calls = []
     orig = linear_mod._onednn
     monkeypatch.setattr(linear_mod, "_onednn", lambda *a, **k: calls.append(a[0].shape) or orig(*a, **k))
@@ -71,7 +73,8 @@ def test_linear_non_contiguous_input_and_frozen_weight(monkeypatch):
 
 
 @needs_onednn
-def test_linear_double_backward_matches_reference():
+def test_linear_double_backward_matches_reference(monkeypatch):
+    calls = count_fast_calls(monkeypatch)
     torch.manual_seed(0)
     lin = Linear(12, 9)
     x = torch.randn(4, 12)
@@ -83,6 +86,9 @@ def test_linear_double_backward_matches_reference():
         gx.pow(2).sum().backward()
         out.append((xi.grad, lin.weight.grad.clone()))
         lin.zero_grad(set_to_none=True)
+    # the forward, and the plain backward of the second pass (through y); the create_graph backward
+    # of the first pass used differentiable ops
+    assert len(calls) == 2
     for a, b in zip(*out):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -112,6 +118,18 @@ def test_linear_reference_path_where_the_kernel_does_not_apply(monkeypatch):
     assert meta(torch.empty(3, 8, device="meta")).shape == (3, 8)
     assert calls == []
     lin(x)
+    assert len(calls) == 1
+
+
+@needs_onednn
+def test_linear_small_calls_keep_addmm(monkeypatch):
+    lin = Linear(64, 64)
+    calls = count_fast_calls(monkeypatch, min_macs=linear_mod.MIN_MACS)
+    lin(torch.randn(3, 64))  # 12k multiply-adds: below the threshold
+    assert calls == []
+    rows = linear_mod.MIN_MACS // (64 * 64) + 1
+    with torch.no_grad():
+        lin(torch.randn(rows, 64))
     assert len(calls) == 1
 
 
@@ -147,8 +165,9 @@ def test_mlp_keeps_fc1_hooks():
 
 @needs_onednn
 @pytest.mark.parametrize("name", ["deit_micro", "poolformer_micro"])
-def test_model_training_step_fast_linear_equals_reference(name):
+def test_model_training_step_fast_linear_equals_reference(name, monkeypatch):
     """Loss and every parameter gradient of a whole model agree with the F.linear path."""
+    calls = count_fast_calls(monkeypatch)
     torch.manual_seed(0)
     m = mixerlab.create_model(name, num_classes=10).train()
     x = torch.randn(4, 3, *m.img_size)
@@ -163,5 +182,7 @@ def test_model_training_step_fast_linear_equals_reference(name):
         loss = F.cross_entropy(m(x), y)
         loss.backward()
         res.append([loss.detach()] + [p.grad.clone() for p in m.parameters()])
+        if fused:
+            assert len(calls) >= 2 * len(linears) - 1  # forwards and input gradients (not the stem's)
     for a, b in zip(*res):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

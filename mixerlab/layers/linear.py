@@ -9,7 +9,8 @@ faster than ``addmm`` for the forward and faster than ``mm`` for the input gradi
 faster for the weight gradient (docs/benchmarks.md, "oneDNN linear").
 
 ``Linear`` is ``nn.Linear`` (same parameters, state dict and initialisation) whose forward takes
-the oneDNN path where it is exact and supported: fp32 CPU tensors, no autocast, not while
+the oneDNN path where it is exact, supported and large enough to pay (``MIN_MACS`` multiply-adds
+per call, so batch-1 inference and small models keep ``addmm``): fp32 CPU tensors, no autocast, not while
 ``torch.compile`` traces (the compiler picks its own kernels), no tensor subclasses, no active
 Python dispatch mode (``FlopCounterMode`` and other tracing tools see the reference ``addmm``). Training goes
 through an autograd function: input gradient ``g W`` by oneDNN, weight gradient ``g^T x`` by ``mm``,
@@ -33,6 +34,11 @@ def _find_op():
 
 
 _LINEAR_POINTWISE = _find_op()
+# Below this many multiply-adds per call the fixed costs (autograd function, oneDNN dispatch, the
+# transposed weight for the input gradient) outweigh the gain: on 2 cores at DeiT-Ti's widths the
+# oneDNN training step is 15-30 % slower at 197 rows (batch 1), about even at ~1,500 rows, 10-20 % faster
+# from ~6,000 rows (scripts/bench_linear.py --tokens N). 2^27 MACs is ~1,200 rows of a 192 -> 576 layer.
+MIN_MACS = 1 << 27
 _dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
 
 
@@ -45,6 +51,7 @@ def fast_path_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``x @ weight.T (+ b)`` may take the oneDNN path (otherwise: ``F.linear``)."""
     return (_LINEAR_POINTWISE is not None and x.device.type == "cpu" and x.dtype == torch.float32
             and weight.dtype == torch.float32 and x.numel() > 0
+            and x.numel() * weight.shape[0] >= MIN_MACS
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
             and not torch.overrides.has_torch_function((x, weight))
             and not _dispatch_modes())  # FlopCounterMode & co. see the reference ops
