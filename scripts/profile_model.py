@@ -4,8 +4,8 @@ Default: the operators of an inference forward or a training step (forward, back
 sorted by self CPU time (CUDA time on a GPU), so a hot spot of a mixer, a norm or a layout copy
 shows up by name; ``--json`` also writes them as records (name, calls, ms per step, share).
 
-``--paths``: time the model with every mixer that has a ``fused`` switch (attention family, token
-feed-forward) on its fast path and on its reference path, alternately, ``--reps`` times, same
+``--paths``: time the model with every module that has a ``fused`` switch (attention family, token
+feed-forward, the oneDNN ``Linear`` layers) on its fast path and on its reference path, alternately, ``--reps`` times, same
 weights and batch; prints the medians and their ratio (the unit tests check that both paths give
 the same numbers; this measures what the fast path buys inside the whole model).
 

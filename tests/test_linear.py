@@ -122,15 +122,17 @@ def test_linear_reference_path_where_the_kernel_does_not_apply(monkeypatch):
 
 
 @needs_onednn
-def test_linear_small_calls_keep_addmm(monkeypatch):
+def test_linear_small_training_calls_keep_addmm(monkeypatch):
     lin = Linear(64, 64)
     calls = count_fast_calls(monkeypatch, min_macs=linear_mod.MIN_MACS)
-    lin(torch.randn(3, 64))  # 12k multiply-adds: below the threshold
-    assert calls == []
-    rows = linear_mod.MIN_MACS // (64 * 64) + 1
+    y = lin(torch.randn(3, 64))  # 12k multiply-adds and a gradient needed: below the threshold
+    assert calls == [] and y.grad_fn.name() == "AddmmBackward0"
     with torch.no_grad():
-        lin(torch.randn(rows, 64))
+        lin(torch.randn(3, 64))  # inference: every size
     assert len(calls) == 1
+    rows = linear_mod.MIN_MACS // (64 * 64) + 1
+    lin(torch.randn(rows, 64, requires_grad=True)).sum().backward()
+    assert len(calls) == 3  # forward and input gradient
 
 
 @needs_onednn
