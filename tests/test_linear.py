@@ -114,6 +114,8 @@ def test_linear_reference_path_where_the_kernel_does_not_apply(monkeypatch):
     with FlopCounterMode(display=False) as counter:
         lin(x)
     assert counter.get_total_flops() == 2 * 2 * 8 * 8  # counted as addmm
+    with torch.no_grad():  # a transposed (non-contiguous) weight, e.g. a tied one
+        torch.testing.assert_close(linear_mod.linear(x, lin.weight.t()), x @ lin.weight)
     meta = Linear(8, 8, device="meta")
     assert meta(torch.empty(3, 8, device="meta")).shape == (3, 8)
     assert calls == []

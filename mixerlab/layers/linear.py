@@ -52,7 +52,7 @@ def onednn_linear_available() -> bool:
 def fast_path_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``x @ weight.T (+ b)`` may take the oneDNN path (otherwise: ``F.linear``)."""
     return (_LINEAR_POINTWISE is not None and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and x.numel() > 0
+            and weight.dtype == torch.float32 and x.numel() > 0 and weight.is_contiguous()
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
             and not torch.overrides.has_torch_function((x, weight))
             and not _dispatch_modes())  # FlopCounterMode & co. see the reference ops
