@@ -1,22 +1,23 @@
 """Linear layer with a oneDNN fast path on the CPU.
 
 On the CPU, ``F.linear`` with a bias runs as ``addmm``: the bias is first broadcast into the whole
-output (one extra pass over a (tokens x width) tensor, the first touch of freshly allocated memory),
-then the GEMM accumulates into it. oneDNN's matmul primitive (``torch.ops.mkldnn._linear_pointwise``,
-the kernel PyTorch's own CPU compiler emits for linear layers) adds the bias, and optionally an
-activation, inside the GEMM. Measured on 2 cores at DeiT-Ti's shapes (12,608 tokens), it is 15-30 %
-faster than ``addmm`` for the forward and faster than ``mm`` for the input gradient; ``mm`` stays
-faster for the weight gradient (docs/benchmarks.md, "oneDNN linear").
+output (one extra pass over a (tokens x width) tensor), then the GEMM accumulates into it. oneDNN's
+matmul primitive (``torch.ops.mkldnn._linear_pointwise``, the kernel PyTorch's own CPU compiler
+emits for linear layers) adds the bias, and optionally an activation, inside the GEMM. Measured on
+2 cores at DeiT-Ti's shapes (12,608 rows), its forward is 1.2-1.6x as fast as ``addmm``'s, and it
+beats ``mm`` for the input gradient; ``mm`` stays faster for the weight gradient (docs/benchmarks.md,
+"CPU ... current (oneDNN linear layers)"; ``scripts/bench_linear.py``).
 
 ``Linear`` is ``nn.Linear`` (same parameters, state dict and initialisation) whose forward takes
-the oneDNN path where it is exact, supported and pays off (in training, calls of at least
-``MIN_MACS`` multiply-adds, so batch-1 training keeps ``addmm``; in inference every call): fp32 CPU tensors, no autocast, not while
-``torch.compile`` traces (the compiler picks its own kernels), no tensor subclasses, no active
-Python dispatch mode (``FlopCounterMode`` and other tracing tools see the reference ``addmm``). Training goes
-through an autograd function: input gradient ``g W`` by oneDNN, weight gradient ``g^T x`` by ``mm``,
-bias gradient ``sum(g)``; under ``create_graph`` the backward uses differentiable ops, so
-double-backward works. ``fused = False`` (per module) gives the reference path ``F.linear``;
-``scripts/profile_model.py --paths`` and the unit tests compare the two (fp32, 1e-5 relative).
+the oneDNN path where it is exact, supported and pays off: fp32 CPU tensors and a contiguous
+weight; no autocast; not while ``torch.compile`` traces (the compiler picks its own kernels); no
+tensor subclasses; no active Python dispatch mode (``FlopCounterMode`` and other tracing tools see
+the reference ``addmm``); in training only calls of at least ``MIN_MACS`` multiply-adds (batch-1
+training keeps ``addmm``), in inference every call. Training goes through an autograd function:
+input gradient ``g W`` by oneDNN, weight gradient ``g^T x`` by ``mm``, bias gradient ``sum(g)``;
+under ``create_graph`` the backward uses differentiable ops, so double backward works.
+``fused = False`` (per module) gives the reference path ``F.linear``; ``scripts/profile_model.py
+--paths`` and the unit tests compare the two (fp32, 1e-5 relative).
 """
 from __future__ import annotations
 
