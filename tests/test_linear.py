@@ -158,6 +158,14 @@ def test_mlp_fused_gelu_equals_reference(train, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_mlp_follows_a_replaced_activation():
+    mlp = Mlp(8, hidden_dim=16)
+    x = torch.randn(3, 8)
+    mlp.act = nn.ReLU()
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), mlp.fc2(torch.relu(mlp.fc1(x))))
+
+
 def test_mlp_keeps_fc1_hooks():
     mlp = Mlp(8, hidden_dim=16)
     seen = []

@@ -30,11 +30,11 @@ class Mlp(nn.Module):
         self.drop1 = dropout(drop)
         self.fc2 = Linear(hidden_dim, dim, bias=bias)
         self.drop2 = dropout(drop)
-        self._exact_gelu = type(self.act) is nn.GELU and self.act.approximate == "none"
 
     def forward(self, x):
-        fc1 = self.fc1
-        if self._exact_gelu and not (fc1._forward_hooks or fc1._forward_pre_hooks):
+        fc1, act = self.fc1, self.act
+        exact_gelu = type(act) is nn.GELU and act.approximate == "none"
+        if exact_gelu and not (fc1._forward_hooks or fc1._forward_pre_hooks):
             x = linear(x, self.fc1.weight, self.fc1.bias, act="gelu", fast=self.fc1.fused)
         else:
             x = self.act(self.fc1(x))
