@@ -10,7 +10,7 @@ weights and batch; prints the medians and their ratio (the unit tests check that
 the same numbers; this measures what the fast path buys inside the whole model).
 
 Usage: python scripts/profile_model.py ffonly_tiny [--batch 16] [--mode infer|train] [--threads 1]
-       [--steps 3] [--top 20] [--json FILE] [--paths --reps 6]
+       [--steps 3] [--top 20] [--json FILE] [--paths --reps 6 [--only Linear]]
 """
 from __future__ import annotations
 
@@ -42,11 +42,14 @@ def profile_ops(run: Runner, steps: int) -> tuple[list[dict], float]:
     return recs, total / 1e3 / steps
 
 
-def compare_paths(run: Runner, reps: int) -> tuple[float, float]:
-    """Median seconds per step on the fast paths and on the reference paths (interleaved)."""
-    switches = [m for m in run.model.modules() if hasattr(m, "fused")]
+def compare_paths(run: Runner, reps: int, only: str | None = None) -> tuple[float, float]:
+    """Median seconds per step on the fast paths and on the reference paths (interleaved);
+    ``only``: switch just the modules of that class name (e.g. ``Linear``)."""
+    switches = [m for m in run.model.modules()
+                if hasattr(m, "fused") and (only is None or type(m).__name__ == only)]
     if not switches:
-        raise ValueError("the model has no mixer with a fast path (no `fused` switch)")
+        what = f"no {only} module" if only else "no mixer"
+        raise ValueError(f"the model has {what} with a fast path (no `fused` switch)")
     times: dict[bool, list[float]] = {True: [], False: []}
     try:
         for rep in range(reps + 1):
@@ -74,6 +77,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--paths", action="store_true", help="time fast vs reference paths instead")
     ap.add_argument("--reps", type=int, default=6)
+    ap.add_argument("--only", default=None, metavar="CLASS",
+                    help="with --paths: switch only modules of this class (e.g. Linear, GPSA)")
     args = ap.parse_args(argv)
     if min(args.batch, args.steps, args.reps) < 1:
         ap.error("--batch, --steps and --reps must be >= 1")
@@ -91,7 +96,7 @@ def main(argv=None) -> int:
              f"torch {torch.__version__})")
     if args.paths:
         try:
-            fast, ref = compare_paths(run, args.reps)
+            fast, ref = compare_paths(run, args.reps, args.only)
         except ValueError as e:
             print(f"profile_model: {args.model}: {e}", file=sys.stderr)
             return 2
