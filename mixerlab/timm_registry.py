@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import timm.models
 
-from .models.factory import create_model
-from .models.registry import list_models
+from .factory import create_model
+from .zoo.registry import list_models
 
 __all__: list[str] = []
 default_cfgs: dict = {}

@@ -6,10 +6,11 @@ checkpoint (a dict with a ``model`` state dict, or a ``mixerlab-checkpoint`` saf
 ``model.``-prefixed tensors) is unwrapped. Loading is strict: a missing, unexpected or mis-shaped
 key raises ``ValueError`` naming the first one.
 
-timm state dicts (ViT/DeiT, ConViT, PoolFormer) are recognised by their key names and converted
-(``mixerlab.convert.timm``). Weight files written by ``save_weights`` (``mixerlab convert``) carry
-metadata: the zoo name and the model options the weights need (e.g. ``head_norm_first=False`` for
-PoolFormer weights converted from timm), which ``load_pretrained`` applies or enforces.
+Weight files written by ``save_weights`` (``mixerlab convert``) carry metadata: the zoo name, the
+resolved model config (``model_config``, ``config.to_dict()`` as JSON), the mixerlab version and the
+model options the weights need (e.g. ``head_norm_first=False`` for PoolFormer weights converted
+from timm), which ``mixerlab.factory.load_pretrained`` applies or enforces (it also converts timm
+state dicts).
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from .models.hierarchical import HierarchicalModel
+from .version import __version__
 
 WEIGHTS_FORMAT = "mixerlab-weights/1"
 
@@ -100,8 +104,10 @@ def save_weights(sd: dict[str, torch.Tensor], path: str | os.PathLike, *,
 
 
 def weights_metadata(model: nn.Module, options: dict | None = None) -> dict[str, str]:
-    """Metadata ``save_weights`` stores for ``model``'s weights: format, zoo name, options."""
-    meta = {"format": WEIGHTS_FORMAT}
+    """Metadata ``save_weights`` stores for ``model``'s weights: format, zoo name, resolved model
+    config, mixerlab version, options."""
+    meta = {"format": WEIGHTS_FORMAT, "mixerlab_version": __version__,
+            "model_config": json.dumps(model.cfg.to_dict())}
     if getattr(model, "zoo_name", None):
         meta["model"] = model.zoo_name
     if options:
@@ -128,9 +134,8 @@ def apply_saved_options(model: nn.Module, meta: dict[str, str], *, what: str) ->
             current = list(current)
         if current == value:
             continue
-        if key == "head_norm_first":
-            from .convert.timm import set_head_norm_first
-            set_head_norm_first(model, bool(value))
+        if key == "head_norm_first" and isinstance(model, HierarchicalModel):
+            model.set_head_norm_first(bool(value))
             continue
         raise ValueError(f"{what} were saved from a model with {key}={value!r}, but this model has "
                          f"{key}={current!r}; create it with {key}={value!r}")
@@ -160,25 +165,3 @@ def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], *, what: str
     if extra:
         raise ValueError(f"{what} does not fit this model: unexpected key {extra[0]!r} "
                          f"({len(extra)} unexpected in all)")
-
-
-def load_pretrained(model: nn.Module, path_or_sd) -> nn.Module:
-    """Load a mixerlab state dict (a file path or a dict) strictly into ``model``.
-
-    A timm state dict (recognised by its key names) is converted with
-    ``mixerlab.convert.load_timm_weights``; for PoolFormer the model is switched to timm's head
-    (``head_norm_first=False``) in place, so that it reproduces timm's logits. Options recorded in
-    a ``save_weights`` file are applied the same way.
-    """
-    if isinstance(path_or_sd, (str, os.PathLike)):
-        sd, meta = read_weights(path_or_sd)
-        what = f"weights {os.fspath(path_or_sd)}"
-    else:
-        sd, meta, what = unwrap_state_dict(path_or_sd), {}, "state dict"
-    from .convert.timm import is_timm_state_dict, load_timm_weights
-    if is_timm_state_dict(sd):
-        return load_timm_weights(model, sd, adapt_head=True, what=what)
-    check_state_dict(model, sd, what=what)
-    apply_saved_options(model, meta, what=what)
-    model.load_state_dict(sd, strict=True)
-    return model

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from mixerlab.data.datasets import FASHION_MNIST_DIR
-from mixerlab.train import TrainConfig
+from mixerlab.engine import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_FMNIST = all(

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from mixerlab.train.checkpoint import (
+from mixerlab.engine.checkpoint import (
     CheckpointError, capture_rng, load_checkpoint, load_weights, resolve_checkpoint, restore_rng, save_checkpoint,
 )
 

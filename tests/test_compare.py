@@ -109,7 +109,7 @@ def test_macs_follow_the_trained_data(tmp_path):
 
     from mixerlab.bench.complexity import count_macs
     from mixerlab.compare.presets import get_preset
-    from mixerlab.train.factory import build_model
+    from mixerlab.engine.factory import build_model
     smoke = get_preset("smoke")
     p = dataclasses.replace(smoke, experiments=("E1",), train_overrides={
         **smoke.train_overrides, "synthetic_chans": 3, "synthetic_classes": 4})

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from mixerlab.train.config import TrainConfig, config_from_dict, config_to_yaml, load_config, valid_keys
+from mixerlab.engine.config import TrainConfig, config_from_dict, config_to_yaml, load_config, valid_keys
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest_train import HAVE_FMNIST, TINY_DEEPVIT, tiny_config
-from mixerlab.train import NonFiniteLossError, evaluate, load_checkpoint, resume_config, train
-from mixerlab.train.checkpoint import CheckpointError
+from mixerlab.engine import NonFiniteLossError, evaluate, load_checkpoint, resume_config, train
+from mixerlab.engine.checkpoint import CheckpointError
 
 
 def _metrics(run):
@@ -64,7 +64,7 @@ def test_resume_rejects_other_config(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good(tmp_path, monkeypatch):
-    import mixerlab.train.loop as loop
+    import mixerlab.engine.loop as loop
 
     class PoisonedTask(loop.ClassificationTask):
         calls = 0
@@ -86,11 +86,27 @@ def test_non_finite_loss_stops_and_keeps_last_good(tmp_path, monkeypatch):
 
 def test_dp_loss_is_added_and_logged_for_lavit(tmp_path):
     run = tmp_path / "run"
-    train(tiny_config(model="lavit_micro", model_args={}, epochs=1, synthetic_size=32, batch_size=8, dp_weight=0.5), out_dir=run)
+    weights = {"dp_sym": 0.5, "dp_diag": 0.25}  # each term its own weight
+    train(tiny_config(model="lavit_micro", model_args={}, epochs=1, synthetic_size=32, batch_size=8,
+                      aux_weights=weights), out_dir=run)
     m = _metrics(run)[0]
     assert "train_dp_sym" in m and "train_dp_diag" in m
-    expected = m["train_ce"] + 0.5 * (m["train_dp_sym"] + m["train_dp_diag"])
+    expected = m["train_ce"] + 0.5 * m["train_dp_sym"] + 0.25 * m["train_dp_diag"]
     assert m["train_loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_an_auxiliary_term_without_a_weight_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="'dp_diag', which has no weight in aux_weights"):
+        train(tiny_config(model="lavit_micro", model_args={}, epochs=1, synthetic_size=32, batch_size=8,
+                          aux_weights={"dp_sym": 1.0}), out_dir=tmp_path / "run")
+
+
+def test_old_configs_with_one_dp_weight_still_load():
+    from mixerlab.engine.config import config_from_dict
+    d = tiny_config(model="lavit_micro").to_dict()
+    d.pop("aux_weights")
+    d["dp_weight"] = 0.3
+    assert config_from_dict(d).aux_weights == {"dp_sym": 0.3, "dp_diag": 0.3}
 
 
 def test_bn_calibration_runs_for_deepvit_and_eval_reproduces_it(tmp_path):
@@ -134,7 +150,7 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path):
 
 
 def test_mixerlab_train_is_callable(tmp_path):
-    import mixerlab.train
+    import mixerlab.engine
 
-    assert callable(mixerlab.train)  # the package forwards calls to mixerlab.train.train
+    assert callable(mixerlab.train)  # the package forwards calls to mixerlab.engine.train
     assert mixerlab.train(tiny_config(epochs=1, synthetic_size=32), out_dir=tmp_path / "run")["steps"] == 2

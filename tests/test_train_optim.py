@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 import mixerlab
-from mixerlab.train.bn import calibrate_batchnorm
-from mixerlab.train.ema import ModelEma
-from mixerlab.train.optim import lr_at, no_decay_names, param_groups
+from mixerlab.engine.bn import calibrate_batchnorm
+from mixerlab.engine.ema import ModelEma
+from mixerlab.engine.optim import lr_at, no_decay_names, param_groups
 
 
 def test_lr_schedule_shape():

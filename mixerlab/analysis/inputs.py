@@ -13,6 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..engine.checkpoint import resolve_checkpoint
+from ..engine.config import config_from_dict
+from ..engine.factory import build_from_checkpoint
+from ..factory import create_model, load_pretrained
+
 
 @dataclass
 class LoadedModel:
@@ -47,31 +52,19 @@ def load_model(spec: str, *, weights: str | None = None, ema: bool = False, **ov
         ema: take the EMA weights of a training checkpoint.
         **overrides: ``create_model`` overrides for a zoo name (``img_size``, ``in_chans``, ...).
     """
-    import mixerlab
-
     path = Path(spec)
     if path.exists() and _is_checkpoint(path):
         if weights is not None:
             raise ValueError("give either a checkpoint/run folder or a zoo name with --weights, not both")
-        from ..train.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-        from ..train.config import config_from_dict
-        from ..train.factory import build_model
         file = resolve_checkpoint(path)
-        ckpt = load_checkpoint(file)
+        model, ckpt = build_from_checkpoint(file, weights="ema" if ema else "model")
         cfg = config_from_dict(ckpt.config)
-        di = ckpt.state.get("data_info", {})
-        model = build_model(cfg.model, num_classes=di.get("num_classes", 10), in_chans=di.get("in_chans", 1),
-                            img_size=cfg.img_size, drop_path_rate=0.0, model_args=cfg.model_args)
-        if ema and not ckpt.has_ema:
-            raise CheckpointError(f"checkpoint {file} holds no EMA weights")
-        ckpt.load_model(model, prefix="ema" if ema else "model")
         return LoadedModel(model, cfg.model, str(file), data=cfg.data, data_dir=cfg.data_dir,
                            info=dict(epoch=ckpt.state.get("epoch"), checkpoint_part="ema" if ema else "model"))
     if path.suffix in (".safetensors", ".pth", ".pt", ".bin") and not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    model = mixerlab.create_model(spec, **overrides)  # ValueError for unknown names
+    model = create_model(spec, **overrides)  # ValueError for unknown names
     if weights is not None:
-        from ..weights import load_pretrained
         load_pretrained(model, weights)
     return LoadedModel(model, model.zoo_name, weights or "random init")
 

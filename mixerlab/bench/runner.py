@@ -81,14 +81,14 @@ def bench_rows(names: list[str], *, batch_sizes=(1,), modes=("infer",), img_size
                reps: int = 5, warmup: int = 2, min_time: float = 0.2, speed: bool = True,
                progress=None) -> list[dict]:
     """Benchmark zoo models; returns one JSON-able row per measurement (see module docstring)."""
-    import mixerlab
+    from ..factory import create_model
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
     rows = []
     for name in names:
         overrides = {"img_size": img_size} if img_size else {}
         torch.manual_seed(0)
-        model = mixerlab.create_model(name, **overrides)
+        model = create_model(name, **overrides)
         size = tuple(model.img_size)
         fl = model_breakdown(model, (model.in_chans, *size))
         base = dict(model=name, img_size=f"{size[0]}x{size[1]}", params_m=fl["params"] / 1e6,

@@ -96,13 +96,13 @@ def write_rows(rows: list[dict], env: dict, path: str) -> Path:
 def run(args) -> int:
     import torch
 
-    import mixerlab
     from ..bench.runner import bench_rows, environment
+    from ..zoo import get_model_info
 
     if any(b < 1 for b in args.batch_size) or args.reps < 1 or args.warmup < 0:
         raise ValueError("--batch-size and --reps must be >= 1, --warmup >= 0")
     for name in args.models:
-        mixerlab.get_model_info(name)  # ValueError with close matches for a typo, before any work
+        get_model_info(name)  # ValueError with close matches for a typo, before any work
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = bench_rows(args.models, batch_sizes=args.batch_size, modes=args.mode, img_size=args.img_size,

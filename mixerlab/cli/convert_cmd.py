@@ -34,10 +34,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..convert.timm import (TIMM_OPTIONS, create_from_timm, export_timm_weights,
-                                is_timm_state_dict, timm_family, timm_names_for)
-    from ..models.factory import create_model
-    from ..weights import load_pretrained, read_weights, save_weights, weights_metadata
+    from ..convert.timm import (TIMM_OPTIONS, export_timm_weights, is_timm_state_dict, timm_family,
+                                timm_names_for)
+    from ..engine.factory import build_from_checkpoint
+    from ..factory import create_from_timm, create_model, load_pretrained
+    from ..weights import read_weights, save_weights, weights_metadata
 
     src, dst = Path(args.input), Path(args.output)
     if dst.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
@@ -61,10 +62,16 @@ def run(args) -> int:
         if is_timm_state_dict(sd):
             raise ValueError(f"{src} is already a timm state dict; use --from timm to convert it "
                              "to mixerlab")
-        name = args.model or meta.get("model")
-        if not name:
-            raise ValueError(f"{src} does not record its model; pass --model NAME")
-        model = load_pretrained(create_model(name), src)
+        if meta.get("format", "").startswith("mixerlab-checkpoint"):
+            # a training checkpoint: the model it was trained with, from its stored config
+            model, _ = build_from_checkpoint(src)
+            if args.model and args.model != model.zoo_name:
+                raise ValueError(f"{src} holds a {model.zoo_name} checkpoint, not {args.model}")
+        else:
+            name = args.model or meta.get("model")
+            if not name:
+                raise ValueError(f"{src} does not record its model; pass --model NAME")
+            model = load_pretrained(create_model(name), src)
         out_sd = export_timm_weights(model)
         meta_out = {"format": "pt"}
         what = f"timm {'/'.join(timm_names_for(model.zoo_name))} state dict"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mixerlab.train.config import DATASETS
+from mixerlab.engine.config import DATASETS
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mixerlab.train import evaluate
+    from mixerlab.engine import evaluate
 
     if args.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")

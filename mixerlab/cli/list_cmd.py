@@ -19,7 +19,8 @@ def zoo_records(pattern: str = "*", *, macs: bool = True) -> list[dict]:
     import torch
 
     from ..bench.complexity import count_macs, count_params
-    from ..models import create_model, get_model_info, list_models
+    from ..factory import create_model
+    from ..zoo import get_model_info, list_models
 
     names = list_models(pattern)
     if not names:

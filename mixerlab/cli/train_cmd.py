@@ -11,7 +11,7 @@ import dataclasses
 import sys
 
 from mixerlab.data.datasets import FASHION_MNIST_DIR
-from mixerlab.train.config import DATASETS, TrainConfig, config_to_yaml
+from mixerlab.engine.config import DATASETS, TrainConfig, config_to_yaml
 
 _BOOL = {"deterministic", "channels_last", "compile", "tensorboard"}
 
@@ -59,7 +59,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mixerlab.train import NonFiniteLossError, load_config, resume_config, train
+    from mixerlab.engine import NonFiniteLossError, load_config, resume_config, train
 
     overrides = _overrides(args)
     if args.resume:

@@ -20,22 +20,17 @@ from .runner import Runner, RunResult, config_hash
 __all__ = ["PRESETS", "Preset", "get_preset", "run_compare", "config_hash"]
 
 
-def _macs(results: list[RunResult], preset, data, data_dir) -> dict:
+def _macs(results: list[RunResult]) -> dict:
     import torch
 
     from ..bench.complexity import count_macs
-    from ..train.checkpoint import read_state, resolve_checkpoint
-    from ..train.factory import build_model
-    from .runner import build_config
+    from ..engine.factory import build_from_checkpoint
     out = {}
     for r in results:
         if str(r.run_dir) in out or r.status not in ("done", "cached"):
             continue
-        cfg = build_config(r.spec, preset, r.seed, data, data_dir)
-        info = read_state(resolve_checkpoint(r.run_dir))["data_info"]  # the model as it was trained
-        with torch.device("meta"):
-            m = build_model(cfg.model, num_classes=info["num_classes"], in_chans=info["in_chans"],
-                            img_size=cfg.img_size, drop_path_rate=0.0, model_args=cfg.model_args)
+        with torch.device("meta"):  # the model as it was trained, from its checkpoint's header
+            m, _ = build_from_checkpoint(r.run_dir, weights=None)
         out[str(r.run_dir)] = count_macs(m) / 1e9
     return out
 
@@ -96,7 +91,7 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
     specs = plan(p)
     results = Runner(out, p, data=data, data_dir=data_dir, log=log, jobs=jobs,
                      threads_per_job=threads_per_job, report_only=report_only).run_all(specs)
-    macs = _macs(results, p, data, data_dir)
+    macs = _macs(results)
     analyses = _analyses(results, p, data, data_dir, log)
     rows = run_rows(results, macs)
     agg = aggregate(rows)

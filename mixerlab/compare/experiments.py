@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..models.registry import get_model_info
+from ..zoo.registry import get_model_info
 
 MICRO_FAMILIES = ("deit_micro", "ffonly_micro", "convit_micro", "deepvit_micro", "poolformer_micro",
                   "identityformer_micro", "lavit_micro")

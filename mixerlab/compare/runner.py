@@ -43,7 +43,7 @@ class RunResult:
 
 
 def build_config(spec: RunSpec, preset, seed: int, data: str, data_dir: str | None):
-    from ..train.config import TrainConfig
+    from ..engine.config import TrainConfig
     args = dict(model=spec.model, model_args=spec.model_args, data=data, data_dir=data_dir,
                 train_fraction=preset.train_fraction, val_fraction=preset.val_fraction,
                 epochs=preset.epochs, batch_size=preset.batch_size, lr=preset.lr,
@@ -205,7 +205,7 @@ def _train_one(spec: RunSpec, seed: int, cfg, run_dir: Path) -> RunResult:
     """Train one run (resuming from its last checkpoint if there is one); never raises but for
     KeyboardInterrupt."""
     global _stopping
-    from ..train import train
+    from ..engine import train
     if _stopping:
         raise KeyboardInterrupt
     t = time.time()

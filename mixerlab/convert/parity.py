@@ -13,7 +13,8 @@ import time
 import torch
 from torch import nn
 
-from .timm import TIMM_PAIRS, create_from_timm, export_timm_weights, load_timm_weights
+from ..factory import create_from_timm
+from .timm import TIMM_PAIRS, export_timm_weights, load_timm_weights
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ no code taken):
   ``layer_scale{1,2}.scale`` (mixerlab: ``ls{1,2}.gamma``); the head is ``head.norm`` (a
   LayerNorm2d, eps 1e-6, applied to the *pooled* vector) and ``head.fc``. The official PoolFormer
   (sail-sg/poolformer, arXiv 2111.11418) instead norms the map with GroupNorm(1) and then pools;
-  the two heads differ numerically (shared/papers/poolformer.md section 7). mixerlab's default
+  the two heads differ numerically. mixerlab's default
   follows the paper; ``head_norm_first=False`` gives timm's head, and timm weights are only loaded
   into (or exported from) that variant.
 
@@ -34,7 +34,10 @@ import re
 import torch
 from torch import nn
 
-from ..layers.norm import LayerNorm
+from ..models.config import HierarchicalConfig, IsotropicConfig
+from ..models.hierarchical import HierarchicalModel
+from ..weights import read_state_dict, unwrap_state_dict
+from ..zoo.registry import get_model_info
 
 # timm model name -> mixerlab zoo name.
 TIMM_PAIRS: dict[str, str] = {
@@ -75,8 +78,6 @@ def timm_family(model: nn.Module) -> str:
     Raises ``ValueError`` saying why when the model has no timm counterpart (another mixer, a
     norm, stem, class-token placement or head that timm's models do not have).
     """
-    from ..models.config import HierarchicalConfig, IsotropicConfig
-
     cfg = getattr(model, "cfg", None)
     label = _model_label(model)
 
@@ -208,8 +209,6 @@ def _signature_of_cfg(cfg, family: str):
 
 def guess_model_name(sd: dict) -> str | None:
     """The covered mixerlab zoo model whose timm counterpart produced ``sd``, or None."""
-    from ..models.registry import get_model_info
-
     family = detect_timm_family(sd)
     if family is None:
         return None
@@ -227,27 +226,15 @@ def timm_names_for(mixerlab_name: str) -> list[str]:
 
 # -- load / export ----------------------------------------------------------------------------
 def set_head_norm_first(model: nn.Module, value: bool) -> None:
-    """Switch a hierarchical model's head between the official order (norm the map, then pool:
-    ``True``) and timm's (pool, then LayerNorm eps 1e-6: ``False``), in place. The final norm is
-    rebuilt (identity affine) when the order changes; load weights afterwards."""
-    from ..layers.norm import get_norm_layer
-    from ..models.hierarchical import HierarchicalModel
-
+    """Switch a hierarchical model's head order in place (see
+    ``HierarchicalModel.set_head_norm_first``); other models have no such head."""
     if not isinstance(model, HierarchicalModel):
         raise ValueError(f"{_model_label(model)} is not a hierarchical model: head_norm_first "
                          "does not apply")
-    if model.head_norm_first == value:
-        return
-    dim, ref = model.num_features, model.norm.weight
-    norm = get_norm_layer(model.cfg.head_norm)(dim) if value else LayerNorm(dim, eps=1e-6)
-    model.norm = norm.to(device=ref.device, dtype=ref.dtype)
-    model.head_norm_first = value
-    model.cfg = dataclasses.replace(model.cfg, head_norm_first=value)
+    model.set_head_norm_first(value)
 
 
 def _as_state_dict(state_dict, what: str | None):
-    from ..weights import read_state_dict, unwrap_state_dict
-
     if isinstance(state_dict, (str, os.PathLike)):
         return read_state_dict(state_dict), what or f"weights {os.fspath(state_dict)}"
     return unwrap_state_dict(state_dict), what or "the state dict"
@@ -338,26 +325,9 @@ def export_timm_weights(model: nn.Module) -> dict[str, torch.Tensor]:
             for k, tk, conv, shape in _key_plan(model, family)}
 
 
-def create_from_timm(state_dict, name: str | None = None, *, what: str | None = None,
-                     **overrides) -> nn.Module:
-    """Build the mixerlab model matching a timm state dict (``name`` guessed when None), with the
-    options timm's architecture needs (PoolFormer: ``head_norm_first=False``), and load it.
-    ``what`` names the weights in error messages; ``overrides`` are further model options."""
-    from ..models.factory import create_model
-
-    sd, what = _as_state_dict(state_dict, what)
-    if name is None:
-        name = guess_model_name(sd)
-        if name is None:
-            fam = detect_timm_family(sd)
-            kind = f"a timm {FAMILY_TITLES[fam]} state dict" if fam else "not a covered timm state dict"
-            raise ValueError(f"cannot tell which mixerlab model {what} belongs to ({kind} of no "
-                             f"covered size); pass the model name. Covered: {sorted(TIMM_PAIRS)}")
-    from ..models.registry import get_model_info
-
-    family = timm_family(_ConfigView(get_model_info(name).config, name))
-    model = create_model(name, **{**TIMM_OPTIONS[family], **overrides})
-    return load_timm_weights(model, sd, what=what)
+def timm_family_of_config(cfg, name: str) -> str:
+    """``timm_family`` of the model a config would build (without building it)."""
+    return timm_family(_ConfigView(cfg, name))
 
 
 class _ConfigView:

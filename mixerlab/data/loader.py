@@ -118,7 +118,7 @@ class DataBundle:
 
 
 def build_data(cfg) -> DataBundle:
-    """Datasets for a :class:`~mixerlab.train.TrainConfig` (uses its data and augmentation fields)."""
+    """Datasets for a :class:`~mixerlab.engine.TrainConfig` (uses its data and augmentation fields)."""
     train_src, val_src = build_sources(
         cfg.data, cfg.data_dir, size=cfg.synthetic_size, num_classes=cfg.synthetic_classes,
         in_chans=cfg.synthetic_chans, img_size=cfg.img_size,

@@ -36,13 +36,17 @@ class TokenContext:
         aux: auxiliary loss terms, name -> list of scalar tensors (one per layer).
     """
 
-    grid: tuple[int, int]
+    grid: tuple[int, int] = (0, 0)  # set by the backbone before the first block
     num_prefix_tokens: int = 0
     state: dict = field(default_factory=dict)
     aux: dict = field(default_factory=dict)
 
     def add_aux(self, name: str, value: torch.Tensor) -> None:
         self.aux.setdefault(name, []).append(value)
+
+    def aux_totals(self) -> dict[str, torch.Tensor]:
+        """Each auxiliary term summed over the layers that reported it."""
+        return {k: torch.stack(v).sum() for k, v in self.aux.items()}
 
 
 class AttentionProbe(nn.Module):

@@ -1,13 +1,12 @@
-"""Backbones, the block, configs, and the zoo registry."""
+"""Backbones, the block, configs and ``build_model`` (config -> module). The zoo (names) is above."""
 from .block import MetaFormerBlock
-from .config import BlockConfig, HierarchicalConfig, IsotropicConfig, StageConfig
-from .factory import build_model, create_model
+from .config import (BlockConfig, HierarchicalConfig, IsotropicConfig, StageConfig, config_from_dict,
+                     config_to_dict)
+from .factory import build_model
 from .hierarchical import HierarchicalModel
 from .isotropic import IsotropicModel
-from .registry import ZooEntry, get_model_info, list_models
 
 __all__ = [
     "BlockConfig", "HierarchicalConfig", "HierarchicalModel", "IsotropicConfig", "IsotropicModel",
-    "MetaFormerBlock", "StageConfig", "ZooEntry", "build_model", "create_model", "get_model_info",
-    "list_models",
+    "MetaFormerBlock", "StageConfig", "build_model", "config_from_dict", "config_to_dict",
 ]

@@ -69,7 +69,6 @@ class MixerModel(nn.Module):
         self.in_chans = cfg.in_chans
         self.img_size = to_2tuple(cfg.img_size)
         self.grad_checkpointing = False
-        self._aux: dict[str, torch.Tensor] = {}
         if cfg.in_chans < 1:
             raise ValueError(f"in_chans must be >= 1, got {cfg.in_chans}")
         if cfg.num_classes < 0:
@@ -127,13 +126,6 @@ class MixerModel(nn.Module):
                              "another layer's state")
         self.grad_checkpointing = enable
 
-    def store_aux(self, ctx: TokenContext) -> None:
-        self._aux = {k: torch.stack(v).sum() for k, v in ctx.aux.items()}
-
-    def aux_losses(self) -> dict[str, torch.Tensor]:
-        """Auxiliary loss terms of the last forward, summed over layers (LaViT: dp_sym, dp_diag)."""
-        return dict(self._aux)
-
     # -- classifier -----------------------------------------------------------------------------
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -150,8 +142,16 @@ class MixerModel(nn.Module):
     def set_global_pool(self, global_pool: str) -> None:
         raise ValueError(f"{type(self).__name__} has no selectable global pool")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+    def forward(self, x: torch.Tensor, *, return_aux: bool = False):
+        """Images -> logits; with ``return_aux=True``, ``(logits, aux)`` where ``aux`` maps each
+        auxiliary loss term the layers report (LaViT: ``dp_sym``, ``dp_diag``) to its sum over
+        layers (empty for models without such terms). Returned, never stored on the module,
+        so it goes through DDP and ``torch.compile`` like the logits."""
+        if not return_aux:
+            return self.forward_head(self.forward_features(x))
+        ctx = TokenContext()
+        logits = self.forward_head(self.forward_features(x, ctx))
+        return logits, ctx.aux_totals()
 
     @staticmethod
     def _resolve_indices(indices, n: int) -> list[int]:

@@ -25,8 +25,22 @@ class BlockConfig:
     mlp_first: bool = False  # FF-only: channel MLP before the token mixer
 
 
+class _ModelConfig:
+    """``to_dict()`` / ``from_dict()`` of the model configs (see :func:`config_to_dict`)."""
+
+    def to_dict(self) -> dict:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        cfg = config_from_dict(d)
+        if not isinstance(cfg, cls):
+            raise ValueError(f"the dict holds a {type(cfg).__name__}, not a {cls.__name__}")
+        return cfg
+
+
 @dataclass(frozen=True)
-class IsotropicConfig:
+class IsotropicConfig(_ModelConfig):
     """A ViT-style model: patch embedding, optional class token, position embedding, blocks."""
 
     mixers: tuple  # one MixerSpec per block (depth = len(mixers))
@@ -61,7 +75,7 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
-class HierarchicalConfig:
+class HierarchicalConfig(_ModelConfig):
     """A 4-stage (or n-stage) model with strided-conv downsampling, as PoolFormer and LaViT."""
 
     stages: tuple  # StageConfig per stage
@@ -127,3 +141,75 @@ def replace_config(cfg, **overrides):
         if isinstance(overrides.get(key), list):
             overrides[key] = tuple(overrides[key])
     return dataclasses.replace(cfg, **overrides)
+
+
+# -- serialisation: the resolved config as plain (JSON-able) data --------------------------------
+CONFIG_FORMAT = "mixerlab-model-config/1"
+_KINDS = {"isotropic": IsotropicConfig, "hierarchical": HierarchicalConfig}
+
+
+def _plain(v):
+    """Tuples -> lists, dataclasses -> dicts, recursively (JSON's types)."""
+    if dataclasses.is_dataclass(v):
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, (tuple, list)):
+        return [_plain(i) for i in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(i) for k, i in v.items()}
+    return v
+
+
+def _frozen(v):
+    """Lists -> tuples, recursively (the configs' own types, hashable)."""
+    if isinstance(v, (list, tuple)):
+        return tuple(_frozen(i) for i in v)
+    if isinstance(v, dict):
+        return {k: _frozen(i) for k, i in v.items()}
+    return v
+
+
+def _mixer_specs(specs) -> tuple:
+    out = []
+    for s in specs:
+        if isinstance(s, str):
+            s = (s, {})
+        if not (isinstance(s, (list, tuple)) and len(s) == 2 and isinstance(s[0], str)
+                and isinstance(s[1], dict)):
+            raise ValueError(f"a mixer spec is [name, {{kwargs}}], got {s!r}")
+        out.append((s[0], _frozen(s[1])))
+    return tuple(out)
+
+
+def config_to_dict(cfg) -> dict:
+    """``{"format", "kind", "config"}``: everything needed to rebuild the same model."""
+    kind = next((k for k, t in _KINDS.items() if isinstance(cfg, t)), None)
+    if kind is None:
+        raise TypeError(f"expected an IsotropicConfig or HierarchicalConfig, got {type(cfg).__name__}")
+    return {"format": CONFIG_FORMAT, "kind": kind, "config": _plain(cfg)}
+
+
+def _build(cls, data: dict, what: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{what}: unknown field(s) {unknown}; allowed: {sorted(names)}")
+    return cls(**data)
+
+
+def config_from_dict(d: dict):
+    """Inverse of :func:`config_to_dict`; ``ValueError`` naming what does not fit."""
+    if not isinstance(d, dict) or d.get("format") != CONFIG_FORMAT or d.get("kind") not in _KINDS:
+        raise ValueError(f"not a mixerlab model config (expected format {CONFIG_FORMAT!r} and kind "
+                         f"in {sorted(_KINDS)}): {str(d)[:120]}")
+    kind, data = d["kind"], dict(d["config"])
+    data["block"] = _build(BlockConfig, dict(data.get("block", {})), "block")
+    if kind == "isotropic":
+        data["mixers"] = _mixer_specs(data["mixers"])
+    else:
+        data["stages"] = tuple(
+            _build(StageConfig, {**st, "mixers": _mixer_specs(st["mixers"])}, f"stage {i}")
+            for i, st in enumerate(data["stages"]))
+    data = {k: (_frozen(v) if isinstance(v, list) else v) for k, v in data.items()}
+    return _build(_KINDS[kind], data, f"{kind} config")
+
+

@@ -8,6 +8,8 @@ pools (the official PoolFormer) or, with ``head_norm_first=False``, pools then n
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -118,6 +120,18 @@ class HierarchicalModel(MixerModel):
         self.head = Linear(dims[-1], cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self._finish()
 
+    def set_head_norm_first(self, value: bool) -> None:
+        """Switch the head between the official order (norm the map, then pool: ``True``) and
+        timm's (pool, then LayerNorm eps 1e-6: ``False``), in place. The final norm is rebuilt
+        (identity affine) when the order changes; load weights afterwards. ``cfg`` follows."""
+        if self.head_norm_first == value:
+            return
+        dim, ref = self.num_features, self.norm.weight
+        norm = get_norm_layer(self.cfg.head_norm)(dim) if value else LayerNorm(dim, eps=1e-6)
+        self.norm = norm.to(device=ref.device, dtype=ref.dtype)
+        self.head_norm_first = value
+        self.cfg = dataclasses.replace(self.cfg, head_norm_first=value)
+
     def no_weight_decay(self) -> set[str]:
         return {f"stages.{i}.pos_embed" for i, st in enumerate(self.stages) if st.pos_embed is not None}
 
@@ -126,11 +140,12 @@ class HierarchicalModel(MixerModel):
                                            (r"^norm", (99999,))])
 
     # -- forward --------------------------------------------------------------------------------
-    def _stages(self, x: torch.Tensor, upto: int | None = None):
+    def _stages(self, x: torch.Tensor, upto: int | None = None, ctx: TokenContext | None = None):
         """Run the stages, yielding (index, tokens (B, N, C), grid) after each."""
         self.check_input(x)
         x, grid = self.stem(x)
-        ctx = TokenContext(grid=grid)
+        ctx = ctx if ctx is not None else TokenContext()
+        ctx.grid = grid
         for i, stage in enumerate(self.stages):
             if i > 0:
                 b, n, c = x.shape
@@ -143,11 +158,11 @@ class HierarchicalModel(MixerModel):
             yield i, x, grid
             if upto is not None and i >= upto:
                 break
-        self.store_aux(ctx)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images -> last-stage tokens (B, N, C), normed when the head norms before pooling."""
-        for _, x, _ in self._stages(x):
+    def forward_features(self, x: torch.Tensor, ctx: TokenContext | None = None) -> torch.Tensor:
+        """Images -> last-stage tokens (B, N, C), normed when the head norms before pooling.
+        ``ctx`` (optional) receives what the layers report (auxiliary loss terms)."""
+        for _, x, _ in self._stages(x, ctx=ctx):
             pass
         return self.norm(x) if self.head_norm_first else x
 

@@ -107,14 +107,15 @@ class IsotropicModel(MixerModel):
         return resample_pos_embed(self.pos_embed, self.pos_grid, grid, num_prefix=self.pos_slots,
                                   mode=self.cfg.pos_interp)
 
-    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, TokenContext]:
+    def _embed(self, x: torch.Tensor, ctx: TokenContext | None = None) -> tuple[torch.Tensor, TokenContext]:
         self.check_input(x)
         p = self.patch_embed.patch_size
         if x.shape[-2] % p or x.shape[-1] % p:
             raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of the patch "
                              f"size {p}")
         x, grid = self.patch_embed(x)  # (B, N, C)
-        ctx = TokenContext(grid=grid, num_prefix_tokens=0)
+        ctx = ctx if ctx is not None else TokenContext()
+        ctx.grid, ctx.num_prefix_tokens = grid, 0
         if self.cls_token is not None and self.cls_token_at == 0:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
             ctx.num_prefix_tokens = 1
@@ -133,12 +134,12 @@ class IsotropicModel(MixerModel):
             if upto is not None and i >= upto:
                 return
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> normed tokens (B, prefix + N, dim)."""
-        x, ctx = self._embed(x)
+    def forward_features(self, x: torch.Tensor, ctx: TokenContext | None = None) -> torch.Tensor:
+        """Images (B, C, H, W) -> normed tokens (B, prefix + N, dim). ``ctx`` (optional) receives
+        what the layers report (auxiliary loss terms)."""
+        x, ctx = self._embed(x, ctx)
         for _, x in self._blocks(x, ctx):
             pass
-        self.store_aux(ctx)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -175,7 +176,6 @@ class IsotropicModel(MixerModel):
                     b, n, c = y.shape
                     y = y.transpose(1, 2).reshape(b, c, *ctx.grid)  # (B, C, H, W)
                 feats.append(y)
-        self.store_aux(ctx)
         if intermediates_only:
             return feats
         return self.norm(x), feats

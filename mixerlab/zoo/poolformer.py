@@ -16,18 +16,22 @@ position embedding added at the start of stage 3.
 from __future__ import annotations
 
 from ..models.config import BlockConfig, HierarchicalConfig, StageConfig
-from ..models.registry import ZooEntry, register_zoo
+from .registry import ZooEntry, register_zoo
 
 PAPER = "MetaFormer Is Actually What You Need for Vision (arXiv 2111.11418)"
 PAPER_BASELINES = "MetaFormer Baselines for Vision (arXiv 2210.13452)"
 S_DIMS, M_DIMS = (64, 128, 320, 512), (96, 192, 384, 768)
 
 
-def metaformer(depths, dims, mixers=("pooling",) * 4, *, ls: float = 1e-5, norm: str = "groupnorm1",
-               pos_embed=(None,) * 4, mlp_ratio: float = 4.0, **kw) -> HierarchicalConfig:
-    """``mixers``: one mixer spec per stage (a name or (name, kwargs))."""
+def metaformer(depths=(2, 2, 6, 2), dims=S_DIMS, mixers=("pooling",) * 4, *, ls: float = 1e-5,
+               norm: str = "groupnorm1", pos_embed=(None,) * 4, mlp_ratio: float = 4.0,
+               **kw) -> HierarchicalConfig:
+    """``mixers``: one mixer spec per stage (a name or (name, kwargs)); ``ls``: LayerScale init."""
+    lengths = {"depths": len(depths), "dims": len(dims), "mixers": len(mixers), "pos_embed": len(pos_embed)}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"per-stage arguments must have one entry per stage, got lengths {lengths}")
     stages = tuple(
-        StageConfig(dim=d, mixers=(m if isinstance(m, tuple) else (m, {}),) * n,
+        StageConfig(dim=d, mixers=(tuple(m) if not isinstance(m, str) else (m, {}),) * n,
                     mlp_ratio=mlp_ratio, pos_embed=p)
         for n, d, m, p in zip(depths, dims, mixers, pos_embed))
     return HierarchicalConfig(stages=stages, block=BlockConfig(norm=norm, layer_scale_init=ls),
@@ -35,7 +39,7 @@ def metaformer(depths, dims, mixers=("pooling",) * 4, *, ls: float = 1e-5, norm:
 
 
 def _pf(name, depths, dims, ls, params, top1, gmacs):
-    return ZooEntry(name, "poolformer", metaformer(depths, dims, ls=ls), PAPER,
+    return ZooEntry(name, "poolformer", metaformer, dict(depths=depths, dims=dims, ls=ls), PAPER,
                     dict(params=params, top1=top1, gmacs=gmacs, params_source="measured (official)"))
 
 
@@ -50,21 +54,22 @@ register_zoo([
     _pf("poolformer_s36", (6, 6, 18, 6), S_DIMS, 1e-6, 30.863, 81.4, 5.003),
     _pf("poolformer_m36", (6, 6, 18, 6), M_DIMS, 1e-6, 56.173, 82.1, 8.802),
     _pf("poolformer_m48", (8, 8, 24, 8), M_DIMS, 1e-6, 73.473, 82.5, 11.591),
-    ZooEntry("identityformer_s12", "identityformer",
-             metaformer((2, 2, 6, 2), S_DIMS, ("identity",) * 4), PAPER,
+    ZooEntry("identityformer_s12", "identityformer", metaformer,
+             dict(depths=(2, 2, 6, 2), dims=S_DIMS, mixers=("identity",) * 4), PAPER,
              dict(params=11.915, top1=74.3, gmacs=1.823, params_source="measured (official metaformer_id_s12)")),
-    ZooEntry("randformer_s12", "randformer",
-             metaformer((2, 2, 6, 2), S_DIMS, ("identity", "identity", "random", "random")),
+    ZooEntry("randformer_s12", "randformer", metaformer,
+             dict(depths=(2, 2, 6, 2), dims=S_DIMS, mixers=("identity", "identity", "random", "random")),
              PAPER_BASELINES,
              dict(params=11.915, top1=76.6, params_source="derived: the S12 backbone (random "
                   "matrices are frozen buffers)", note="top-1 from the Baselines paper's v2 backbone")),
-    ZooEntry("poolformer_hybrid_s12", "poolformer",
-             metaformer((2, 2, 6, 2), S_DIMS, ("pooling", "pooling", ATTN32, ATTN32),
-                        norm="layernorm_eps5", pos_embed=(None, None, "zeros", None)), PAPER,
+    ZooEntry("poolformer_hybrid_s12", "poolformer", metaformer,
+             dict(depths=(2, 2, 6, 2), dims=S_DIMS, mixers=("pooling", "pooling", ATTN32, ATTN32),
+                  norm="layernorm_eps5", pos_embed=(None, None, "zeros", None)), PAPER,
              dict(params=16.54, top1=81.0, gmacs=2.55, params_source="measured (official metaformer_ppaa_s12_224)")),
-    ZooEntry("poolformer_micro", "poolformer", metaformer(MICRO_DEPTHS, MICRO_DIMS, **MICRO), PAPER,
+    ZooEntry("poolformer_micro", "poolformer", metaformer,
+             dict(depths=MICRO_DEPTHS, dims=MICRO_DIMS, **MICRO), PAPER,
              dict(target_params=1.0, note="mixerlab micro variant; not in the paper"), param_tolerance=0.15),
-    ZooEntry("identityformer_micro", "identityformer",
-             metaformer(MICRO_DEPTHS, MICRO_DIMS, ("identity",) * 4, **MICRO), PAPER,
+    ZooEntry("identityformer_micro", "identityformer", metaformer,
+             dict(depths=MICRO_DEPTHS, dims=MICRO_DIMS, mixers=("identity",) * 4, **MICRO), PAPER,
              dict(target_params=1.0, note="mixerlab micro variant; not in the paper"), param_tolerance=0.15),
 ])

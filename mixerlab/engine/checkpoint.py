@@ -4,7 +4,9 @@ A checkpoint is a single ``.safetensors`` file:
 
 * tensors ``model.<key>`` (the model's state dict), ``ema.<key>``, ``optimizer.<param id>.<key>``,
   ``rng.torch``, ``rng.cuda.<i>``, ``rng.numpy``;
-* metadata (JSON strings): ``format``, ``config`` (the resolved TrainConfig), ``state``
+* metadata (JSON strings): ``format``, ``config`` (the resolved TrainConfig), ``model_config``
+  (the resolved model config, ``model.cfg.to_dict()``: what :func:`build_from_checkpoint` rebuilds
+  the model from, independent of today's zoo defaults), ``mixerlab_version``, ``state``
   (epoch, step, best metric, optimizer param groups, python RNG, grad-scaler state, running
   sums of the current epoch) and ``sha256`` (over every tensor's name and bytes).
 
@@ -27,6 +29,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from ..version import __version__
 
 FORMAT = "mixerlab-checkpoint/1"
 
@@ -92,6 +96,7 @@ def save_checkpoint(
     model: torch.nn.Module,
     config: dict[str, Any],
     state: dict[str, Any],
+    model_config: dict[str, Any] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     ema: torch.nn.Module | None = None,
     scaler: torch.amp.GradScaler | None = None,
@@ -103,6 +108,8 @@ def save_checkpoint(
         path: target file (``.safetensors``).
         model: the unwrapped model (not DDP / compiled).
         config: resolved config as a plain dict.
+        model_config: the resolved model config (``model.cfg.to_dict()``), what
+            ``build_from_checkpoint`` rebuilds the model from.
         state: JSON-able loop state (epoch, step, best metric, ...).
         optimizer, ema, scaler: optional parts to restore on resume.
         rng: RNG snapshot from :func:`capture_rng`; defaults to the current state.
@@ -133,9 +140,12 @@ def save_checkpoint(
     metadata = {
         "format": FORMAT,
         "config": json.dumps(config),
+        "mixerlab_version": __version__,
         "state": json.dumps(full_state),
         "sha256": _digest(tensors),
     }
+    if model_config is not None:
+        metadata["model_config"] = json.dumps(model_config)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -162,6 +172,10 @@ class Checkpoint:
         self.tensors = tensors
         self.config: dict[str, Any] = json.loads(metadata["config"])
         self.state: dict[str, Any] = json.loads(metadata["state"])
+        # the resolved model config (None in checkpoints written before it was stored)
+        self.model_config: dict[str, Any] | None = (json.loads(metadata["model_config"])
+                                                    if "model_config" in metadata else None)
+        self.version: str | None = metadata.get("mixerlab_version")
 
     def part(self, prefix: str) -> dict[str, torch.Tensor]:
         n = len(prefix) + 1
@@ -235,6 +249,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
 def read_config(path: str | Path) -> dict[str, Any]:
     """The config stored in a checkpoint, reading only its header (no tensors, no digest check)."""
     return _read_header(path, "config")
+
+
+def read_model_config(path: str | Path) -> dict[str, Any] | None:
+    """The resolved model config stored in a checkpoint (header only); None for old checkpoints."""
+    path, metadata, _ = _open(path, tensors=False)
+    if "model_config" not in metadata:
+        return None
+    return _read_header(path, "model_config")
 
 
 def read_state(path: str | Path) -> dict[str, Any]:

@@ -8,8 +8,8 @@ Sources for the default values:
       arXiv:2012.12877, facebookresearch/deit ``main.py`` (AdamW, wd 0.05, warm-up + cosine,
       label smoothing 0.1, Mixup 0.8 / CutMix 1.0, random erasing 0.25, drop path 0.1).
     * DeepViT, arXiv:2103.11886, zhoudaquan/dvit_repo (BatchNorm calibration, 50 batches).
-    * LaViT, arXiv:2406.00427 (diagonality-preserving loss; weight is our proposal, see
-      ``/work/shared/papers/lavit.md`` §3.8).
+    * LaViT, arXiv:2406.00427 (diagonality-preserving loss; the paper gives no weight: 1.0 per
+      term is mixerlab's proposal).
 
 Every value is checked in ``__post_init__``: a bad key or value raises ``ValueError`` naming
 the valid keys or the allowed range, so the CLI can print one line and exit 2.
@@ -71,7 +71,9 @@ class TrainConfig:
     eps: float = 1e-8
     clip_grad: Optional[float] = None  # max global grad norm; None: no clipping
     ema_decay: Optional[float] = 0.999  # None: no EMA weights
-    dp_weight: float = 1.0  # LaViT diagonality-preserving loss weight (models with aux_losses)
+    # weight of each auxiliary loss term a model returns (forward(x, return_aux=True)), by term
+    # name; LaViT's diagonality-preserving terms: dp_sym (symmetry), dp_diag (diagonal dominance)
+    aux_weights: dict = field(default_factory=lambda: {"dp_sym": 1.0, "dp_diag": 1.0})
     # --- evaluation ---
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
     eval_batch_size: int = 256
@@ -121,7 +123,9 @@ class TrainConfig:
             "eps": (self.eps > 0.0, "> 0"),
             "clip_grad": (self.clip_grad is None or self.clip_grad > 0.0, "> 0 or null"),
             "ema_decay": (self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "in (0, 1) or null"),
-            "dp_weight": (self.dp_weight >= 0.0, ">= 0"),
+            "aux_weights": (all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                                and v >= 0.0 for k, v in self.aux_weights.items()),
+                            "a mapping of term name -> weight >= 0, e.g. {dp_sym: 1.0, dp_diag: 1.0}"),
             "eval_every": (self.eval_every >= 1, ">= 1"),
             "eval_batch_size": (self.eval_batch_size >= 1, ">= 1"),
             "bn_calibration_batches": (self.bn_calibration_batches >= 1, ">= 1"),
@@ -271,9 +275,15 @@ def config_to_yaml(cfg: TrainConfig) -> str:
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
-    """Rebuild a config stored in a checkpoint or a run folder's ``config.yaml``."""
-    _check_keys(d, "stored config")
+    """Rebuild a config stored in a checkpoint or a run folder's ``config.yaml``.
+
+    Configs written before ``aux_weights`` carry one ``dp_weight`` for every auxiliary term; it
+    becomes that weight for both diagonality-preserving terms."""
     d = dict(d)
+    if "dp_weight" in d and "aux_weights" not in d:
+        w = d.pop("dp_weight")
+        d["aux_weights"] = {"dp_sym": w, "dp_diag": w}
+    _check_keys(d, "stored config")
     if "betas" in d:
         d["betas"] = tuple(d["betas"])
     return TrainConfig(**d)

@@ -22,7 +22,7 @@ from .bn import batchnorms, calibrate_batchnorm
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from .config import config_from_dict
 from .distributed import all_reduce_sum
-from .factory import build_model
+from .factory import build_from_checkpoint
 
 
 @torch.no_grad()
@@ -141,7 +141,7 @@ def evaluate(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     path = resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(path)
-    if ema and not ckpt.has_ema:
+    if ema and not ckpt.has_ema:  # before any data is read
         raise CheckpointError(f"checkpoint {path} holds no EMA weights (trained with ema_decay=null)")
     changes = {k: v for k, v in (("data", data), ("data_dir", data_dir)) if v is not None}
     if data is not None and data != ckpt.config["data"] and data_dir is None:
@@ -156,9 +156,7 @@ def evaluate(
                 f"checkpoint {path} was trained on {ckpt.config['data']} ({trained['num_classes']} classes, "
                 f"{trained['in_chans']} channel(s)); {cfg.data} has {bundle.num_classes} classes, {bundle.in_chans} channel(s)"
             )
-        model = build_model(cfg.model, num_classes=bundle.num_classes, in_chans=bundle.in_chans, img_size=cfg.img_size,
-                            drop_path_rate=cfg.drop_path_rate, model_args=cfg.model_args)
-        ckpt.load_model(model, prefix="ema" if ema else "model")
+        model, _ = build_from_checkpoint(ckpt, weights="ema" if ema else "model")
         model.to(di.device)
         pin = di.device.type == "cuda"
         calibrated = 0

@@ -4,7 +4,7 @@ Reads top to bottom: set-up (process group, seeds, data, model, optimiser, EMA, 
 optional resume -> epochs of optimiser steps (warm-up + cosine LR per step, AMP, gradient
 accumulation, clipping, EMA) -> BN calibration + evaluation -> metrics line + checkpoints.
 The recipe is DeiT's (arXiv:2012.12877, facebookresearch/deit ``engine.py``/``main.py``),
-scaled by :class:`~mixerlab.train.config.TrainConfig`; DeepViT's BN calibration and LaViT's
+scaled by :class:`~mixerlab.engine.config.TrainConfig`; DeepViT's BN calibration and LaViT's
 DP loss come in through :mod:`.bn` and :mod:`.task`. The engine never sees the CLI namespace.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from .checkpoint import CheckpointError, capture_rng, load_checkpoint, read_conf
 from .config import TrainConfig, config_from_dict, config_to_yaml
 from .ema import ModelEma
 from .evaluate import evaluate_model
-from .factory import build_model
+from .factory import build_from_checkpoint, model_for_run
 from .optim import build_optimizer, lr_at
 from .report import Reporter, Throughput
 from .task import ClassificationTask
@@ -146,8 +146,10 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
 
     # ---- data, model, optimiser, EMA, objective
     data = build_data(cfg)
-    model = build_model(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans, img_size=cfg.img_size,
-                        drop_path_rate=cfg.drop_path_rate, model_args=cfg.model_args).to(device)
+    if ckpt is not None:  # the model it was trained with, from its stored config
+        model = build_from_checkpoint(ckpt, weights="model")[0].to(device)
+    else:
+        model = model_for_run(cfg, num_classes=data.num_classes, in_chans=data.in_chans).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay is not None else None
@@ -156,7 +158,7 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
     autocast = _autocast(cfg.amp, device)
     mixup = build_mixup(mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob,
                         label_smoothing=cfg.label_smoothing, num_classes=data.num_classes)
-    task = ClassificationTask(model, mixup=mixup, label_smoothing=cfg.label_smoothing, dp_weight=cfg.dp_weight)
+    task = ClassificationTask(mixup=mixup, label_smoothing=cfg.label_smoothing, aux_weights=cfg.aux_weights)
     pin = device.type == "cuda"
     loader = train_loader(data.train, batch_size=cfg.batch_size, seed=cfg.seed, rank=di.rank, world=di.world,
                           workers=cfg.num_workers, pin=pin)
@@ -177,7 +179,6 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
     state = {"epoch": 0, "step": 0, "step_in_epoch": 0, "best_top1": None, "best_epoch": None,
              "sums": {}, "images": 0, "wall_s": 0.0}
     if ckpt is not None:
-        ckpt.load_model(model)
         if ema is not None:
             ckpt.load_model(ema.module, prefix="ema")
         ckpt.load_optimizer(optimizer)
@@ -203,7 +204,8 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
     def save(name: str, rng=None) -> None:
         if di.is_main:
             info = {"data_info": {"num_classes": data.num_classes, "in_chans": data.in_chans, "classes": list(data.classes)}}
-            save_checkpoint(run_dir / f"{name}.safetensors", model=model, config=cfg.to_dict(), state={**state, **info},
+            save_checkpoint(run_dir / f"{name}.safetensors", model=model, config=cfg.to_dict(),
+                            model_config=model.cfg.to_dict(), state={**state, **info},
                             optimizer=optimizer, ema=ema.module if ema else None, scaler=scaler, rng=rng)
 
     boundary_rng = capture_rng()
