@@ -17,8 +17,7 @@ HAVE_FMNIST = all(
 # deit_micro shrunk to 66k parameters (dim 32, 16 patches of 8x8): a CPU step takes ~10 ms.
 TINY_DEIT = {"dim": 32, "patch_size": 8}
 # deepvit_micro shrunk to two re-attention blocks (it has BatchNorm inside re-attention).
-TINY_DEEPVIT = {"dim": 24, "patch_size": 8,
-                "mixers": [["reattention", {"num_heads": 2, "qkv_bias": True, "transform_scale": False}]] * 2}
+TINY_DEEPVIT = {"dim": 24, "patch_size": 8, "depth": 2, "num_heads": 2}
 
 
 def tiny_config(**overrides) -> TrainConfig:
