@@ -234,12 +234,14 @@ def test_attention_maps_deepvit_and_lavit():
                                rec.maps["stages.1.blocks.0.token_mixer"])
 
 
-def test_model_aux_losses_from_lavit():
+def test_model_returns_aux_losses_from_lavit():
     m = mixerlab.create_model("lavit_micro")
-    m(torch.randn(2, 3, 32, 32))
-    aux = m.aux_losses()
+    x = torch.randn(2, 3, 32, 32)
+    logits, aux = m(x, return_aux=True)
     assert set(aux) == {"dp_sym", "dp_diag"} and all(v.requires_grad for v in aux.values())
-    assert mixerlab.create_model("deit_micro").aux_losses() == {}
+    torch.testing.assert_close(logits, m(x))  # same logits with or without the terms
+    assert not hasattr(m, "_aux")  # returned, not stored
+    assert mixerlab.create_model("deit_micro")(x, return_aux=True)[1] == {}
 
 
 def test_get_mixer_unknown_name():
