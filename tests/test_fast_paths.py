@@ -51,11 +51,7 @@ def test_less_attention_factored_equals_explicit(name, size, monkeypatch):
 
 
 def test_less_attention_post_softmax_mode_runs_explicitly():
-    from mixerlab.zoo.lavit import lavit
-    cfg = lavit((1, 2, 2, 2), dims=(32, 64, 96, 160), heads=(1, 2, 3, 5), mlp_ratios=(4,) * 4,
-                n_va=(None, 1, 1, 1), sr_ratios=(2, 1, 1, 1), stem=(2, 2, 0), img_size=32,
-                la_source="post_softmax")
-    m = mixerlab.build_model(cfg).eval()
+    m = mixerlab.create_model("lavit_micro", la_source="post_softmax").eval()  # a builder argument
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         a = m(x)

@@ -121,7 +121,7 @@ def plan_e5(p) -> list[RunSpec]:
     runs = []
     for label in p.e5_variants:
         n_va, dp = E5_VARIANTS[label]
-        cfg = lavit((1, 2, 2, 2), dims=(32, 64, 96, 160), heads=(1, 2, 3, 5), mlp_ratios=(4,) * 4,
+        cfg = lavit((1, 2, 2, 2), dims=(32, 64, 96, 160), num_heads=(1, 2, 3, 5), mlp_ratios=(4,) * 4,
                     n_va=(None, *n_va), sr_ratios=(2, 1, 1, 1), stem=(2, 2, 0), img_size=32)
         n_la = sum(2 - v for v in n_va)
         model_args = {} if n_va == (1, 1, 1) else {"stages": _stages_data(cfg)}
