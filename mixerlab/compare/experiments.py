@@ -31,7 +31,7 @@ class RunSpec:
         label: row label in the report.
         model: zoo name.
         model_args: ``create_model`` overrides as plain data (stored in the run's config).
-        train_args: ``TrainConfig`` overrides of this run (e.g. ``train_fraction``, ``dp_weight``).
+        train_args: ``TrainConfig`` overrides of this run (e.g. ``train_fraction``, ``aux_weights``).
         x: the experiment's x-axis value (fraction, depth, number of LA layers), if any.
         analyze: run the diagnostics on the trained model.
     """
@@ -126,7 +126,7 @@ def plan_e5(p) -> list[RunSpec]:
         n_la = sum(2 - v for v in n_va)
         model_args = {} if n_va == (1, 1, 1) else {"stages": _stages_data(cfg)}
         runs.append(RunSpec("E5", label, "lavit_micro", model_args=model_args,
-                            train_args={"dp_weight": dp}, x=n_la, analyze=True))
+                            train_args={"aux_weights": {"dp_sym": dp, "dp_diag": dp}}, x=n_la, analyze=True))
     return runs
 
 
