@@ -109,7 +109,7 @@ def test_macs_follow_the_trained_data(tmp_path):
 
     from mixerlab.bench.complexity import count_macs
     from mixerlab.compare.presets import get_preset
-    from mixerlab.engine.factory import build_model
+    from mixerlab import create_model
     smoke = get_preset("smoke")
     p = dataclasses.replace(smoke, experiments=("E1",), train_overrides={
         **smoke.train_overrides, "synthetic_chans": 3, "synthetic_classes": 4})
@@ -121,8 +121,7 @@ def test_macs_follow_the_trained_data(tmp_path):
         experiments.PLANS["E1"] = monkey_plan
     (row,) = res["rows"]
     with torch.device("meta"):
-        m = build_model("poolformer_micro", num_classes=4, in_chans=3, img_size=32, drop_path_rate=0.0,
-                        model_args={})
+        m = create_model("poolformer_micro", num_classes=4, in_chans=3, img_size=32, drop_path_rate=0.0)
         m1 = build_model("poolformer_micro", num_classes=10, in_chans=1, img_size=32, drop_path_rate=0.0,
                          model_args={})
     assert row["gmacs"] == pytest.approx(count_macs(m) / 1e9, rel=1e-9)
