@@ -2,7 +2,7 @@
 ``metaformer.py``) and the identity / random mixer baselines (MetaFormer Baselines, arXiv
 2210.13452). Four stages, stem conv 7/4 pad 2, downsampling conv 3/2 pad 1, GroupNorm(1), LayerScale
 (1e-5 for S12/S24, 1e-6 deeper), head: GroupNorm on the map, mean, Linear (official; timm pools
-first, ``head_norm_first=False``). Params measured on the official code (shared/papers/poolformer.md).
+first, ``head_norm_first=False``). Params measured on the official code.
 
 Decisions: ``identityformer_s12`` is the v1 paper's identity-mixer ablation (74.3; released
 checkpoint 74.336). ``randformer_s12`` takes the Baselines paper's placement (identity in stages
