@@ -1,14 +1,31 @@
 """``mixerlab compare --preset smoke``: every experiment end to end on synthetic data, caching,
-failure isolation."""
+failure isolation; the experiments' plans (variants as zoo builder arguments), knobs and registry."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from mixerlab.compare import experiments, run_compare
-from mixerlab.compare.experiments import RunSpec
+from mixerlab.compare import run_compare
+from mixerlab.compare.experiments import (Experiment, RunSpec, Section, get_experiment, list_experiments,
+                                          plan, register_experiment, unregister_experiment)
+from mixerlab.compare.presets import PRESETS, get_preset
+from mixerlab.compare.report import markdown_table
+from mixerlab.compare.runner import build_config
+from mixerlab.zoo.registry import get_model_info
+
+BAD = RunSpec("E1", "broken", "deit_micro", model_args={"mixers": [["attention", {"num_heads": 7}]]})
+
+
+def _patch_e1_plan(monkeypatch, edit):
+    """Make the registered E1 plan ``edit(its normal plan)`` for one test."""
+    cls = type(get_experiment("E1"))
+    orig = cls.plan
+    monkeypatch.setattr(cls, "plan", lambda self, p: edit(orig(self, p)))
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +79,7 @@ def test_cache_skips_finished_runs(smoke):
 
 def test_failed_run_is_reported_and_others_go_on(smoke, monkeypatch):
     out, _, _ = smoke
-    bad = RunSpec("E1", "broken", "deit_micro", model_args={"mixers": [["attention", {"num_heads": 7}]]})
-    orig = experiments.PLANS["E1"]
-    monkeypatch.setitem(experiments.PLANS, "E1", lambda p: orig(p) + [bad])
+    _patch_e1_plan(monkeypatch, lambda runs: runs + [BAD])
     logs = []
     res = run_compare("smoke", out=out, log=logs.append, experiments=["E1"])
     rows = {r["label"]: r for r in res["rows"]}
@@ -77,9 +92,7 @@ def test_failed_run_is_reported_and_others_go_on(smoke, monkeypatch):
 def test_parallel_jobs_match_the_cache_and_isolate_failures(tmp_path, monkeypatch):
     """``jobs=2`` trains in worker processes; the hashes are the same as a one-process compare
     (a rerun with one job trains nothing) and a failing run does not stop the others."""
-    bad = RunSpec("E1", "broken", "deit_micro", model_args={"mixers": [["attention", {"num_heads": 7}]]})
-    orig = experiments.PLANS["E1"]
-    monkeypatch.setitem(experiments.PLANS, "E1", lambda p: orig(p)[:3] + [bad])
+    _patch_e1_plan(monkeypatch, lambda runs: runs[:3] + [BAD])
     logs = []
     res = run_compare("smoke", out=tmp_path, log=logs.append, experiments=["E1"], jobs=2)
     assert any("in 2 processes" in line for line in logs)
@@ -103,22 +116,15 @@ def test_jobs_must_be_positive(tmp_path):
 def test_macs_follow_the_trained_data(tmp_path):
     """MACs are counted on the model as trained: 3 input channels and 4 classes here, not the
     Fashion-MNIST 1 x 10 defaults."""
-    import dataclasses
-
     import torch
 
-    from mixerlab.bench.complexity import count_macs
-    from mixerlab.compare.presets import get_preset
     from mixerlab import create_model
+    from mixerlab.bench.complexity import count_macs
     smoke = get_preset("smoke")
     p = dataclasses.replace(smoke, experiments=("E1",), train_overrides={
-        **smoke.train_overrides, "synthetic_chans": 3, "synthetic_classes": 4})
-    monkey_plan = experiments.PLANS["E1"]
-    try:
-        experiments.PLANS["E1"] = lambda pr: monkey_plan(pr)[4:5]  # poolformer only
-        res = run_compare(p, out=tmp_path, log=lambda s: None)
-    finally:
-        experiments.PLANS["E1"] = monkey_plan
+        **smoke.train_overrides, "synthetic_chans": 3, "synthetic_classes": 4},
+        knobs={"E1": {"families": ("poolformer_micro",)}})  # poolformer only
+    res = run_compare(p, out=tmp_path, log=lambda s: None)
     (row,) = res["rows"]
     with torch.device("meta"):
         m = create_model("poolformer_micro", num_classes=4, in_chans=3, img_size=32, drop_path_rate=0.0)
@@ -192,3 +198,205 @@ def dataclasses_replace_smoke(**kw):
 
     from mixerlab.compare.presets import get_preset
     return dataclasses.replace(get_preset("smoke"), experiments=("E1",), **kw)
+
+
+# -- plans: variants as builder arguments, the same runs as before the move -----------------------
+def _resolved(spec):
+    return get_model_info(spec.model).resolve(**spec.model_args)
+
+
+def _plan_of(preset_name, exp):
+    return [s for s in plan(get_preset(preset_name)) if s.exp == exp]
+
+
+def _va(h, residual=None):
+    kw = {"num_heads": h, "la_source": "logits", "mode": "va"}
+    if residual is not None:
+        kw["attn_residual"] = residual
+    return ("less_attention", kw)
+
+
+def _la(h):
+    return ("less_attention", {"num_heads": h, "la_source": "logits", "mode": "la"})
+
+
+def test_e3_variants_are_depth_and_reattn_last():
+    zoo = get_model_info("deepvit_micro").config
+    specs = _plan_of("smoke", "E3")
+    assert [(s.label, s.x, s.model_args) for s in specs] == [
+        ("vit", 2, {"depth": 2, "reattn_last": 0}), ("deepvit", 2, {"depth": 2}),
+        ("vit", 3, {"depth": 3, "reattn_last": 0}), ("deepvit", 3, {"depth": 3})]
+    attn = ("attention", {"num_heads": 6, "qkv_bias": True})
+    re = ("reattention", {"num_heads": 6, "qkv_bias": True, "transform_scale": False})
+    for s in specs:
+        cfg = _resolved(s)
+        assert cfg.mixers == ((attn if s.label == "vit" else re),) * int(s.x)
+        assert dataclasses.replace(cfg, mixers=zoo.mixers) == zoo  # width 96, MLP ratio 3, ...: unchanged
+    assert [s.analyze for s in specs] == [False, False, True, True]  # the deepest pair
+
+
+def test_e4_variants_are_one_mixer_spec_per_stage():
+    zoo = get_model_info("poolformer_micro").config
+    depths = (2, 2, 4, 2)
+    att = lambda h: ("attention", {"num_heads": h})  # noqa: E731
+    expected = {
+        "attention": [att(1), att(2), att(4), att(4)],
+        "pooling": [("pooling", {})] * 4,
+        "random": [("random", {})] * 4,
+        "identity": [("identity", {})] * 4,
+        "hybrid": [("pooling", {}), ("pooling", {}), att(4), att(4)],
+    }
+    specs = _plan_of("smoke", "E4")
+    assert [s.label for s in specs] == list(expected)
+    for s in specs:
+        cfg = _resolved(s)
+        assert [st.mixers for st in cfg.stages] == [(m,) * n for m, n in zip(expected[s.label], depths)], s.label
+        same_mixers = tuple(dataclasses.replace(st, mixers=z.mixers) for st, z in zip(cfg.stages, zoo.stages))
+        assert dataclasses.replace(cfg, stages=same_mixers) == zoo  # only the mixers differ
+    by = {s.label: s for s in specs}
+    assert (by["pooling"].model, by["pooling"].model_args) == ("poolformer_micro", {})  # the zoo model (E1's)
+    assert (by["identity"].model, by["identity"].model_args) == ("identityformer_micro", {})
+    assert by["hybrid"].model_args == {"mixers": ["pooling", "pooling", ["attention", {"num_heads": 4}],
+                                                  ["attention", {"num_heads": 4}]]}
+
+
+def test_e5_variants_are_layouts_and_aux_weights():
+    p = get_preset("full")  # every E5 variant
+    zoo = get_model_info("lavit_micro").config
+    a1 = ("attention", {"num_heads": 1, "sr_ratio": 2})
+    la_all = [(a1,), (_va(2, False), _la(2)), (_va(3, True), _la(3)), (_va(5, True), _la(5))]
+    expected = {  # label: (mixers per stage, x = number of LA layers, DP-loss weight)
+        "vanilla": ([(a1,), (_va(2, False), _va(2)), (_va(3, True), _va(3)), (_va(5, True), _va(5))], 0, 0.0),
+        "la_last": ([(a1,), (_va(2, False), _va(2)), (_va(3, True), _va(3)), (_va(5, True), _la(5))], 1, 1.0),
+        "la_all": (la_all, 3, 1.0),
+        "la_all_no_dp": (la_all, 3, 0.0),
+    }
+    specs = _plan_of("full", "E5")
+    assert [s.label for s in specs] == list(expected)
+    for s in specs:
+        mixers, n_la, w = expected[s.label]
+        cfg = _resolved(s)
+        assert [st.mixers for st in cfg.stages] == mixers, s.label
+        assert s.x == n_la and s.analyze
+        same_mixers = tuple(dataclasses.replace(st, mixers=z.mixers) for st, z in zip(cfg.stages, zoo.stages))
+        assert dataclasses.replace(cfg, stages=same_mixers) == zoo
+        assert build_config(s, p, 0, "synthetic", None).aux_weights == {"dp_sym": w, "dp_diag": w}
+    vanilla = _resolved(specs[0])
+    va = [m for st in vanilla.stages[1:] for m in st.mixers if m[0] == "less_attention" and m[1]["mode"] == "va"]
+    assert len(va) == 6
+    assert [st.mixers[0][1]["attn_residual"] for st in vanilla.stages[1:]] == [False, True, True]
+    assert specs[2].model_args == {} and specs[2].train_args == {}  # la_all: the zoo model as it is
+    assert specs[0].model_args == {"layout": ("A", "VV", "VV", "VV")}
+
+
+# Each preset's values before the knobs moved into the experiment modules.
+_OLD_PRESET_KNOBS = {  # E2 fractions, E3 depths, E5 variants
+    "smoke": ((0.5, 1.0), (2, 3), ("vanilla", "la_all", "la_all_no_dp")),
+    "quick": ((0.01, 0.05), (4, 8), ("vanilla", "la_all", "la_all_no_dp")),
+    "standard": ((0.01, 0.02, 0.05, 0.1), (4, 8, 12), ("vanilla", "la_last", "la_all", "la_all_no_dp")),
+    "full": ((0.05, 0.1, 0.25, 0.5, 1.0), (4, 8, 12, 16), ("vanilla", "la_last", "la_all", "la_all_no_dp")),
+}
+_LA_LAYERS = {"vanilla": 0, "la_last": 1, "la_all": 3, "la_all_no_dp": 3}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_plan_the_runs_they_planned_before(name):
+    p = get_preset(name)
+    fractions, depths, variants = _OLD_PRESET_KNOBS[name]
+    specs = plan(p)
+    got = [(s.exp, s.label, s.model, s.x) for s in specs]
+    assert got == (
+        [("E1", m.removesuffix("_micro"), m, None) for m in (
+            "deit_micro", "ffonly_micro", "convit_micro", "deepvit_micro", "poolformer_micro",
+            "identityformer_micro", "lavit_micro")]
+        + [("E2", m.removesuffix("_micro"), m, f) for f in fractions for m in ("deit_micro", "convit_micro")]
+        + [("E3", label, "deepvit_micro", d) for d in depths for label in ("vit", "deepvit")]
+        + [("E4", k, "identityformer_micro" if k == "identity" else "poolformer_micro", None)
+           for k in ("attention", "pooling", "random", "identity", "hybrid")]
+        + [("E5", v, "lavit_micro", _LA_LAYERS[v]) for v in variants])
+    for s in specs:  # every run resolves to a valid model config and training config
+        _resolved(s)
+        cfg = build_config(s, p, p.seeds[0], p.data, None)
+        if s.exp == "E2":
+            assert cfg.train_fraction == s.x
+            assert s.train_args == ({} if s.x == p.train_fraction else {"train_fraction": s.x})
+    # The runs E1 shares with E2 (base fraction) and E4 (pooling, identity) are the same configs.
+    cfgs = {(s.exp, s.label, s.x): build_config(s, p, 0, p.data, None) for s in specs}
+    assert cfgs[("E1", "poolformer", None)] == cfgs[("E4", "pooling", None)]
+    assert cfgs[("E1", "identityformer", None)] == cfgs[("E4", "identity", None)]
+    if p.train_fraction in fractions:
+        assert cfgs[("E1", "deit", None)] == cfgs[("E2", "deit", p.train_fraction)]
+
+
+def test_preset_knobs_override_an_experiment():
+    smoke = get_preset("smoke")
+    p = dataclasses.replace(smoke, experiments=("E3",), knobs={"E3": {"depths": (5,)}})
+    assert [(s.label, s.x, s.model_args) for s in plan(p)] == [
+        ("vit", 5, {"depth": 5, "reattn_last": 0}), ("deepvit", 5, {"depth": 5})]
+    assert get_experiment("E3").depths == (4, 8)  # the registered default is untouched
+    with pytest.raises(ValueError, match=r"unknown knob\(s\) \['depth'\] for experiment E3.*depths"):
+        plan(dataclasses.replace(smoke, knobs={"E3": {"depth": (5,)}}))
+    with pytest.raises(ValueError, match="unknown experiment 'E33'"):
+        plan(dataclasses.replace(smoke, knobs={"E33": {}}))
+    with pytest.raises(ValueError, match="unknown variant"):
+        plan(dataclasses.replace(smoke, experiments=("E5",), knobs={"E5": {"variants": ("none",)}}))
+
+
+def test_experiment_registry():
+    assert list_experiments()[:5] == ["E1", "E2", "E3", "E4", "E5"]
+    assert get_experiment("E2").fractions == (0.01, 0.025, 0.05)
+    with pytest.raises(ValueError, match="registered twice"):
+        register_experiment(get_experiment("E1"))
+    with pytest.raises(ValueError, match=r"unknown experiment 'E6'.*allowed: \['E1'"):
+        get_experiment("E6")
+    with pytest.raises(ValueError, match="no experiment 'E6' is registered"):
+        unregister_experiment("E6")
+    with pytest.raises(ValueError, match=r"unknown experiment\(s\) \['E6'\]"):
+        run_compare("smoke", out="/nonexistent", experiments=["E6"])
+
+
+@dataclass(frozen=True)
+class _Toy(Experiment):
+    id = "E9"
+    title = "E9: a toy experiment (registered by the test)"
+    claim = "A toy claim."
+    depth: int = 2
+
+    def plan(self, preset):
+        return [RunSpec(self.id, "toy", "deit_micro", model_args={"depth": self.depth}, x=self.depth)]
+
+    def section(self, aggs, analyses, fig_dir):
+        return Section(markdown_table(aggs, "depth"), [], [f"toy top-1 {aggs[0]['top1']:.2f}%."],
+                       "**cannot tell** (a toy).")
+
+
+def test_a_new_experiment_is_one_registration(tmp_path):
+    smoke = get_preset("smoke")
+    before = plan(smoke)
+    register_experiment(_Toy)
+    try:
+        assert list_experiments()[-1] == "E9"
+        after = plan(smoke)  # presets run every registered experiment
+        assert after[:-1] == before
+        assert after[-1] == RunSpec("E9", "toy", "deit_micro", model_args={"depth": 2}, x=2)
+        assert plan(dataclasses.replace(smoke, knobs={"E9": {"depth": 3}}))[-1].model_args == {"depth": 3}
+        res = run_compare("smoke", out=tmp_path, log=lambda s: None, experiments=["E9"])
+        (row,) = res["rows"]
+        assert row["experiment"] == "E9" and row["status"] == "done"
+        report = Path(res["report"]).read_text()
+        assert "## E9: a toy experiment (registered by the test)" in report
+        assert "**Paper's claim.** A toy claim." in report
+        assert f"toy top-1 {row['top1']:.2f}%." in report and "This run **cannot tell** (a toy)." in report
+        assert "## E1:" not in report
+    finally:
+        unregister_experiment("E9")
+    assert "E9" not in list_experiments() and plan(smoke) == before
+
+
+def test_compare_sources_cite_no_files_outside_the_repository():
+    import mixerlab.compare
+    root = Path(mixerlab.compare.__file__).parent
+    files = sorted(root.rglob("*.py"))
+    assert len(files) >= 10  # the package and its experiment modules
+    for f in files:
+        assert "shared/" not in f.read_text(), f

@@ -1,8 +1,10 @@
 """``mixerlab compare``: re-run the five papers' central experiments at small scale and write a
 report (``report.md`` with plots, ``results.csv``, ``results.json``, one folder per run).
 
-Usage: ``run_compare("quick", out="runs/compare-quick")``; see ``presets.py`` for the presets and
-``experiments.py`` for what each experiment trains.
+Usage: ``run_compare("quick", out="runs/compare-quick")``; see ``presets.py`` for the presets
+(budgets and data) and ``experiments/`` for what each experiment trains and how its section reads
+(one module per experiment, registered: ``register_experiment``, ``get_experiment``,
+``list_experiments``).
 """
 from __future__ import annotations
 
@@ -12,12 +14,15 @@ import platform
 import time
 from pathlib import Path
 
-from .experiments import plan
+from .experiments import (Experiment, RunSpec, Section, get_experiment, list_experiments, plan,
+                          register_experiment, unregister_experiment)
 from .presets import PRESETS, Preset, get_preset
 from .report import aggregate, run_rows, write_report, write_tables
 from .runner import Runner, RunResult, config_hash
 
-__all__ = ["PRESETS", "Preset", "get_preset", "run_compare", "config_hash"]
+__all__ = ["PRESETS", "Experiment", "Preset", "RunSpec", "Section", "config_hash", "get_experiment",
+           "get_preset", "list_experiments", "register_experiment", "run_compare",
+           "unregister_experiment"]
 
 
 def _macs(results: list[RunResult]) -> dict:
@@ -80,11 +85,13 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
     """
     p = get_preset(preset) if isinstance(preset, str) else preset
     if experiments:
-        unknown = sorted(set(experiments) - {"E1", "E2", "E3", "E4", "E5"})
+        allowed = list_experiments()
+        unknown = sorted(set(experiments) - set(allowed))
         if unknown:
-            raise ValueError(f"unknown experiment(s) {unknown}; allowed: E1, E2, E3, E4, E5")
+            raise ValueError(f"unknown experiment(s) {unknown}; allowed: {', '.join(allowed)}")
         import dataclasses
-        p = dataclasses.replace(p, experiments=tuple(e for e in p.experiments if e in experiments))
+        selected = allowed if p.experiments is None else p.experiments
+        p = dataclasses.replace(p, experiments=tuple(e for e in selected if e in experiments))
     data = data or p.data
     out = Path(out)
     t0 = time.time()

@@ -1,8 +1,11 @@
-"""Tables, plots and the Markdown report of ``mixerlab compare``.
+"""Tables, plots and the Markdown report of ``mixerlab compare``: the machinery the experiments share.
 
 Records first (``rows``: one per run; ``aggregate``: mean and spread over seeds), plots second
-(matplotlib, Agg), prose last: each section states the paper's claim, what this run measured and
-whether the two agree, with the caveat that these are tiny models on little data.
+(matplotlib, Agg), prose last: ``write_report`` writes the common header, then one section per
+experiment the preset selects (``experiments/``: each states the paper's claim, what this run
+measured and whether the two agree), with the caveat that these are tiny models on little data.
+The helpers below (``markdown_table``, ``_scatter`` / ``_lines`` / ``_heatmaps`` / ``_curves`` /
+``_bars``, ``_get`` / ``_diff`` / ``_verdict``) are what the experiments' ``section`` methods use.
 """
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ import statistics
 from collections import OrderedDict
 from pathlib import Path
 
-from .experiments import CLAIMS, TITLES
 
 
 def _plt():
@@ -196,7 +198,7 @@ def _bars(aggs, title, path):
     return path
 
 
-# -- sections -----------------------------------------------------------------------------------
+# -- helpers of the sections ------------------------------------------------------------------------------
 def _get(aggs, label, x=None):
     for a in aggs:
         if a["label"] == label and (x is None or a["x"] == x):
@@ -219,138 +221,14 @@ def _yes_no(ok):
     return {True: "yes", False: "no", None: "not run"}[ok]
 
 
-def section_e1(aggs, ana, fig_dir):
-    figs = [_scatter(aggs, "gmacs", "GMACs per image", "E1: accuracy vs MACs", fig_dir / "e1_acc_vs_macs.png"),
-            _scatter(aggs, "train_img_s", "training images/s (2 CPU cores)", "E1: accuracy vs throughput",
-                     fig_dir / "e1_acc_vs_throughput.png")]
-    ok = [a for a in aggs if a["top1"] is not None]
-    best = max(ok, key=lambda a: a["top1"]) if ok else None
-    d_ff = _diff(_get(aggs, "ffonly"), _get(aggs, "deit"))
-    d_id = _diff(_get(aggs, "identityformer"), _get(aggs, "poolformer"))
-    finding = []
-    if best:
-        finding.append(f"Best: {best['label']} at {best['top1']:.2f}%. Spread across the seven families: "
-                       f"{max(a['top1'] for a in ok) - min(a['top1'] for a in ok):.2f} points.")
-    if d_ff is not None:
-        finding.append(f"FF-only minus DeiT: {d_ff:+.2f} points.")
-    if d_id is not None:
-        finding.append(f"IdentityFormer minus PoolFormer (same backbone, no token mixing in blocks): {d_id:+.2f} points.")
-    agree = None if d_ff is None else d_ff > -3.0
-    verdict = (f"{_verdict(agree)} with FF-only's claim that attention is not essential "
-               f"(taken as: FF-only within 3 points of DeiT).")
-    return markdown_table(aggs), figs, finding, verdict
-
-
-def section_e2(aggs, ana, fig_dir):
-    figs = [_lines(aggs, "fraction of the training set", "E2: sample efficiency", fig_dir / "e2_acc_vs_fraction.png", logx=True)]
-    for name, rec in ana.items():
-        g = rec.get("gpsa_gates") or {}
-        if g:
-            layers = list(g)
-            mat = [[v for v in g[l]["gate"]] for l in layers]
-            heads = [f"h{i}" for i in range(len(mat[0]))]
-            figs.append(_heatmaps([("sigmoid(lambda): 1 = positional, 0 = content", mat, (layers, heads))],
-                                  f"E2: GPSA gates after training ({name})", fig_dir / "e2_gates.png",
-                                  xlabel="head", ylabel="GPSA layer", cbar="gate sigmoid(lambda)"))
-    xs = sorted({a["x"] for a in aggs})
-    gaps = {x: _diff(_get(aggs, "convit", x), _get(aggs, "deit", x)) for x in xs}
-    finding = ["ConViT minus DeiT top-1 per fraction: " + ", ".join(
-        f"{x:g}: {'–' if g is None else f'{g:+.2f}'}" for x, g in gaps.items()) + " points."]
-    agree = None
-    if xs and gaps[xs[0]] is not None and gaps[xs[-1]] is not None:
-        agree = gaps[xs[0]] > 0 and gaps[xs[0]] >= gaps[xs[-1]]
-    for name, rec in ana.items():
-        g = rec.get("gpsa_gates") or {}
-        if g:
-            means = [sum(v["gate"]) / len(v["gate"]) for v in g.values()]
-            every = [x for v in g.values() for x in v["gate"]]
-            finding.append(f"Mean gate per GPSA layer after training ({name}): "
-                           + ", ".join(f"{m:.3f}" for m in means)
-                           + f"; heads range {min(every):.3f}-{max(every):.3f} (initial 0.731).")
-    verdict = (f"{_verdict(agree)} with ConViT's claim (taken as: ConViT ahead at the smallest "
-               "fraction, by at least as much as at the largest).")
-    return markdown_table(aggs, "fraction"), figs, finding, verdict
-
-
-def section_e3(aggs, ana, fig_dir):
-    figs = [_lines(aggs, "depth (blocks)", "E3: accuracy vs depth", fig_dir / "e3_acc_vs_depth.png")]
-    mats, counts = [], {}
-    for name, rec in ana.items():
-        s = rec.get("attention_similarity") or {}
-        if s.get("matrix"):
-            mats.append((f"{name}: {s['similar_blocks']} similar blocks", s["matrix"], (s["layers"], s["layers"])))
-            counts[name] = s["similar_blocks"]
-    if mats:
-        figs.append(_heatmaps(mats, "E3: cross-layer attention similarity (deepest models)",
-                              fig_dir / "e3_similarity.png"))
-    depth = max((a["x"] for a in aggs), default=None)
-    d = _diff(_get(aggs, "deepvit", depth), _get(aggs, "vit", depth))
-    finding = [f"At depth {depth}: re-attention minus attention top-1 {'–' if d is None else f'{d:+.2f}'} points."]
-    if counts:
-        finding.append("Similar blocks (adjacent-layer similarity > 0.9): " +
-                       ", ".join(f"{k}: {v}" for k, v in counts.items()) + ".")
-    vit_n = next((v for k, v in counts.items() if k.startswith("vit")), None)
-    dv_n = next((v for k, v in counts.items() if k.startswith("deepvit")), None)
-    agree = None if (d is None or vit_n is None or dv_n is None) else (d >= 0 and dv_n <= vit_n)
-    verdict = (f"{_verdict(agree)} with DeepViT (taken as: at the largest depth re-attention is not "
-               "worse and has no more similar blocks than attention).")
-    return markdown_table(aggs, "depth"), figs, finding, verdict
-
-
-def section_e4(aggs, ana, fig_dir):
-    figs = [_bars(aggs, "E4: token mixers in the same MetaFormer backbone", fig_dir / "e4_mixers.png")]
-    g = {a["label"]: a for a in aggs}
-    d_pool_id = _diff(g.get("pooling"), g.get("identity"))
-    d_hyb_pool = _diff(g.get("hybrid"), g.get("pooling"))
-    d_att_pool = _diff(g.get("attention"), g.get("pooling"))
-    finding = [f"pooling − identity: {'–' if d_pool_id is None else f'{d_pool_id:+.2f}'}; "
-               f"hybrid − pooling: {'–' if d_hyb_pool is None else f'{d_hyb_pool:+.2f}'}; "
-               f"attention − pooling: {'–' if d_att_pool is None else f'{d_att_pool:+.2f}'} points."]
-    agree = None if d_pool_id is None or d_att_pool is None else (d_pool_id >= 0 and d_att_pool < 3.0)
-    verdict = (f"{_verdict(agree)} with PoolFormer (taken as: pooling beats identity and attention "
-               "does not beat pooling by 3 points or more).")
-    return markdown_table(aggs), figs, finding, verdict
-
-
-def section_e5(aggs, ana, fig_dir):
-    figs = [_scatter(aggs, "gmacs", "GMACs per image", "E5: accuracy vs MACs (less attention)", fig_dir / "e5_acc_vs_macs.png")]
-    curves = {}
-    for name, rec in ana.items():
-        f = rec.get("feature_similarity") or {}
-        adj = [v for v in f.get("adjacent", []) if v is not None]
-        if adj:
-            curves[name] = adj
-    if curves:
-        figs.append(_curves(curves, "block pair (l, l+1), same stage", "token-feature cosine similarity",
-                            "E5: layer-to-layer token similarity", fig_dir / "e5_token_similarity.png"))
-    van, la, la_nodp = _get(aggs, "vanilla"), _get(aggs, "la_all"), _get(aggs, "la_all_no_dp")
-    d = _diff(la, van)
-    d_nodp = _diff(la_nodp, van)
-    dp = _diff(la, la_nodp)
-    finding = [f"la_all minus vanilla: {'–' if d is None else f'{d:+.2f}'} points "
-               f"at {_f(la and la['gmacs'], 4)} vs {_f(van and van['gmacs'], 4)} GMACs; "
-               f"without the DP loss: {'–' if d_nodp is None else f'{d_nodp:+.2f}'} points; "
-               f"DP loss on minus off: {'–' if dp is None else f'{dp:+.2f}'} points."]
-    # Two claims: reusing attention loses nothing (the best LA-everywhere variant within 1 point of
-    # vanilla), and the DP loss helps (on >= off).
-    best_la = max((x for x in (d, d_nodp) if x is not None), default=None)
-    lose_nothing = None if best_la is None else best_la > -1.0
-    dp_helps = None if dp is None else dp >= 0.0
-    parts = [p for p in (lose_nothing, dp_helps) if p is not None]
-    agree = None if not parts else ("partly" if len(set(parts)) > 1 else parts[0])
-    verdict = (f"{_verdict(agree)} with LaViT (taken as: less attention in every stage within 1 point of "
-               f"vanilla with or without the DP loss: {_yes_no(lose_nothing)}; the DP loss does not lower "
-               f"accuracy: {_yes_no(dp_helps)}). At 32 px the transforms act on tiny N, so MACs barely "
-               "change: the compute claim is not tested here (see `docs/benchmarks.md`).")
-    extra = {"# LA layers": lambda a: str(a["x"])}
-    return markdown_table(aggs, extra=extra), figs, finding, verdict
-
-
-SECTIONS = {"E1": section_e1, "E2": section_e2, "E3": section_e3, "E4": section_e4, "E5": section_e5}
-
-
 def write_report(out: Path, preset, data: str, rows: list[dict], agg: list[dict], analyses: dict,
-                 machine: dict, wall_s: float) -> Path:
+                 machine: dict, wall_s: float, experiments=None) -> Path:
+    """``report.md`` in ``out``: the header, failed / missing runs, then one section per
+    experiment (``experiments``: ``Experiment`` objects; default: those the preset selects, with
+    its knobs) that has rows in ``agg``."""
+    if experiments is None:
+        from .experiments import selected_experiments  # the experiments import this module
+        experiments = selected_experiments(preset)
     fig_dir = out / "figures"
     fig_dir.mkdir(exist_ok=True)
     trained = {r["run_dir"]: r["train_wall_s"] or 0.0 for r in rows if r["status"] in ("done", "cached")}
@@ -378,12 +256,12 @@ def write_report(out: Path, preset, data: str, rows: list[dict], agg: list[dict]
                   f"{len(rows)} runs finished (`report_only`); their rows are missing or average fewer seeds: "
                   + ", ".join(f"{r['experiment']} {r['label']}" + (f" x={r['x']:g}" if r["x"] is not None else "")
                               + f" seed {r['seed']}" for r in missing) + ".", ""]
-    for exp in preset.experiments:
-        aggs = [a for a in agg if a["experiment"] == exp]
+    for exp in experiments:
+        aggs = [a for a in agg if a["experiment"] == exp.id]
         if not aggs:
             continue
-        table, figs, finding, verdict = SECTIONS[exp](aggs, analyses.get(exp, {}), fig_dir)
-        lines += [f"## {TITLES[exp]}", "", f"**Paper's claim.** {CLAIMS[exp]}", "", table, ""]
+        table, figs, finding, verdict = exp.section(aggs, analyses.get(exp.id, {}), fig_dir)
+        lines += [f"## {exp.title}", "", f"**Paper's claim.** {exp.claim}", "", table, ""]
         lines += [f"**This run.** " + " ".join(finding), "", f"**Verdict.** This run {verdict}", ""]
         lines += [f"![{p.stem}](figures/{p.name})" for p in figs if p is not None] + [""]
     path = out / "report.md"

@@ -1,0 +1,59 @@
+"""E1: every token-mixer family at matched parameter count (about 1M, 32 px ``*_micro`` models).
+
+Claims tested: FF-only (Melas-Kyriazi, "Do You Even Need Attention?", arXiv 2105.02723;
+lukemelas/do-you-even-need-attention): a stack of feed-forward layers does well without attention;
+MetaFormer (Yu et al., arXiv 2111.11418; sail-sg/poolformer): the block architecture matters more
+than the specific token mixer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..report import _diff, _get, _scatter, _verdict, markdown_table
+from .base import Experiment, RunSpec, Section, register_experiment
+
+MICRO_FAMILIES = ("deit_micro", "ffonly_micro", "convit_micro", "deepvit_micro", "poolformer_micro",
+                  "identityformer_micro", "lavit_micro")
+
+_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine"}
+
+
+@register_experiment
+@dataclass(frozen=True)
+class MatchedSize(Experiment):
+    """Knobs: ``families``: zoo names, one run each (label: the name without ``_micro``)."""
+
+    id = "E1"
+    title = "E1: every mixer at matched parameter count (FF-only, MetaFormer)"
+    claim = ("FF-only: a stack of feed-forward layers does surprisingly well without attention "
+             "(74.9% vs 77.9/79.9% for ViT-B/DeiT on ImageNet). MetaFormer: the block architecture "
+             "matters more than the specific token mixer.")
+
+    families: tuple = MICRO_FAMILIES
+
+    def plan(self, preset) -> list[RunSpec]:
+        return [RunSpec(self.id, name.removesuffix("_micro"), name) for name in self.families]
+
+    def section(self, aggs, analyses, fig_dir) -> Section:
+        figs = [_scatter(aggs, "gmacs", "GMACs per image", "E1: accuracy vs MACs", fig_dir / "e1_acc_vs_macs.png"),
+                _scatter(aggs, "train_img_s", "training images/s (2 CPU cores)", "E1: accuracy vs throughput",
+                         fig_dir / "e1_acc_vs_throughput.png")]
+        ok = [a for a in aggs if a["top1"] is not None]
+        best = max(ok, key=lambda a: a["top1"]) if ok else None
+        d_ff = _diff(_get(aggs, "ffonly"), _get(aggs, "deit"))
+        d_id = _diff(_get(aggs, "identityformer"), _get(aggs, "poolformer"))
+        finding = []
+        if best:
+            n = len(self.families)
+            finding.append(f"Best: {best['label']} at {best['top1']:.2f}%. Spread across the "
+                           f"{_WORDS.get(n, n)} families: "
+                           f"{max(a['top1'] for a in ok) - min(a['top1'] for a in ok):.2f} points.")
+        if d_ff is not None:
+            finding.append(f"FF-only minus DeiT: {d_ff:+.2f} points.")
+        if d_id is not None:
+            finding.append(f"IdentityFormer minus PoolFormer (same backbone, no token mixing in blocks): "
+                           f"{d_id:+.2f} points.")
+        agree = None if d_ff is None else d_ff > -3.0
+        verdict = (f"{_verdict(agree)} with FF-only's claim that attention is not essential "
+                   f"(taken as: FF-only within 3 points of DeiT).")
+        return Section(markdown_table(aggs), figs, finding, verdict)

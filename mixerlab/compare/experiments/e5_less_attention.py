@@ -1,0 +1,95 @@
+"""E5: less attention at each stage (``lavit_micro``): less-attention layers replacing more of
+each stage's attention, with and without the diagonality-preserving loss; token-similarity curves.
+
+Claim tested: LaViT (Zhang et al., "You Only Need Less Attention at Each Stage in Vision
+Transformers", arXiv 2406.00427): computing attention only in a few layers per stage and reusing
+it through linear transforms loses nothing while saving compute; the diagonality-preserving loss
+helps. The variants are the zoo builder's ``layout`` argument (per stage a string of A = plain
+attention, V = vanilla attention whose map LA layers reuse, L = less attention) and the trainer's
+``aux_weights`` (LaViT's terms ``dp_sym`` and ``dp_diag``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..report import _curves, _diff, _f, _get, _scatter, _verdict, _yes_no, markdown_table
+from .base import Experiment, RunSpec, Section, register_experiment
+
+NO_DP = {"aux_weights": {"dp_sym": 0.0, "dp_diag": 0.0}}
+
+# label: (layout, or None for the zoo model's own ("A", "VL", "VL", "VL"); TrainConfig overrides)
+VARIANTS = {
+    "vanilla": (("A", "VV", "VV", "VV"), NO_DP),  # every layer computes its attention (mode "va")
+    "la_last": (("A", "VV", "VV", "VL"), {}),  # less attention in stage 4 only
+    "la_all": (None, {}),  # one VA layer per stage, the rest LA (the zoo model)
+    "la_all_no_dp": (None, NO_DP),  # same without the diagonality-preserving loss
+}
+
+
+@register_experiment
+@dataclass(frozen=True)
+class LessAttentionStages(Experiment):
+    """Knobs: ``variants``: labels to run; ``table``: label -> (layout or None, train overrides).
+    The x value of a run is its number of less-attention (L) layers."""
+
+    id = "E5"
+    title = "E5: less attention at each stage (LaViT)"
+    claim = ("LaViT: computing attention only in a few layers per stage and reusing it through linear "
+             "transforms loses nothing while saving compute; the diagonality-preserving loss helps.")
+
+    variants: tuple = tuple(VARIANTS)
+    table: dict = field(default_factory=lambda: dict(VARIANTS))
+    model: str = "lavit_micro"
+
+    def plan(self, preset) -> list[RunSpec]:
+        from ...zoo.lavit import layout_from_depths
+        from ...zoo.registry import get_model_info
+        unknown = sorted(set(self.variants) - set(self.table))
+        if unknown:
+            raise ValueError(f"E5: unknown variant(s) {unknown}; allowed: {list(self.table)}")
+        zoo_args = get_model_info(self.model).args
+        zoo_layout = zoo_args.get("layout") or layout_from_depths(zoo_args["depths"], zoo_args["n_va"])
+        runs = []
+        for label in self.variants:
+            layout, train_args = self.table[label]
+            n_la = sum(stage.count("L") for stage in (layout or zoo_layout))
+            runs.append(RunSpec(self.id, label, self.model,
+                                model_args={} if layout is None else {"layout": tuple(layout)},
+                                train_args={k: (dict(v) if isinstance(v, dict) else v)
+                                            for k, v in train_args.items()},
+                                x=n_la, analyze=True))
+        return runs
+
+    def section(self, aggs, analyses, fig_dir) -> Section:
+        figs = [_scatter(aggs, "gmacs", "GMACs per image", "E5: accuracy vs MACs (less attention)",
+                         fig_dir / "e5_acc_vs_macs.png")]
+        curves = {}
+        for name, rec in analyses.items():
+            f = rec.get("feature_similarity") or {}
+            adj = [v for v in f.get("adjacent", []) if v is not None]
+            if adj:
+                curves[name] = adj
+        if curves:
+            figs.append(_curves(curves, "block pair (l, l+1), same stage", "token-feature cosine similarity",
+                                "E5: layer-to-layer token similarity", fig_dir / "e5_token_similarity.png"))
+        van, la, la_nodp = _get(aggs, "vanilla"), _get(aggs, "la_all"), _get(aggs, "la_all_no_dp")
+        d = _diff(la, van)
+        d_nodp = _diff(la_nodp, van)
+        dp = _diff(la, la_nodp)
+        finding = [f"la_all minus vanilla: {'–' if d is None else f'{d:+.2f}'} points "
+                   f"at {_f(la and la['gmacs'], 4)} vs {_f(van and van['gmacs'], 4)} GMACs; "
+                   f"without the DP loss: {'–' if d_nodp is None else f'{d_nodp:+.2f}'} points; "
+                   f"DP loss on minus off: {'–' if dp is None else f'{dp:+.2f}'} points."]
+        # Two claims: reusing attention loses nothing (the best LA-everywhere variant within 1 point
+        # of vanilla), and the DP loss helps (on >= off).
+        best_la = max((x for x in (d, d_nodp) if x is not None), default=None)
+        lose_nothing = None if best_la is None else best_la > -1.0
+        dp_helps = None if dp is None else dp >= 0.0
+        parts = [p for p in (lose_nothing, dp_helps) if p is not None]
+        agree = None if not parts else ("partly" if len(set(parts)) > 1 else parts[0])
+        verdict = (f"{_verdict(agree)} with LaViT (taken as: less attention in every stage within 1 point of "
+                   f"vanilla with or without the DP loss: {_yes_no(lose_nothing)}; the DP loss does not lower "
+                   f"accuracy: {_yes_no(dp_helps)}). At 32 px the transforms act on tiny N, so MACs barely "
+                   "change: the compute claim is not tested here (see `docs/benchmarks.md`).")
+        extra = {"# LA layers": lambda a: str(a["x"])}
+        return Section(markdown_table(aggs, extra=extra), figs, finding, verdict)
