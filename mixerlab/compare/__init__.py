@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from .experiments import (Experiment, RunSpec, Section, get_experiment, list_experiments, plan,
-                          register_experiment, unregister_experiment)
+                          register_experiment, selected_experiments, unregister_experiment)
 from .presets import PRESETS, Preset, get_preset
 from .report import aggregate, run_rows, write_report, write_tables
 from .runner import Runner, RunResult, config_hash
@@ -103,6 +103,7 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
     rows = run_rows(results, macs)
     agg = aggregate(rows)
     write_tables(out, rows, agg)
-    report = write_report(out, p, data, rows, agg, analyses, machine_desc(), time.time() - t0)
+    report = write_report(out, p, data, rows, agg, analyses, machine_desc(), time.time() - t0,
+                          experiments=selected_experiments(p))
     log(f"report: {report}")
     return dict(report=report, rows=rows, aggregate=agg)

@@ -222,13 +222,10 @@ def _yes_no(ok):
 
 
 def write_report(out: Path, preset, data: str, rows: list[dict], agg: list[dict], analyses: dict,
-                 machine: dict, wall_s: float, experiments=None) -> Path:
+                 machine: dict, wall_s: float, experiments) -> Path:
     """``report.md`` in ``out``: the header, failed / missing runs, then one section per
-    experiment (``experiments``: ``Experiment`` objects; default: those the preset selects, with
+    experiment (``experiments``: ``Experiment`` objects, e.g. ``selected_experiments(preset)``, with
     its knobs) that has rows in ``agg``."""
-    if experiments is None:
-        from .experiments import selected_experiments  # the experiments import this module
-        experiments = selected_experiments(preset)
     fig_dir = out / "figures"
     fig_dir.mkdir(exist_ok=True)
     trained = {r["run_dir"]: r["train_wall_s"] or 0.0 for r in rows if r["status"] in ("done", "cached")}
