@@ -5,6 +5,7 @@ pooling, identity, random, token feed-forward), isotropic and hierarchical backb
 zoo matching the papers' configurations.
 """
 from .mixers import attention_maps, explicit_attention, get_mixer, list_mixers
+from .layers.fast_paths import fast_paths
 from .models import (BlockConfig, HierarchicalConfig, IsotropicConfig, MetaFormerBlock, StageConfig,
                      build_model, config_from_dict)
 from .zoo import get_model_info, list_models
@@ -15,7 +16,7 @@ from . import timm_registry as _timm_registry  # noqa: F401  (registers mixerlab
 __all__ = [
     "BlockConfig", "HierarchicalConfig", "IsotropicConfig", "MetaFormerBlock", "StageConfig",
     "__version__", "attention_maps", "build_from_checkpoint", "build_model", "config_from_dict",
-    "create_from_timm", "create_model", "explicit_attention", "get_mixer", "get_model_info",
+    "create_from_timm", "create_model", "explicit_attention", "fast_paths", "get_mixer", "get_model_info",
     "list_mixers", "list_models", "load_pretrained",
 ]
 

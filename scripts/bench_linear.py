@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from mixerlab.layers import Linear
+from mixerlab.layers import Linear, fast_paths
 from mixerlab.layers.linear import linear, onednn_linear_available
 
 
@@ -67,8 +67,8 @@ def main(argv=None) -> int:
                 linear(x, lin.weight, lin.bias, fast=fast)
 
         def step(fast):
-            lin.fused = fast
-            lin(xg).backward(g)
+            with fast_paths(lin, fast):
+                lin(xg).backward(g)
             xg.grad = None
             lin.zero_grad(set_to_none=True)
 

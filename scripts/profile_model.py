@@ -4,13 +4,15 @@ Default: the operators of an inference forward or a training step (forward, back
 sorted by self CPU time (CUDA time on a GPU), so a hot spot of a mixer, a norm or a layout copy
 shows up by name; ``--json`` also writes them as records (name, calls, ms per step, share).
 
-``--paths``: time the model with every module that has a ``fused`` switch (attention family, token
-feed-forward, the oneDNN ``Linear`` layers) on its fast path and on its reference path, alternately, ``--reps`` times, same
-weights and batch; prints the medians and their ratio (the unit tests check that both paths give
-the same numbers; this measures what the fast path buys inside the whole model).
+``--paths``: time the model with all its fast-path switches on (``mixerlab.fast_paths(model, True)``:
+``fused_attn`` of the attention family, ``token_major`` of the token feed-forward, ``onednn_linear``
+of the ``Linear`` layers) and off, alternately, ``--reps`` times, same weights and batch; prints the
+medians and their ratio (the unit tests check that both paths give the same numbers; this measures
+what the fast path buys inside the whole model). ``--only`` restricts it to one switch, or (as
+before) to the modules of one class name.
 
 Usage: python scripts/profile_model.py ffonly_tiny [--batch 16] [--mode infer|train] [--threads 1]
-       [--steps 3] [--top 20] [--json FILE] [--paths --reps 6 [--only Linear]]
+       [--steps 3] [--top 20] [--json FILE] [--paths --reps 6 [--only onednn_linear|Linear]]
 """
 from __future__ import annotations
 
@@ -19,11 +21,14 @@ import json
 import statistics
 import sys
 
+import contextlib
+
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 import mixerlab
 from mixerlab.bench.speed import Case, Runner
+from mixerlab.layers.fast_paths import SWITCHES, switches_of
 
 
 def profile_ops(run: Runner, steps: int) -> tuple[list[dict], float]:
@@ -44,24 +49,28 @@ def profile_ops(run: Runner, steps: int) -> tuple[list[dict], float]:
 
 def compare_paths(run: Runner, reps: int, only: str | None = None) -> tuple[float, float]:
     """Median seconds per step on the fast paths and on the reference paths (interleaved);
-    ``only``: switch just the modules of that class name (e.g. ``Linear``)."""
-    switches = [m for m in run.model.modules()
-                if hasattr(m, "fused") and (only is None or type(m).__name__ == only)]
-    if not switches:
-        what = f"no {only} module" if only else "no mixer"
-        raise ValueError(f"the model has {what} with a fast path (no `fused` switch)")
+    ``only``: just that switch (e.g. ``onednn_linear``) or just the own switches of the modules
+    of that class name (e.g. ``Linear``, ``GPSA``)."""
+    model = run.model
+    if only is None or only in SWITCHES:
+        kinds = None if only is None else (only,)
+        targets = [(model, kinds)]
+        found = [m for m in model.modules() if kinds is None and switches_of(m) or only in switches_of(m)]
+    else:
+        found = [m for m in model.modules() if type(m).__name__ == only and switches_of(m)]
+        targets = [(m, switches_of(m)) for m in found]
+    if not found:
+        what = f"no {only} module" if only else "no module"
+        raise ValueError(f"the model has {what} with a fast path (switches: {sorted(SWITCHES)})")
     times: dict[bool, list[float]] = {True: [], False: []}
-    try:
-        for rep in range(reps + 1):
-            for fused in (True, False):
-                for m in switches:
-                    m.fused = fused
+    for rep in range(reps + 1):
+        for fast in (True, False):
+            with contextlib.ExitStack() as stack:
+                for m, kinds in targets:
+                    stack.enter_context(mixerlab.fast_paths(m, fast, kinds=kinds))
                 t = run.timed(1)
-                if rep:  # the first round is the warm-up
-                    times[fused].append(t)
-    finally:
-        for m in switches:
-            m.fused = True
+            if rep:  # the first round is the warm-up
+                times[fast].append(t)
     return statistics.median(times[True]), statistics.median(times[False])
 
 
@@ -77,8 +86,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--paths", action="store_true", help="time fast vs reference paths instead")
     ap.add_argument("--reps", type=int, default=6)
-    ap.add_argument("--only", default=None, metavar="CLASS",
-                    help="with --paths: switch only modules of this class (e.g. Linear, GPSA)")
+    ap.add_argument("--only", default=None, metavar="SWITCH|CLASS",
+                    help="with --paths: set only this switch (fused_attn, token_major, onednn_linear) "
+                         "or only the modules of this class (e.g. Linear, GPSA)")
     args = ap.parse_args(argv)
     if min(args.batch, args.steps, args.reps) < 1:
         ap.error("--batch, --steps and --reps must be >= 1")

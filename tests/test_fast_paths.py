@@ -152,9 +152,9 @@ def test_token_ff_token_major_equals_module_path(bias):
     ctx = TokenContext(grid=(4, 4), num_prefix_tokens=1)
     for x in (base.transpose(1, 2), base.transpose(1, 2).contiguous()):  # the token norm's layout, plain
         xs = [x.clone().requires_grad_(True) for _ in range(2)]
-        t.fused = True
+        t.token_major = True
         fast = t(xs[0], ctx)
-        t.fused = False
+        t.token_major = False
         ref = t(xs[1], ctx)
         torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
         g = torch.randn_like(ref)
@@ -181,8 +181,59 @@ def test_ffonly_model_fast_equals_reference():
     x = torch.randn(2, 3, *m.img_size)
     with torch.no_grad():
         fast = m(x)
-        for mod in m.modules():
-            if hasattr(mod, "fused"):
-                mod.fused = False
-        ref = m(x)
+        with mixerlab.fast_paths(m, False):
+            ref = m(x)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+def _switch_states(model):
+    from mixerlab.layers.fast_paths import switches_of
+    return {(n, s): getattr(mod, s) for n, mod in model.named_modules() for s in switches_of(mod)}
+
+
+def test_fast_paths_switches_every_kind_and_restores():
+    """One model with all three switch kinds (attention, token_ff, Linear): off, on, a subset,
+    nested, restored after an exception; a misspelt kind is refused."""
+    from mixerlab.models.config import HierarchicalConfig, StageConfig
+    m = mixerlab.build_model(HierarchicalConfig(
+        stages=(StageConfig(dim=16, mixers=(("token_ff", {}),)),
+                StageConfig(dim=24, mixers=(("attention", {"num_heads": 2}),))),
+        img_size=32, num_classes=10, stem=(3, 2, 1)))
+    before = _switch_states(m)
+    assert {s for _, s in before} == {"fused_attn", "token_major", "onednn_linear"}
+    assert all(before.values())  # the fast paths are the default
+    with mixerlab.fast_paths(m, False) as pairs:
+        assert len(pairs) == len(before) and not any(_switch_states(m).values())
+        with mixerlab.fast_paths(m, True, kinds=["token_major"]):
+            states = _switch_states(m)
+            assert all(v == (s == "token_major") for (_, s), v in states.items())
+        assert not any(_switch_states(m).values())  # the inner block restored "off"
+    assert _switch_states(m) == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with mixerlab.fast_paths(m, False, kinds=("fused_attn",)):
+            raise RuntimeError("boom")
+    assert _switch_states(m) == before
+    with pytest.raises(ValueError, match="unknown fast-path switch.*'fused'.*known"):
+        with mixerlab.fast_paths(m, False, kinds=("fused",)):
+            pass
+    # explicit_attention switches the attention family only
+    with mixerlab.explicit_attention(m):
+        assert all(v == (s != "fused_attn") for (_, s), v in _switch_states(m).items())
+    assert _switch_states(m) == before
+
+
+def test_fast_paths_off_equals_reference_training_step():
+    """All fast paths off vs on: same loss and gradients (convit_micro: GPSA, attention, Linear)."""
+    torch.manual_seed(0)
+    m = mixerlab.create_model("convit_micro", num_classes=10).train()
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.randint(0, 10, (4,))
+    res = []
+    for fast in (True, False):
+        with mixerlab.fast_paths(m, fast):
+            m.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(m(x), y)
+            loss.backward()
+        res.append([loss.detach()] + [p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -43,7 +43,7 @@ def test_linear_fast_path_equals_reference(shape, bias, monkeypatch):
     calls = count_fast_calls(monkeypatch)
     fast = grads(lin, x, g)
     assert len(calls) == 2  # forward and the input gradient
-    lin.fused = False
+    lin.onednn_linear = False
     ref = grads(lin, x, g)
     assert len(calls) == 2
     assert fast[0].shape == (*shape[:-1], 40)
@@ -79,8 +79,8 @@ def test_linear_double_backward_matches_reference(monkeypatch):
     lin = Linear(12, 9)
     x = torch.randn(4, 12)
     out = []
-    for fused in (True, False):
-        lin.fused = fused
+    for fast in (True, False):
+        lin.onednn_linear = fast
         xi = x.clone().requires_grad_(True)
         gx, = torch.autograd.grad(lin(xi).pow(2).sum(), xi, create_graph=True)
         gx.pow(2).sum().backward()
@@ -146,13 +146,15 @@ def test_mlp_fused_gelu_equals_reference(train, monkeypatch):
     g = torch.randn(2, 5, 16)
     calls = count_fast_calls(monkeypatch)
     outs = []
-    for fused in (True, False):
-        mlp.fc1.fused = mlp.fc2.fused = fused
-        if train:
-            outs.append(grads(mlp, x, g))
-        else:
-            with torch.no_grad():
-                outs.append([mlp(x)])
+    for fast in (True, False):
+        with mixerlab.fast_paths(mlp, fast):
+            assert mlp.fc1.onednn_linear is fast and mlp.fc2.onednn_linear is fast
+            if train:
+                outs.append(grads(mlp, x, g))
+            else:
+                with torch.no_grad():
+                    outs.append([mlp(x)])
+    assert mlp.fc1.onednn_linear and mlp.fc2.onednn_linear  # restored
     assert len(calls) == (4 if train else 2)
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
@@ -187,14 +189,14 @@ def test_model_training_step_fast_linear_equals_reference(name, monkeypatch):
     linears = [mod for mod in m.modules() if isinstance(mod, Linear)]
     assert len(linears) > 4
     res = []
-    for fused in (True, False):
-        for mod in linears:
-            mod.fused = fused
-        m.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(m(x), y)
-        loss.backward()
+    for fast in (True, False):
+        with mixerlab.fast_paths(m, fast, kinds="onednn_linear"):
+            assert all(mod.onednn_linear is fast for mod in linears)
+            m.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(m(x), y)
+            loss.backward()
         res.append([loss.detach()] + [p.grad.clone() for p in m.parameters()])
-        if fused:
+        if fast:
             assert len(calls) >= 2 * len(linears) - 1  # forwards and input gradients (not the stem's)
     for a, b in zip(*res):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -1,21 +1,125 @@
 """Per-mixer invariants, each checked against an independent computation."""
 from __future__ import annotations
 
+import copy
+import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 import mixerlab
-from mixerlab.mixers import (GPSA, Attention, LessAttention, Pooling, RandomMixing, ReAttention,
-                             TokenContext, TokenFF, attention_maps, get_mixer, list_mixers)
+from mixerlab.mixers import (GPSA, Attention, LessAttention, MixerCost, NoCostFormula, Pooling,
+                             RandomMixing, ReAttention, TokenContext, TokenFF, TokenMixer,
+                             attention_maps, get_mixer, list_mixers)
 from mixerlab.mixers.gpsa import relative_positions
 from mixerlab.mixers.less_attention import CARRY, AttentionResidual
 
 
 def ctx(grid, prefix=0):
     return TokenContext(grid=grid, num_prefix_tokens=prefix)
+
+
+def check_mixer_contract(name: str, *, dim: int = 16, grid: tuple[int, int] = (4, 4), batch: int = 2) -> int:
+    """The contract every registered mixer keeps, on its declared small ``examples`` (run in order
+    on one context, so a later one may read state an earlier one wrote). Per instance and per
+    sequence it accepts (grid tokens only; plus one class token where the mixer takes prefix tokens
+    and its token count is not fixed):
+
+    * construction from ``dim``, the example's kwargs and ``num_tokens`` (``needs_num_tokens``);
+    * ``describe()`` is a JSON-able dict, ``cost()`` non-negative ints;
+    * fresh copy, eval, no autograd, every fast path off: ``cost().macs`` equals the MACs that
+      ``FlopCounterMode`` counts (per image) where ``cost_counter_comparable``;
+    * the fast paths give the same output as the reference paths;
+    * training-mode forward keeps the (B, N, C) shape, backward reaches the input and every
+      trainable parameter with finite gradients.
+
+    Returns the number of (instance, sequence) cases checked.
+    """
+    cls = get_mixer(name)
+    n_grid = grid[0] * grid[1]
+    state: dict = {}  # cross-layer state the example chain passes on
+    cases = 0
+    assert cls.examples, f"{name}: declares no examples"
+    for kw in cls.examples:
+        kwargs = dict(kw)
+        if cls.needs_num_tokens:
+            kwargs.setdefault("num_tokens", n_grid)
+        torch.manual_seed(0)
+        mixer = cls(dim, **kwargs)
+        mixer.init_weights()
+        desc = mixer.describe()
+        assert isinstance(desc, dict) and json.loads(json.dumps(desc)) == desc, (name, desc)
+        prefixes = [0] + ([1] if mixer.supports_prefix_tokens and not mixer.fixed_num_tokens else [])
+        next_state = state
+        for p in prefixes:
+            n = n_grid + p
+            x = torch.randn(batch, n, dim)
+            cost = mixer.cost(n, grid, dim=dim, batch=batch)
+            assert isinstance(cost, MixerCost), (name, kw)
+            for v in (cost.macs, cost.extra_flops):
+                assert isinstance(v, int) and v >= 0, (name, kw, cost)
+            counted = copy.deepcopy(mixer).eval()  # nothing cached yet
+            c = TokenContext(grid=grid, num_prefix_tokens=p, state=dict(state))
+            with mixerlab.fast_paths(counted, False), FlopCounterMode(display=False) as fc, \
+                    torch.no_grad():
+                ref = counted(x, c)
+            if p == 0:
+                next_state = c.state  # the reference path's (dense, detached) state
+            if cls.cost_counter_comparable:
+                assert cost.macs == fc.get_total_flops() // (2 * batch), (name, kw, p, cost)
+            with torch.no_grad():
+                fast = counted(x, TokenContext(grid=grid, num_prefix_tokens=p, state=dict(state)))
+            torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5, msg=f"{name} {kw}: fast path")
+            mixer.train()
+            xg = x.clone().requires_grad_(True)
+            y = mixer(xg, TokenContext(grid=grid, num_prefix_tokens=p, state=dict(state)))
+            assert y.shape == x.shape, (name, kw, p)
+            (y * torch.randn_like(y)).sum().backward()
+            assert xg.grad is not None and torch.isfinite(xg.grad).all(), (name, kw, p)
+            for pn, prm in mixer.named_parameters():
+                if prm.requires_grad:
+                    assert prm.grad is not None and torch.isfinite(prm.grad).all(), (name, kw, pn)
+            mixer.zero_grad(set_to_none=True)
+            cases += 1
+        state = next_state
+    return cases
+
+
+@pytest.mark.parametrize("name", list_mixers())
+def test_mixer_contract(name):
+    assert check_mixer_contract(name) >= 1
+
+
+def test_contract_catches_a_wrong_cost(monkeypatch):
+    """The contract's cost check can fail: one MAC off is caught."""
+    cls = get_mixer("attention")
+    orig = cls.cost
+    monkeypatch.setattr(cls, "cost", lambda self, *a, **k: orig(self, *a, **k) + MixerCost(1))
+    with pytest.raises(AssertionError):
+        check_mixer_contract("attention")
+
+
+def test_mixer_describe_facts():
+    assert Attention(12, num_heads=3).describe() == {"heads": 3}
+    assert Attention(12, num_heads=3, sr_ratio=2).describe() == {"heads": 3, "sr_ratio": 2}
+    assert LessAttention(8, num_heads=2, num_tokens=4, mode="la").describe() == {"heads": 2, "mode": "la"}
+    assert LessAttention(8, num_heads=2, num_tokens=4, mode="va", attn_residual=True).describe() == \
+        {"heads": 2, "mode": "va", "attn_residual": True}
+    assert Pooling(8, pool_size=5).describe() == {"pool_size": 5}
+    assert TokenFF(8, num_tokens=5).describe() == {"num_tokens": 5, "hidden": 20}
+    assert get_mixer("identity")(8).describe() == {}
+
+
+def test_base_mixer_without_cost_formula_raises():
+    class NoFormula(TokenMixer):
+        def forward(self, x, ctx):
+            return x
+    with pytest.raises(NoCostFormula, match="no analytic cost formula"):
+        NoFormula().cost(4, (2, 2), dim=8)
+    assert NoFormula().describe() == {} and NoFormula().analysis_summary() == {}
 
 
 def test_all_mixers_registered():
@@ -45,9 +149,9 @@ def test_attention_explicit_matches_manual():
     q, k, v = a.qkv(x).reshape(2, 10, 3, 3, 4).permute(2, 0, 3, 1, 4)
     attn = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)
     ref = a.proj((attn @ v).transpose(1, 2).reshape(2, 10, 12))
-    a.fused = False
-    torch.testing.assert_close(a(x, ctx((3, 3), prefix=1)), ref)
-    a.fused = True
+    with mixerlab.fast_paths(a, False):
+        torch.testing.assert_close(a(x, ctx((3, 3), prefix=1)), ref)
+    assert a.fused_attn
     torch.testing.assert_close(a(x, ctx((3, 3), prefix=1)), ref, rtol=1e-5, atol=1e-6)
 
 
@@ -66,7 +170,7 @@ def test_gpsa_positional_gate_equals_positional_attention():
         out = g(x, ctx(grid))
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(rec.maps[""], pos.expand(2, -1, -1, -1))
-    g.fused = True
+    assert g.fused_attn  # restored by attention_maps
     torch.testing.assert_close(g(x, ctx(grid)), ref, rtol=1e-5, atol=1e-6)
 
 
@@ -80,7 +184,8 @@ def test_gpsa_local_init_matches_timm():
     torch.testing.assert_close(ma.pos_proj.weight[:k], ta.pos_proj.weight[:k])
     assert torch.equal(ma.v.weight, torch.eye(ma.v.weight.shape[0]))
     assert torch.equal(ma.gating_param, ta.gating_param)
-    # Initial positional attention of a centred head: weight ~ 1/pi on the centre (convit.md 3.8)
+    # Initial positional attention of a centred head: weight ~ 1/pi on the centre (the scores are
+    # -|delta|^2 at alpha = 1, and sum over the grid of exp(-|delta|^2) ~ (sqrt(pi))^2)
     grid = (14, 14)
     pos = ma.positional_attention(grid, "cpu", torch.float32)
     centre = 7 * 14 + 7
@@ -207,7 +312,8 @@ def test_attention_maps_records_each_layer():
     for a in rec.maps.values():
         torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]))
     torch.testing.assert_close(y, m(x), rtol=1e-5, atol=1e-5)  # fused path gives the same
-    assert all(mod.fused for mod in m.modules() if hasattr(mod, "fused"))  # restored
+    assert all(mod.fused_attn for mod in m.modules() if hasattr(mod, "fused_attn"))  # restored
+    assert all(mod.onednn_linear for mod in m.modules() if hasattr(mod, "onednn_linear"))
     with attention_maps(m, layers=["blocks.1.token_mixer"]) as rec:
         m(x)
     assert list(rec.maps) == ["blocks.1.token_mixer"]

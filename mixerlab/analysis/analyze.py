@@ -4,11 +4,14 @@ Papers: DeepViT (arXiv 2103.11886) for cross-layer / head attention similarity a
 blocks"; ConViT (arXiv 2103.10697) for nonlocality and the GPSA gates; LaViT (arXiv 2406.00427)
 for token-feature saturation and the diagonality-preserving monitors. Formulas: ``metrics.py``.
 
-How the inputs are captured (the pitfalls of shared/ECOSYSTEM.md section 4):
+How the inputs are captured:
 
 * Attention maps come from ``mixerlab.attention_maps`` (explicit paths, the map each layer used:
   after GPSA gating, re-attention head mixing or LaViT's transforms), per batch, reduced to running
   sums at once, so memory stays at one batch of maps.
+* What is reported per layer besides the maps comes from the mixer itself: ``describe()`` (heads,
+  mode, spatial reduction, ... copied into the layer record), ``analysis_summary()`` (per-head gates,
+  e.g. ConViT's) and ``monitor_diagonality`` (LaViT's diagonality monitors on that layer's map).
 * Every mixer is hooked with a forward *pre*-hook that reads its real input ``norm1(x)`` and the
   ``TokenContext`` of that moment: the patch grid and whether the class token is in the sequence
   (ConViT inserts it only before block ``cls_token_at``). Nonlocality therefore uses each block's
@@ -27,7 +30,6 @@ import torch
 from torch import nn
 
 from ..mixers.base import AttentionMixer, TokenMixer, attention_maps
-from ..mixers.gpsa import GPSA
 from . import metrics as M
 
 SIMILAR_THRESHOLD = 0.9
@@ -134,8 +136,7 @@ def collect(model: nn.Module, images: torch.Tensor, *, batch_size: int = 16, que
                 sums["head"][p] = sums["head"].get(p, 0) + M.head_similarity(a) * b
                 sums["nonloc"][p] = sums["nonloc"].get(p, 0) + M.nonlocality(a, meta["grid"], meta["num_prefix"]) * b
                 sums["entropy"][p] = sums["entropy"].get(p, 0) + M.entropy(a) * b
-                mixer = model.get_submodule(p)
-                if getattr(mixer, "mixer_name", "") == "less_attention":
+                if model.get_submodule(p).monitor_diagonality:
                     t = M.diagonality_terms(a)
                     acc = sums["dp"].setdefault(p, {k: 0.0 for k in t})
                     for k, v in t.items():
@@ -211,14 +212,11 @@ def analyze_model(model: nn.Module, images: torch.Tensor, *, batch_size: int = 1
     att, meta = raw["attention_layers"], raw["meta"]
     layers = []
     for n in att:
-        mixer = model.get_submodule(n)
+        desc = model.get_submodule(n).describe()
         m = meta.get(n, {})
-        rec = dict(name=n, label=layer_label(n), mixer=raw["mixers"][n], heads=getattr(mixer, "num_heads", None),
+        rec = dict(name=n, label=layer_label(n), mixer=raw["mixers"][n], heads=desc.get("heads"),
                    tokens=m.get("tokens"), grid=list(m.get("grid", ())), num_prefix=m.get("num_prefix"))
-        if getattr(mixer, "mode", None) is not None:
-            rec["mode"] = mixer.mode
-        if getattr(mixer, "sr_ratio", 1) != 1:
-            rec["sr_ratio"] = mixer.sr_ratio
+        rec.update({k: v for k, v in desc.items() if k not in rec})  # mode, sr_ratio, ...
         layers.append(rec)
 
     sim = similarity_records(att, raw["pair"], k=k, threshold=threshold)
@@ -230,12 +228,13 @@ def analyze_model(model: nn.Module, images: torch.Tensor, *, batch_size: int = 1
     for n in att:
         v = raw["nonloc"][n]
         nonloc[layer_label(n)] = dict(per_head=v, mean=v.mean().item(), entropy_per_head=raw["entropy"][n])
-    gates = {}
+    gates = {}  # layers whose mixer reports per-head gates (ConViT's GPSA)
     for n in att:
-        mixer = model.get_submodule(n)
-        if isinstance(mixer, GPSA):
-            gates[layer_label(n)] = mixer.positional_summary()
-    dp = {layer_label(n): dict(v, mode=getattr(model.get_submodule(n), "mode", None)) for n, v in raw["dp"].items()}
+        summary = model.get_submodule(n).analysis_summary()
+        if "gate" in summary:
+            gates[layer_label(n)] = summary
+    dp = {layer_label(n): dict(v, mode=model.get_submodule(n).describe().get("mode"))
+          for n, v in raw["dp"].items()}
 
     fnames = raw["feature_layers"]
     fmat = [[None] * len(fnames) for _ in fnames]
@@ -253,7 +252,7 @@ def analyze_model(model: nn.Module, images: torch.Tensor, *, batch_size: int = 1
         attention_similarity=sim,
         head_similarity=heads,
         nonlocality=nonloc,
-        gpsa_gates=gates,
+        gpsa_gates=gates,  # key kept for the readers (compare/report.py); holds any gated mixer
         diagonality=dp,
         feature_similarity=features,
         definitions=dict(

@@ -1,6 +1,6 @@
 """Attention and feature diagnostics as plain tensor functions (no hooks, no plotting).
 
-Definitions (shared/papers/*.md):
+Definitions (from the papers cited per item):
 
 * Cross-layer attention similarity (DeepViT: Zhou et al., "DeepViT: Towards Deeper Vision
   Transformer", arXiv 2103.11886, section 3; zhoudaquan/dvit_repo): for layers p, q, head h and
@@ -14,8 +14,8 @@ Definitions (shared/papers/*.md):
 * Token / feature similarity (LaViT's "attention saturation": Zhang et al., arXiv 2406.00427;
   DeepViT's feature-map similarity): mean cosine between the features of the same token in two
   layers, and the mean pairwise cosine of tokens within one layer (over-smoothing).
-* Diagonality-preserving monitors (LaViT, lavit.md section 6): mean |P - P^T| and the diagonal
-  mass tr(P) / N of a less-attention layer's softmax map P.
+* Diagonality-preserving monitors (LaViT, arXiv 2406.00427, its diagonality-preserving loss): mean
+  |P - P^T| and the diagonal mass tr(P) / N of a less-attention layer's softmax map P.
 
 Implementation choices (recorded here, repeated in the analysis records):
 

@@ -118,12 +118,14 @@ def plot_head_similarity(rec: dict, title: str, path: Path) -> Path | None:
 
 
 def plot_nonlocality(rec: dict, title: str, path: Path) -> Path | None:
-    """Nonlocality per layer (dots: heads, line: mean); GPSA gates as a layer x head heatmap."""
+    """Nonlocality per layer (dots: heads, line: mean); per-head gates (gated mixers such as
+    ConViT's) as a layer x head heatmap, labelled with the gated layers' mixer names."""
     nl = rec["nonlocality"]
     if not nl:
         return None
     plt = _plt()
-    gates = rec["gpsa_gates"]
+    gates = {lab: v for lab, v in rec["gpsa_gates"].items() if "gate" in v}
+    gated = "/".join(sorted({layer["mixer"] for layer in rec["layers"] if layer["label"] in gates}))
     ncol = 2 if gates else 1
     fig, axes = plt.subplots(1, ncol, figsize=(5.6 * ncol, 4), squeeze=False, layout="constrained")
     ax = axes[0, 0]
@@ -147,12 +149,12 @@ def plot_nonlocality(rec: dict, title: str, path: Path) -> Path | None:
         ax.set_xticks(range(len(gates)))
         ax.set_xticklabels(list(gates), fontsize=7)
         ax.set_yticks(range(g.shape[1]))
-        ax.set_xlabel("GPSA layer")
+        ax.set_xlabel(f"{gated} layer")
         ax.set_ylabel("head")
         for (i, j), v in np.ndenumerate(g):
             ax.text(i, j, f"{v:.2f}", ha="center", va="center", fontsize=6)
-        ax.set_title("GPSA gate sigmoid(lambda): 1 positional, 0 content", fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="sigmoid(lambda)")
+        ax.set_title(f"{gated} gate per head: 1 positional, 0 content", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="gate")
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 

@@ -40,7 +40,7 @@ def summary_markdown(rec: dict, figures: dict[str, str]) -> str:
     lines = lines[:2] + [line for line in lines[2:] if line]
     if rec["layers"]:
         lines += ["", "| layer | mixer | heads | tokens | grid | nonlocality (mean) | entropy (mean) | "
-                  "head sim. (off-diag) | sim. to next | GPSA gates |",
+                  "head sim. (off-diag) | sim. to next | gates |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for i, layer in enumerate(rec["layers"]):
             lab = layer["label"]

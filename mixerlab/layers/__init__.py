@@ -1,6 +1,7 @@
 """Building blocks shared by every model: norms, MLPs, scales, drop path, embeddings."""
 from .drop import DropPath, drop_path_rates, dropout
 from .embed import ConvStem, PatchEmbed, resample_pos_embed
+from .fast_paths import fast_path_switch, fast_paths
 from .linear import Linear
 from .mlp import Mlp
 from .norm import GroupNorm1, LayerNorm, ScaledInputLayerNorm, TokenLayerNorm, get_norm_layer
@@ -8,6 +9,7 @@ from .scale import FixedScale, LayerScale
 
 __all__ = [
     "ConvStem", "DropPath", "FixedScale", "GroupNorm1", "LayerNorm", "LayerScale", "Linear", "Mlp",
-    "PatchEmbed", "ScaledInputLayerNorm", "TokenLayerNorm", "drop_path_rates", "dropout", "get_norm_layer",
+    "PatchEmbed", "ScaledInputLayerNorm", "TokenLayerNorm", "drop_path_rates", "dropout", "fast_path_switch",
+    "fast_paths", "get_norm_layer",
     "resample_pos_embed",
 ]

@@ -3,10 +3,10 @@
 On the CPU, ``F.linear`` with a bias runs as ``addmm``: the bias is first broadcast into the whole
 output (one extra pass over a (tokens x width) tensor), then the GEMM accumulates into it. oneDNN's
 matmul primitive (``torch.ops.mkldnn._linear_pointwise``, the kernel PyTorch's own CPU compiler
-emits for linear layers) adds the bias, and optionally an activation, inside the GEMM. Measured on
-2 cores at DeiT-Ti's shapes (12,608 rows), its forward is 1.2-1.6x as fast as ``addmm``'s, and it
-beats ``mm`` for the input gradient; ``mm`` stays faster for the weight gradient (docs/benchmarks.md,
-"CPU ... current (oneDNN linear layers)"; ``scripts/bench_linear.py``).
+emits for linear layers) adds the bias, and optionally an activation, inside the GEMM. Its forward
+beats ``addmm``'s and it beats ``mm`` for the input gradient; ``mm`` stays ahead for the weight
+gradient (measurements: docs/benchmarks.md, "CPU ... current (oneDNN linear layers)";
+``scripts/bench_linear.py``).
 
 ``Linear`` is ``nn.Linear`` (same parameters, state dict and initialisation) whose forward takes
 the oneDNN path where it is exact, supported and pays off: fp32 CPU tensors and a contiguous
@@ -16,14 +16,17 @@ the reference ``addmm``); in training only calls of at least ``MIN_MACS`` multip
 training keeps ``addmm``), in inference every call. Training goes through an autograd function:
 input gradient ``g W`` by oneDNN, weight gradient ``g^T x`` by ``mm``, bias gradient ``sum(g)``;
 under ``create_graph`` the backward uses differentiable ops, so double backward works.
-``fused = False`` (per module) gives the reference path ``F.linear``; ``scripts/profile_model.py
---paths`` and the unit tests compare the two (fp32, 1e-5 relative).
+``onednn_linear = False`` (per module, or ``mixerlab.fast_paths(model, False, kinds="onednn_linear")``)
+gives the reference path ``F.linear``; ``scripts/profile_model.py --paths`` and the unit tests
+compare the two (fp32, 1e-5 relative).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .fast_paths import fast_path_switch
 
 
 def _find_op():
@@ -37,11 +40,11 @@ def _find_op():
 _LINEAR_POINTWISE = _find_op()
 # When a gradient is needed, below this many multiply-adds per call the fixed costs (the Python
 # autograd function, the transposed weight for the input gradient) outweigh the gain: on 2 cores at
-# DeiT-Ti's widths the oneDNN forward + backward is 15-30 % slower at 197 rows (batch 1), about even
-# at ~1,500 rows, 10-20 % faster from ~6,000 rows (scripts/bench_linear.py --tokens N). 2^27 MACs is
-# ~1,200 rows of a 192 -> 576 layer. Without a gradient (inference) every size takes oneDNN: at
-# batch 1 DeiT-Ti runs 1.06x and PoolFormer-S12 1.11x as fast as with addmm
-# (scripts/profile_model.py MODEL --paths --only Linear --mode infer --batch 1 --reps 20).
+# DeiT-Ti's widths the oneDNN forward + backward loses at 197 rows (batch 1), breaks even around
+# ~1,500 rows and wins from ~6,000 rows (scripts/bench_linear.py --tokens N; docs/benchmarks.md).
+# 2^27 MACs is ~1,200 rows of a 192 -> 576 layer. Without a gradient (inference) every size takes
+# oneDNN, batch 1 included (scripts/profile_model.py MODEL --paths --only onednn_linear --mode infer
+# --batch 1 --reps 20).
 MIN_MACS = 1 << 27
 _dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
 
@@ -116,11 +119,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` with the oneDNN fast path on the CPU (``fused = False``: ``F.linear``)."""
+    """``nn.Linear`` with the oneDNN fast path on the CPU (``onednn_linear = False``: ``F.linear``)."""
+
+    fast_path_switches = (fast_path_switch(
+        "onednn_linear", "layers.Linear: oneDNN GEMM with the bias (and GELU) inside; off: F.linear"),)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fused = True
+        self.onednn_linear = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias, fast=self.fused)
+        return linear(x, self.weight, self.bias, fast=self.onednn_linear)

@@ -12,7 +12,7 @@ class Mlp(nn.Module):
 
     Both layers are :class:`~mixerlab.layers.linear.Linear` (``nn.Linear`` with a oneDNN fast path
     on the CPU). With an exact GELU, the first layer's bias and activation run inside its GEMM when
-    no gradient is needed (inference); ``fc1.fused = False`` gives the reference path.
+    no gradient is needed (inference); ``fc1.onednn_linear = False`` gives the reference path.
 
     Args:
         dim: input and output width.
@@ -35,7 +35,7 @@ class Mlp(nn.Module):
         fc1, act = self.fc1, self.act
         exact_gelu = type(act) is nn.GELU and act.approximate == "none"
         if exact_gelu and not (fc1._forward_hooks or fc1._forward_pre_hooks):
-            x = linear(x, self.fc1.weight, self.fc1.bias, act="gelu", fast=self.fc1.fused)
+            x = linear(x, self.fc1.weight, self.fc1.bias, act="gelu", fast=self.fc1.onednn_linear)
         else:
             x = self.act(self.fc1(x))
         return self.drop2(self.fc2(self.drop1(x)))

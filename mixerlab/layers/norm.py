@@ -56,8 +56,8 @@ class GroupNorm1(nn.Module):
         # The statistics do not depend on where the tokens sit, so view the (B, N, C) tokens as a
         # channels-last (B, C, h, N / h) map: PyTorch's channels-last GroupNorm kernel then runs
         # with the affine fused and returns channels-last memory, i.e. (B, N, C) tokens again, with
-        # no copy (about 3x faster forward + backward than layer_norm + affine on the CPU, and one
-        # activation less kept for backward).
+        # no copy (faster forward + backward than layer_norm + affine on the CPU, see
+        # docs/benchmarks.md, and one activation less kept for backward).
         m = x.reshape(b, h, n // h, c).permute(0, 3, 1, 2)  # (B, C, h, w), channels-last
         y = F.group_norm(m, 1, self.weight, self.bias, self.eps)
         return y.permute(0, 2, 3, 1).reshape(b, n, c)

@@ -1,6 +1,7 @@
 """Token mixers: one file each, one signature ``Mixer(dim, *, ...)``, ``forward(x, ctx)``."""
-from .base import (AttentionMixer, AttentionRecord, TokenContext, TokenMixer, attention_maps,
-                   explicit_attention, get_mixer, list_mixers, register_mixer)
+from .base import (AttentionMixer, AttentionRecord, MixerCost, NoCostFormula, TokenContext, TokenMixer,
+                   attention_maps, explicit_attention, get_mixer, list_mixers, register_mixer,
+                   unregister_mixer)
 from .attention import Attention
 from .gpsa import GPSA
 from .identity import IdentityMixer
@@ -12,6 +13,7 @@ from .token_ff import TokenFF
 
 __all__ = [
     "Attention", "AttentionMixer", "AttentionRecord", "GPSA", "IdentityMixer", "LessAttention",
-    "Pooling", "RandomMixing", "ReAttention", "TokenContext", "TokenFF", "TokenMixer",
-    "attention_maps", "explicit_attention", "get_mixer", "list_mixers", "register_mixer",
+    "MixerCost", "NoCostFormula", "Pooling", "RandomMixing", "ReAttention", "TokenContext", "TokenFF",
+    "TokenMixer", "attention_maps", "explicit_attention", "get_mixer", "list_mixers", "register_mixer",
+    "unregister_mixer",
 ]

@@ -1,6 +1,6 @@
 """Multi-head self-attention (ViT, arXiv 2010.11929; DeiT, arXiv 2012.12877).
 
-A = softmax(q k^T / sqrt(d)); out = proj(A v). The fused path calls
+A = softmax(q k^T / sqrt(d)); out = proj(A v). The fused path (``fused_attn``) calls
 ``F.scaled_dot_product_attention``; the explicit path materialises A and passes it through the
 probe. ``sr_ratio > 1`` gives PVT's spatial-reduction attention (Wang et al., arXiv 2102.12122):
 keys and values come from the grid tokens reduced by a strided conv + LayerNorm (used by LaViT's
@@ -15,7 +15,8 @@ from torch import nn
 
 from ..layers.drop import dropout
 from ..layers.linear import Linear
-from .base import AttentionMixer, TokenContext, register_mixer, tokens_to_map, map_to_tokens
+from .base import (AttentionMixer, MixerCost, TokenContext, attention_macs, map_to_tokens, register_mixer,
+                   tokens_to_map)
 
 
 def resolve_heads(dim: int, num_heads: int | None, head_dim: int | None) -> int:
@@ -42,6 +43,8 @@ class Attention(AttentionMixer):
         sr_ratio: spatial reduction of keys/values (PVT); 1 = full attention.
     """
 
+    examples = ({"num_heads": 2}, {"num_heads": 2, "sr_ratio": 2})
+
     def __init__(self, dim: int, *, num_heads: int | None = None, head_dim: int | None = None,
                  qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
                  sr_ratio: int = 1):
@@ -61,6 +64,18 @@ class Attention(AttentionMixer):
         self.proj = Linear(dim, dim)
         self.proj_drop = dropout(proj_drop)
 
+    def cost(self, num_tokens: int, grid: tuple[int, int], *, dim: int, batch: int = 1) -> MixerCost:
+        """4NC^2 + 2N^2 C; with spatial reduction R (N' = (H // R)(W // R) keys): q NC^2, the
+        reduction conv N' C^2 R^2, kv 2N'C^2, q k^T and A v 2NN'C, proj NC^2."""
+        n, c, r = num_tokens, dim, self.sr_ratio
+        if r == 1:
+            return MixerCost(attention_macs(n, c))
+        nr = (grid[0] // r) * (grid[1] // r)
+        return MixerCost(n * c * c + nr * c * c * r * r + 2 * nr * c * c + 2 * n * nr * c + n * c * c)
+
+    def describe(self) -> dict:
+        return {**super().describe(), **({"sr_ratio": self.sr_ratio} if self.sr_ratio != 1 else {})}
+
     def qkv_heads(self, x: torch.Tensor, ctx: TokenContext):
         """q, k, v as (B, H, N, D) (keys and values reduced when ``sr_ratio > 1``)."""
         b, n, c = x.shape
@@ -77,7 +92,7 @@ class Attention(AttentionMixer):
         self.check_tokens(x, ctx)
         b, n, c = x.shape
         q, k, v = self.qkv_heads(x, ctx)
-        if self.fused:
+        if self.fused_attn:
             drop = self.attn_drop_p if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
         else:

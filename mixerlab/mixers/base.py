@@ -11,8 +11,14 @@ between layers (LaViT's attention reuse) and auxiliary loss terms (LaViT's diago
 
 Attention-family mixers have two paths: a fused one (``F.scaled_dot_product_attention``) used when
 the attention map is not needed, and an explicit one that materialises the map and sends it
-through ``self.attn_probe``. ``attention_maps(model)`` forces the explicit path and records each
-layer's map (the map the layer actually used: after gating, head mixing or transforms).
+through ``self.attn_probe``; the switch is ``fused_attn`` (see ``mixerlab.fast_paths``).
+``attention_maps(model)`` forces the explicit path and records each layer's map (the map the layer
+actually used: after gating, head mixing or transforms).
+
+What a mixer knows about itself lives in its class, not in the benchmark or analysis code:
+``cost()`` (analytic MACs of one forward), ``describe()`` (short facts for tables and records),
+``analysis_summary()`` and ``monitor_diagonality`` (what the analysis reports besides the maps),
+``examples`` (small instances for the contract tests).
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from ..layers.fast_paths import fast_path_switch, fast_paths
 
 
 @dataclass
@@ -62,6 +70,38 @@ class AttentionProbe(nn.Module):
         return attn
 
 
+@dataclass(frozen=True)
+class MixerCost:
+    """Arithmetic of one mixer forward, per image.
+
+    Attributes:
+        macs: multiply-accumulates of matmuls and convolutions (what
+            ``torch.utils.flop_counter.FlopCounterMode`` counts, as FLOPs / 2).
+        extra_flops: counted operations that are not MACs (pooling's additions); the counter
+            does not see them.
+    """
+
+    macs: int = 0
+    extra_flops: int = 0
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs + self.extra_flops
+
+    def __add__(self, other: "MixerCost") -> "MixerCost":
+        return MixerCost(self.macs + other.macs, self.extra_flops + other.extra_flops)
+
+
+class NoCostFormula(NotImplementedError):
+    """Raised by ``TokenMixer.cost`` for a mixer that defines no analytic cost."""
+
+
+def attention_macs(n: int, c: int) -> int:
+    """Multi-head self-attention on n tokens of width c: qkv 3nc^2 + q k^T n^2 c + A v n^2 c +
+    proj nc^2 (independent of the number of heads)."""
+    return 4 * n * c * c + 2 * n * n * c
+
+
 class TokenMixer(nn.Module):
     """Base class of all token mixers.
 
@@ -71,6 +111,13 @@ class TokenMixer(nn.Module):
         supports_prefix_tokens: the mixer accepts class tokens in the sequence.
         uses_context_state: the mixer reads ``ctx.state`` written by earlier layers.
         drop_kwarg: the keyword through which the builder passes the model's dropout rate.
+        examples: keyword arguments (besides ``dim`` and ``num_tokens``) of small instances, for
+            the contract tests; run in this order on one ``TokenContext``, so a later one may read
+            state an earlier one wrote (LaViT: a ``va`` layer, then an ``la`` layer).
+        cost_counter_comparable: ``cost(...).macs`` equals what ``FlopCounterMode`` counts for one
+            forward with the fast paths off (eval, no autograd, no cached work), per image.
+        monitor_diagonality: the analysis reports LaViT's diagonality monitors on this layer's map.
+        fast_path_switches: kernel-choice attributes (see ``mixerlab.fast_paths``).
     """
 
     needs_num_tokens = False
@@ -78,6 +125,37 @@ class TokenMixer(nn.Module):
     supports_prefix_tokens = True
     uses_context_state = False  # reads state written by earlier layers (no recomputation)
     drop_kwarg: str | None = None  # keyword that receives the model's dropout rate
+    examples: tuple[dict, ...] = ({},)
+    cost_counter_comparable = True
+    monitor_diagonality = False
+    fast_path_switches: tuple[str, ...] = ()
+
+    def cost(self, num_tokens: int, grid: tuple[int, int], *, dim: int, batch: int = 1) -> MixerCost:
+        """Analytic cost of one forward, per image.
+
+        Args:
+            num_tokens: tokens in the sequence (prefix tokens included).
+            grid: the (H, W) patch grid of the grid tokens.
+            dim: the token width C.
+            batch: images per forward (for work done once per forward, not per image).
+
+        Raises:
+            NoCostFormula: the mixer defines no formula (the base class); benchmarks then stop
+                with this error rather than report a wrong 0.
+        """
+        raise NoCostFormula(f"token mixer {getattr(self, 'mixer_name', type(self).__name__)!r} has "
+                            "no analytic cost formula: define its cost(num_tokens, grid, *, dim, batch)")
+
+    def describe(self) -> dict:
+        """Short facts about this layer (JSON-able; e.g. ``heads``, ``mode``, ``sr_ratio``) that
+        tables and analysis records show next to the mixer's name. Options at their plain value
+        are left out."""
+        return {}
+
+    def analysis_summary(self) -> dict[str, torch.Tensor]:
+        """Per-head learned quantities worth reporting after training ({} if none). A gated
+        mixer returns at least ``gate`` (H,) (1 = positional / prior, 0 = content)."""
+        return {}
 
     def build_norm(self, dim: int, norm_layer):
         """The norm the block puts in front of this mixer (the block's own by default)."""
@@ -95,14 +173,19 @@ class TokenMixer(nn.Module):
 
 
 class AttentionMixer(TokenMixer):
-    """Base of attention-family mixers: the fused/explicit switch and the probe."""
+    """Base of attention-family mixers: the fused/explicit switch ``fused_attn`` and the probe."""
 
     drop_kwarg = "proj_drop"
+    fast_path_switches = (fast_path_switch(
+        "fused_attn", "attention family: fused attention (SDPA, factored forms); off: the explicit map"),)
 
     def __init__(self):
         super().__init__()
-        self.fused = True  # use the fused kernel where the map is not needed
+        self.fused_attn = True  # use the fused kernel where the map is not needed
         self.attn_probe = AttentionProbe()
+
+    def describe(self) -> dict:
+        return {"heads": self.num_heads}
 
     def set_heads(self, dim: int, num_heads: int) -> None:
         """``num_heads``, ``head_dim`` and the 1/sqrt(head_dim) ``scale``; dim must divide evenly."""
@@ -124,6 +207,13 @@ def register_mixer(name: str):
         cls.mixer_name = name
         return cls
     return deco
+
+
+def unregister_mixer(name: str) -> type:
+    """Remove the mixer registered under ``name`` (e.g. a test's own mixer); returns its class."""
+    if name not in _MIXERS:
+        raise ValueError(f"no token mixer {name!r} is registered")
+    return _MIXERS.pop(name)
 
 
 def get_mixer(name: str) -> type:
@@ -155,16 +245,10 @@ class AttentionRecord:
 
 @contextlib.contextmanager
 def explicit_attention(model: nn.Module):
-    """Force every attention-family mixer in ``model`` onto its explicit path."""
-    mixers = [m for m in model.modules() if isinstance(m, AttentionMixer)]
-    saved = [m.fused for m in mixers]
-    for m in mixers:
-        m.fused = False
-    try:
-        yield mixers
-    finally:
-        for m, f in zip(mixers, saved):
-            m.fused = f
+    """Force every attention-family mixer in ``model`` onto its explicit path (the map exists);
+    the other fast paths stay as they are. Yields the attention-family mixers."""
+    with fast_paths(model, False, kinds=("fused_attn",)):
+        yield [m for m in model.modules() if isinstance(m, AttentionMixer)]
 
 
 @contextlib.contextmanager

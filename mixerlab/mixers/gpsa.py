@@ -28,7 +28,7 @@ from torch import nn
 
 from ..layers.drop import dropout
 from ..layers.linear import Linear
-from .base import AttentionMixer, TokenContext, register_mixer
+from .base import AttentionMixer, MixerCost, TokenContext, attention_macs, register_mixer
 
 
 def relative_positions(grid: tuple[int, int], device=None) -> torch.Tensor:
@@ -56,6 +56,7 @@ class GPSA(AttentionMixer):
     """
 
     supports_prefix_tokens = False
+    examples = ({"num_heads": 4},)
 
     def __init__(self, dim: int, *, num_heads: int, qkv_bias: bool = False, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, locality_strength: float = 1.0, local_init: bool = True):
@@ -125,6 +126,16 @@ class GPSA(AttentionMixer):
         """sigmoid(lambda) per head: 1 = positional, 0 = content."""
         return torch.sigmoid(self.gating_param)
 
+    def cost(self, num_tokens: int, grid: tuple[int, int], *, dim: int, batch: int = 1) -> MixerCost:
+        """Attention (4NC^2 + 2N^2 C) + 3HN^2 for ``pos_proj`` on the (N, N, 3) relative positions.
+        That term is computed once per forward, not per image (3HN^2 / batch per image), and is
+        cached in eval mode without autograd (0 after the first such forward, not counted here)."""
+        n = num_tokens
+        return MixerCost(attention_macs(n, dim) + (3 * self.num_heads * n * n) // batch)
+
+    def analysis_summary(self) -> dict[str, torch.Tensor]:
+        return self.positional_summary()
+
     @torch.no_grad()
     def positional_summary(self) -> dict[str, torch.Tensor]:
         """Per head: the gate, the locality strength alpha (minus the d^2 weight) and the distance
@@ -143,7 +154,7 @@ class GPSA(AttentionMixer):
         v = self.v(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
         pos = self.positional_attention(ctx.grid, x.device, x.dtype)  # (H, N, N)
         g = self.gates().to(x.dtype).view(1, -1, 1, 1)  # (1, H, 1, 1)
-        if self.fused and not (self.training and self.attn_drop_p > 0):
+        if self.fused_attn and not (self.training and self.attn_drop_p > 0):
             content = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, D)
             out = (1.0 - g) * content + g * (pos @ v)
         else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import TokenContext, TokenMixer, register_mixer
+from .base import MixerCost, TokenContext, TokenMixer, register_mixer
 
 
 @register_mixer("identity")
@@ -15,6 +15,10 @@ class IdentityMixer(TokenMixer):
 
     def __init__(self, dim: int):
         super().__init__()
+
+    def cost(self, num_tokens: int, grid: tuple[int, int], *, dim: int, batch: int = 1) -> MixerCost:
+        """No arithmetic."""
+        return MixerCost(0)
 
     def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
         return x

@@ -1,6 +1,6 @@
 """Less attention (LaViT: Zhang, Liu, Lin, He, "You Only Need Less Attention at Each Stage in
 Vision Transformers", CVPR 2024, arXiv 2406.00427). No official code exists; what the paper does
-not pin down follows the team's documented proposals (shared/papers/lavit.md), listed here.
+not pin down follows mixerlab's own proposals, listed here.
 
 One mixer, two modes, chosen per block by configuration:
 
@@ -12,14 +12,12 @@ One mixer, two modes, chosen per block by configuration:
   A = softmax(M_l), out = proj(A v_l) with the layer's own value projection. M_l (pre-softmax, as
   Fig. 2 taps it) is carried on to the next layer.
 
-Proposals adopted (PROPOSAL = not published; see lavit.md sections 3 and 10):
+Proposals adopted (PROPOSAL = not published in arXiv 2406.00427):
 
-1. What the VA layer hands on (``la_source``): default ``"logits"`` (q k^T / sqrt(d)), the team's
-   decision in lavit.md 3.1: a softmax of probabilities degenerates toward uniform rows, and on
-   logits the chain factors exactly (the fast path of a later issue). ``"post_softmax"`` is the
-   literal reading of Fig. 2 (the VA layer hands on softmax(L)); LA layers always hand on their
-   pre-softmax M_l. (lavit.md's summary table names the literal reading as default while 3.1
-   decides for logits; we follow 3.1.)
+1. What the VA layer hands on (``la_source``): default ``"logits"`` (q k^T / sqrt(d)): a softmax of
+   probabilities degenerates toward uniform rows, and on logits the chain factors exactly (the
+   fused path below). ``"post_softmax"`` is the literal reading of the paper's Fig. 2 (the VA
+   layer hands on softmax(L)); LA layers always hand on their pre-softmax M_l.
 2. Psi/Theta init: identity weights, zero bias (``transform_init="identity"``), so an LA layer
    starts as an exact reuse of the previous map; ``"trunc_normal"`` (std 0.02) is the alternative.
 3. Psi/Theta shared across heads, with bias.
@@ -37,7 +35,7 @@ Proposals adopted (PROPOSAL = not published; see lavit.md sections 3 and 10):
    diagonal term with its sign corrected, normalised to [-1, 1/(N-1)]), averaged over batch and
    heads. ``dp_mode="literal"`` sums the printed expression on the raw M_l (unbounded; for
    paper-parity experiments only). Terms go to ``ctx.aux`` as ``dp_sym`` / ``dp_diag``; the model
-   sums them over layers (``model.aux_losses()``) and the trainer adds lambda_DP times the sum.
+   sums them over layers (``model(x, return_aux=True)``) and the trainer adds lambda_DP times the sum.
 7. Placement (stage 1 plain attention with PVT spatial reduction, no LA there: an N x N Linear
    at 56 x 56 tokens would cost 9.8M parameters) is model configuration, see ``zoo/lavit.py``.
 
@@ -48,7 +46,8 @@ transforms the factors (Psi Q)(Theta K)^T with the rank-one bias terms as extra 
 fused attention with q = U, k = V: O(N^2 r). Once the rank r is not small next to N (3r + 2 >= 2N,
 e.g. stage 4 at 224 px where N = 49 < the head width) the dense N x N transform is cheaper and is
 used instead. Diagonality-preserving terms are computed only when autograd is on (training); they
-need the dense M. Measured costs: ``scripts/bench_lavit.py`` and ``docs/benchmarks.md``.
+need the dense M. The switch between the two paths is ``fused_attn`` (``mixerlab.fast_paths``).
+Measured costs: ``scripts/bench_lavit.py`` and ``docs/benchmarks.md``.
 """
 from __future__ import annotations
 
@@ -58,7 +57,7 @@ from torch import nn
 
 from ..layers.drop import dropout
 from ..layers.linear import Linear
-from .base import AttentionMixer, TokenContext, register_mixer
+from .base import AttentionMixer, MixerCost, TokenContext, attention_macs, register_mixer
 
 CARRY = "less_attention.carry"  # (B, H, N, N) matrix handed to the next layer
 CARRY_GRID = "less_attention.grid"  # the (H, W) grid it was computed on
@@ -149,6 +148,10 @@ class LessAttention(AttentionMixer):
     needs_num_tokens = True
     supports_prefix_tokens = False
     uses_context_state = True
+    monitor_diagonality = True
+    examples = ({"num_heads": 2, "mode": "va"}, {"num_heads": 2, "mode": "la"},
+                {"num_heads": 2, "mode": "va", "la_source": "post_softmax"},
+                {"num_heads": 2, "mode": "la", "la_source": "post_softmax"})
 
     def __init__(self, dim: int, *, num_heads: int, num_tokens: int, mode: str = "la",
                  la_source: str = "logits", attn_residual: bool = False, qkv_bias: bool = True,
@@ -194,6 +197,27 @@ class LessAttention(AttentionMixer):
         if self.residual is not None:
             self.residual.init_weights()
 
+    def cost(self, num_tokens: int, grid: tuple[int, int], *, dim: int, batch: int = 1) -> MixerCost:
+        """VA: attention (4NC^2 + 2N^2 C), + N'^2 + N N' for the attention residual's two f x f
+        filters (N' = N f^2 tokens of the previous stage). LA (no q, k): v NC^2 + Theta and Psi
+        2HN^3 + A v N^2 C + proj NC^2. The explicit path's MACs (the fused one does less)."""
+        n, c, h = num_tokens, dim, self.num_heads
+        if self.mode == "la":
+            return MixerCost(2 * n * c * c + n * n * c + 2 * h * n ** 3)
+        extra = 0
+        if self.residual is not None:
+            npv = n * self.residual.factor ** 2
+            extra = npv * npv + n * npv
+        return MixerCost(attention_macs(n, c) + extra)
+
+    def describe(self) -> dict:
+        d = {**super().describe(), "mode": self.mode}
+        if self.la_source != "logits":
+            d["la_source"] = self.la_source
+        if self.residual is not None:
+            d["attn_residual"] = True
+        return d
+
     def transform(self, m: torch.Tensor) -> torch.Tensor:
         """Psi(Theta(M)^T)^T on (B, H, N, N): Theta on keys (last axis), Psi on queries."""
         return self.psi(self.theta(m).transpose(-2, -1)).transpose(-2, -1)
@@ -229,7 +253,7 @@ class LessAttention(AttentionMixer):
             raise ValueError(f"less_attention was built for {self.num_tokens} tokens, got {n}: its "
                              "N x N transforms fix the input size")
         # The factored (fused) path needs the carried matrix to be logits (softmax breaks it).
-        factored = self.fused and self.la_source == "logits"
+        factored = self.fused_attn and self.la_source == "logits"
         drop = self.attn_drop_p if self.training else 0.0
         if self.mode == "va":
             qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)

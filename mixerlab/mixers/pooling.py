@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import TokenContext, TokenMixer, map_to_tokens, register_mixer, split_prefix, tokens_to_map
+from .base import (MixerCost, TokenContext, TokenMixer, map_to_tokens, register_mixer, split_prefix,
+                   tokens_to_map)
 
 
 @register_mixer("pooling")
@@ -28,6 +29,15 @@ class Pooling(TokenMixer):
         if pool_size < 1 or pool_size % 2 == 0:
             raise ValueError(f"pool_size must be a positive odd integer, got {pool_size}")
         self.pool_size = pool_size
+
+    def cost(self, num_tokens: int, grid: tuple[int, int], *, dim: int, batch: int = 1) -> MixerCost:
+        """0 MACs; k^2 N C additions over the N grid tokens as ``extra_flops`` (approximately: the
+        window sums, the divide and the "- x" are k^2 + 1 operations per element at interior
+        positions and fewer at the border). The FLOP counter sees pooling as 0."""
+        return MixerCost(0, self.pool_size ** 2 * grid[0] * grid[1] * dim)
+
+    def describe(self) -> dict:
+        return {"pool_size": self.pool_size}
 
     def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
         prefix, tokens = split_prefix(x, ctx)

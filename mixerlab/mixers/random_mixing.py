@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import TokenContext, TokenMixer, register_mixer, split_prefix
+from .base import MixerCost, TokenContext, TokenMixer, register_mixer, split_prefix
 
 
 @register_mixer("random")
@@ -32,6 +32,14 @@ class RandomMixing(TokenMixer):
 
     def init_weights(self) -> None:
         self.random_matrix.copy_(torch.rand_like(self.random_matrix).softmax(dim=-1))
+
+    def cost(self, num_tokens: int, grid: tuple[int, int], *, dim: int, batch: int = 1) -> MixerCost:
+        """N^2 C over the N grid tokens (prefix tokens are not mixed)."""
+        ng = grid[0] * grid[1]
+        return MixerCost(ng * ng * dim)
+
+    def describe(self) -> dict:
+        return {"num_tokens": self.num_tokens}
 
     def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
         prefix, tokens = split_prefix(x, ctx)

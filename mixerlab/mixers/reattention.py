@@ -18,7 +18,7 @@ from torch import nn
 
 from ..layers.drop import dropout
 from ..layers.linear import Linear
-from .base import AttentionMixer, TokenContext, register_mixer
+from .base import AttentionMixer, MixerCost, TokenContext, attention_macs, register_mixer
 
 
 @register_mixer("reattention")
@@ -34,10 +34,13 @@ class ReAttention(AttentionMixer):
         transform_scale: multiply the re-attended map by head_dim ** -0.5 (DeepViT-S).
     """
 
+    examples = ({"num_heads": 2}, {"num_heads": 2, "transform_scale": True})
+
     def __init__(self, dim: int, *, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, transform_scale: bool = False):
         super().__init__()
         self.set_heads(dim, num_heads)
+        self.transform_scale = transform_scale
         self.reatten_scale = self.scale if transform_scale else 1.0
         self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.head_mix = nn.Conv2d(num_heads, num_heads, 1)  # Theta (H, H) + bias
@@ -51,6 +54,14 @@ class ReAttention(AttentionMixer):
         self.head_mix.reset_parameters()
         self.head_norm.reset_parameters()
         self.head_norm.reset_running_stats()
+
+    def cost(self, num_tokens: int, grid: tuple[int, int], *, dim: int, batch: int = 1) -> MixerCost:
+        """Attention (4NC^2 + 2N^2 C) + H^2 N^2 for the head-mixing matrix Theta."""
+        n, h = num_tokens, self.num_heads
+        return MixerCost(attention_macs(n, dim) + h * h * n * n)
+
+    def describe(self) -> dict:
+        return {**super().describe(), **({"transform_scale": True} if self.transform_scale else {})}
 
     def folded_mixing(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Eval-mode BN folded into the mixing: (Theta' (H, H), b' (H,)) with

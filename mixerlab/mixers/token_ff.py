@@ -8,12 +8,12 @@ LayerNorm over the *token* axis (T affine pairs): this mixer asks the block for 
 ``build_norm``. The block runs the channel MLP *before* this mixer (``mlp_first``), as the code does.
 T is fixed at construction, so the model only accepts the input size it was built for.
 
-Fast path (``fused``, the default): the same two linear maps applied from the left to the tokens
-laid out as a (T, B*D) matrix, ``W2 @ act(W1 @ X + b1) + b2``, instead of to (B*D, T) rows. The
-weights, the maths and the state dict are unchanged; only the GEMM layout differs. GEMMs are ~75%
-of an FF-only training step on a CPU; the layout makes ffonly_tiny's step 1.06-1.07x faster and
-inference 1.02x (``scripts/profile_model.py ffonly_tiny --paths``, docs/benchmarks.md). With active
-dropout the module path runs instead, which is also the reference the tests compare with.
+Fast path (switch ``token_major``, on by default): the same two linear maps applied from the left
+to the tokens laid out as a (T, B*D) matrix, ``W2 @ act(W1 @ X + b1) + b2``, instead of to (B*D, T)
+rows. The weights, the maths and the state dict are unchanged; only the GEMM layout differs, and
+GEMMs dominate an FF-only step on a CPU (measurements: ``scripts/profile_model.py ffonly_tiny
+--paths``, docs/benchmarks.md). With active dropout the module path runs instead, which is also
+the reference the tests compare with (``token_major = False``).
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from torch import nn
 
 from ..layers.mlp import Mlp
 from ..layers.norm import TokenLayerNorm
-from .base import TokenContext, TokenMixer, register_mixer
+from ..layers.fast_paths import fast_path_switch
+from .base import MixerCost, TokenContext, TokenMixer, register_mixer
 
 
 @register_mixer("token_ff")
@@ -39,22 +40,31 @@ class TokenFF(TokenMixer):
     needs_num_tokens = True
     fixed_num_tokens = True
     drop_kwarg = "drop"
+    fast_path_switches = (fast_path_switch(
+        "token_major", "token_ff: token-major GEMMs on a (T, B*D) layout; off: the Mlp module call"),)
 
     def __init__(self, dim: int, *, num_tokens: int, mlp_ratio: float = 4.0, drop: float = 0.0):
         super().__init__()
         self.num_tokens = num_tokens
         self.drop = drop
-        self.fused = True  # token-major GEMMs; False: the module path (the reference)
+        self.token_major = True  # token-major GEMMs; False: the module path (the reference)
         self.mlp = Mlp(num_tokens, hidden_dim=int(mlp_ratio * num_tokens), act_layer=nn.GELU, drop=drop)
 
     def build_norm(self, dim: int, norm_layer):
         return TokenLayerNorm(dim, num_tokens=self.num_tokens)
 
+    def cost(self, num_tokens: int, grid: tuple[int, int], *, dim: int, batch: int = 1) -> MixerCost:
+        """2 T h C with h = int(mlp_ratio T) hidden units (8 T^2 C at ratio 4)."""
+        return MixerCost(2 * num_tokens * self.mlp.fc1.out_features * dim)
+
+    def describe(self) -> dict:
+        return {"num_tokens": self.num_tokens, "hidden": self.mlp.fc1.out_features}
+
     def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
         if x.shape[1] != self.num_tokens:
             raise ValueError(f"token_ff was built for {self.num_tokens} tokens, got {x.shape[1]}: "
                              "the feed-forward over the token axis has a fixed token count")
-        if self.fused and not (self.training and self.drop > 0):
+        if self.token_major and not (self.training and self.drop > 0):
             return self._forward_token_major(x)
         return self.mlp(x.transpose(1, 2)).transpose(1, 2)  # (B, D, T) -> (B, T, D)
 
