@@ -89,7 +89,7 @@ def test_from_dict_rejects_foreign_data():
 # -- one rebuild path, independent of today's zoo defaults --------------------------------------
 def _change_zoo_default(monkeypatch, name: str, **args):
     entry = registry.get_model_info(name)
-    monkeypatch.setitem(registry._ZOO, name, dataclasses.replace(entry, args={**entry.args, **args}))
+    monkeypatch.setitem(registry._ZOO._items, name, dataclasses.replace(entry, args={**entry.args, **args}))
 
 
 def test_checkpoint_rebuilds_the_trained_model_after_a_zoo_default_changes(tmp_path, monkeypatch):

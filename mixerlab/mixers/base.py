@@ -23,7 +23,6 @@ What a mixer knows about itself lives in its class, not in the benchmark or anal
 from __future__ import annotations
 
 import contextlib
-import difflib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from ..layers.fast_paths import fast_path_switch, fast_paths
+from ..registry import Registry
 
 
 @dataclass
@@ -196,14 +196,12 @@ class AttentionMixer(TokenMixer):
         self.scale = self.head_dim ** -0.5
 
 
-_MIXERS: dict[str, type] = {}
+_MIXERS: Registry[type] = Registry("token mixer")
 
 
 def register_mixer(name: str):
     def deco(cls):
-        if name in _MIXERS:
-            raise ValueError(f"mixer {name!r} registered twice")
-        _MIXERS[name] = cls
+        _MIXERS.add(name, cls)
         cls.mixer_name = name
         return cls
     return deco
@@ -211,19 +209,12 @@ def register_mixer(name: str):
 
 def unregister_mixer(name: str) -> type:
     """Remove the mixer registered under ``name`` (e.g. a test's own mixer); returns its class."""
-    if name not in _MIXERS:
-        raise ValueError(f"no token mixer {name!r} is registered")
-    return _MIXERS.pop(name)
+    return _MIXERS.remove(name)
 
 
 def get_mixer(name: str) -> type:
     """The mixer class registered under ``name``; a ``ValueError`` lists the allowed names."""
-    try:
-        return _MIXERS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _MIXERS, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown token mixer {name!r}{hint}; allowed: {sorted(_MIXERS)}") from None
+    return _MIXERS.get(name)
 
 
 def list_mixers() -> list[str]:

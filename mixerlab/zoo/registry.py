@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import Callable
 
 from ..models.config import replace_config
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,13 @@ class ZooEntry:
         return replace_config(cfg, **rest) if rest else cfg
 
 
-_ZOO: dict[str, ZooEntry] = {}
+_ZOO: Registry[ZooEntry] = Registry(
+    "model", allowed=lambda names: f"see `mixerlab list` for all {len(names)} names")
 
 
 def register_zoo(entries) -> None:
     for e in entries:
-        if e.name in _ZOO:
-            raise ValueError(f"zoo name {e.name!r} registered twice")
-        _ZOO[e.name] = e
+        _ZOO.add(e.name, e)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -98,12 +98,6 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def get_model_info(name: str) -> ZooEntry:
     """The zoo entry of ``name``; a ``ValueError`` suggests close names."""
-    if name.startswith("mixerlab_"):
+    if isinstance(name, str) and name.startswith("mixerlab_"):
         name = name[len("mixerlab_"):]
-    try:
-        return _ZOO[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, _ZOO, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (see `mixerlab list` for all "
-                         f"{len(_ZOO)} names)") from None
+    return _ZOO.get(name)

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark: every *_micro model on Fashion-MNIST with the short and the longer recipe, one after
 # the other (2 CPU cores). Runs land in runs/fmnist/<schedule>/<model>; summarise with
-#   .venv/bin/python docs/results/summarize_fashion_mnist.py
-# Usage: docs/results/run_fashion_mnist_micro.sh [short|long] [models...]
+#   .venv/bin/python scripts/summarize_fashion_mnist.py
+# Usage: scripts/run_fashion_mnist_micro.sh [short|long] [models...]
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 schedule=${1:-short}
 shift || true
 models=${*:-deit_micro ffonly_micro convit_micro deepvit_micro poolformer_micro identityformer_micro lavit_micro}

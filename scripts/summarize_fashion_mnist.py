@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["deit_micro", "ffonly_micro", "convit_micro", "deepvit_micro", "poolformer_micro", "identityformer_micro", "lavit_micro"]
 
 
