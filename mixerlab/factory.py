@@ -64,6 +64,22 @@ def load_pretrained(model: nn.Module, path_or_sd) -> nn.Module:
     return model
 
 
+def model_from_weights(path: str | os.PathLike) -> nn.Module:
+    """Rebuild the model a ``save_weights`` file records (its ``model_config`` metadata: a zoo
+    model, an override of one, or a model no zoo entry describes, e.g. one ``mixerlab ablate``
+    wrote) and load its weights strictly. A file without that metadata is refused with the way out."""
+    sd, meta = read_weights(path)
+    what = f"weights {os.fspath(path)}"
+    cfg = _saved_config(meta, what)
+    if cfg is None:
+        raise ValueError(f"{what} record no model config (written by a timm or an older mixerlab "
+                         "save); use create_model(NAME, pretrained=PATH) or create_from_timm(PATH)")
+    model = build_model(cfg, name=meta.get("model"))
+    check_state_dict(model, sd, what=what)
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
 def _saved_config(meta: dict, what: str):
     import json
     if "model_config" not in meta:

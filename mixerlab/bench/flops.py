@@ -36,7 +36,7 @@ def mixer_cost(mixer: TokenMixer, *, tokens: int, dim: int, grid: tuple[int, int
     return mixer.cost(tokens, tuple(grid), dim=dim, batch=batch)
 
 
-def _shapes(model: nn.Module, input_size) -> dict[str, dict]:
+def mixer_shapes(model: nn.Module, input_size) -> dict[str, dict]:
     """Mixer name -> tokens, dim, grid, prefix, from one forward on the meta device."""
     meta = copy.deepcopy(model).to("meta") if next(model.parameters()).device.type != "meta" else model
     meta.eval()
@@ -91,7 +91,7 @@ def model_breakdown(model: nn.Module, input_size=None) -> dict:
     # cost()), so on a model (meta: not copied) that has already run a forward the counter would
     # miss that term.
     total, per = counted_macs(model, input_size)
-    shapes = _shapes(model, input_size)
+    shapes = mixer_shapes(model, input_size)
     layers, by_kind, mix = [], {}, MixerCost()
     for name, m in model.named_modules():
         if not isinstance(m, TokenMixer) or name not in shapes:

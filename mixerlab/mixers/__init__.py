@@ -6,6 +6,7 @@ from .attention import Attention
 from .gpsa import GPSA
 from .identity import IdentityMixer
 from .less_attention import LessAttention
+from .mean_attention import MeanAttention
 from .pooling import Pooling
 from .random_mixing import RandomMixing
 from .reattention import ReAttention
@@ -13,7 +14,7 @@ from .token_ff import TokenFF
 
 __all__ = [
     "Attention", "AttentionMixer", "AttentionRecord", "GPSA", "IdentityMixer", "LessAttention",
-    "MixerCost", "NoCostFormula", "Pooling", "RandomMixing", "ReAttention", "TokenContext", "TokenFF",
+    "MeanAttention", "MixerCost", "NoCostFormula", "Pooling", "RandomMixing", "ReAttention", "TokenContext", "TokenFF",
     "TokenMixer", "attention_maps", "explicit_attention", "get_mixer", "list_mixers", "register_mixer",
     "unregister_mixer",
 ]

@@ -76,6 +76,14 @@ class Attention(AttentionMixer):
     def describe(self) -> dict:
         return {**super().describe(), **({"sr_ratio": self.sr_ratio} if self.sr_ratio != 1 else {})}
 
+    def value_projection(self):
+        """Rows 2C:3C of the qkv projection (full attention only; reduced keys have no N x N map)."""
+        if self.sr_ratio != 1:
+            return None
+        c = self.proj.in_features
+        b = self.qkv.bias
+        return self.qkv.weight[2 * c:], (b[2 * c:] if b is not None else None)
+
     def qkv_heads(self, x: torch.Tensor, ctx: TokenContext):
         """q, k, v as (B, H, N, D) (keys and values reduced when ``sr_ratio > 1``)."""
         b, n, c = x.shape

@@ -187,6 +187,12 @@ class AttentionMixer(TokenMixer):
     def describe(self) -> dict:
         return {"heads": self.num_heads}
 
+    def value_projection(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """(weight (C, C), bias or None) of the value projection when the layer's output is
+        ``proj(A v)`` with the recorded map ``A`` over the full token sequence (what
+        ``mean_attention`` adopts); None where that does not hold (e.g. reduced keys)."""
+        return None
+
     def set_heads(self, dim: int, num_heads: int) -> None:
         """``num_heads``, ``head_dim`` and the 1/sqrt(head_dim) ``scale``; dim must divide evenly."""
         if num_heads < 1 or dim % num_heads:

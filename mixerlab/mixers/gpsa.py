@@ -146,6 +146,10 @@ class GPSA(AttentionMixer):
         centre = (w[:, :2] / (2 * alpha[:, None])).norm(dim=-1)
         return dict(gate=self.gates().detach(), locality_strength=alpha, centre_distance=centre)
 
+    def value_projection(self):
+        """The value projection ``v`` (the recorded map is the gated mix of content and position)."""
+        return self.v.weight, self.v.bias
+
     def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
         self.check_tokens(x, ctx)
         b, n, c = x.shape

@@ -90,6 +90,12 @@ class ReAttention(AttentionMixer):
         mixed = mixed + self.head_mix.bias.view(1, h, 1, 1)
         return self.head_norm(mixed) * self.reatten_scale
 
+    def value_projection(self):
+        """Rows 2C:3C of the qkv projection (the recorded map is the head-mixed one)."""
+        c = self.proj.in_features
+        b = self.qkv.bias
+        return self.qkv.weight[2 * c:], (b[2 * c:] if b is not None else None)
+
     def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
