@@ -340,6 +340,8 @@ def run_cell(model: nn.Module, slots, group: Group, name: str, data: AblateData,
              base: dict, timing_x: torch.Tensor) -> dict:
     cell = {"group": group.label, "blocks": list(group.blocks), "replacement": name,
             "mixers": sorted({slots[i].mixer_name for i in group.blocks})}
+    if all(slots[i].mixer_name == name for i in group.blocks):
+        return {**cell, "status": "not applicable", "reason": f"{group.label} already uses {name}"}
     try:
         new = apply_replacement(model, slots, group, name, data, st)
     except ValueError as e:
@@ -492,8 +494,8 @@ def ablate(source: str | os.PathLike, *, data: str | None = None, data_dir: str 
             _write_json(path, cell)
             if cell["status"] == "ok":
                 log(f"[{k}/{len(todo)}] {g.label} -> {r}: zero-shot {cell['zero_shot_acc']:.2f} % "
-                    f"(-{cell['zero_shot_drop']:.2f}), fine-tuned {cell['finetuned_acc']:.2f} % "
-                    f"(-{cell['finetuned_drop']:.2f}), MACs -{100 * cell['macs_saved']:.1f} %")
+                    f"({-cell['zero_shot_drop']:+.2f}), fine-tuned {cell['finetuned_acc']:.2f} % "
+                    f"({-cell['finetuned_drop']:+.2f}), MACs saved {100 * cell['macs_saved']:.1f} %")
             else:
                 log(f"[{k}/{len(todo)}] {g.label} -> {r}: {cell['status']} ({cell['reason']})")
         cells.append(cell)
