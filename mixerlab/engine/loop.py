@@ -187,7 +187,13 @@ def resume_config(run_dir: str | Path, overrides: dict | None = None) -> TrainCo
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder not found: {run_dir}")
-    if not (run_dir / "last.safetensors").exists() and not _run_files(run_dir) and (run_dir / "config.yaml").is_file():
+    present = _run_files(run_dir)
+    if not (run_dir / "last.safetensors").exists() and present:
+        raise CheckpointError(f"cannot resume {run_dir}: it holds {', '.join(present)} but no last.safetensors; "
+                              "move it away and start a new run")
+    if not (run_dir / "last.safetensors").exists() and not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"run folder {run_dir} holds no run to resume (no last.safetensors, no config.yaml)")
+    if not (run_dir / "last.safetensors").exists():
         try:
             stored = yaml.safe_load((run_dir / "config.yaml").read_text())
             base = config_from_dict(stored)

@@ -6,7 +6,9 @@ folder gets :class:`RunFolderBusyError` naming the holder (pid, host, command, s
 which the holder wrote into the lock file. The kernel releases the lock when the holder exits,
 however it exits (``kill -9`` included), so a lock is never stale. The lock file itself is left
 in place (unlinking it would let a waiter and a newcomer lock two different files); a holder
-that finds the path re-pointed at another file after locking retries.
+that finds the path re-pointed at another file after locking retries. The lock is re-entrant
+within one process: ``compare`` may hold a run folder around its own checks and then call
+``train``, which takes the same lock again without blocking itself.
 
 ``flock`` is advisory and per open file; it holds across processes on one machine and on most
 network file systems that emulate it (NFSv4 maps it onto byte-range locks).
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 LOCK_NAME = ".lock"
+_HELD: dict[str, int] = {}  # folders this process holds -> nesting depth
 
 
 class RunFolderBusyError(ValueError):
@@ -53,6 +56,14 @@ def run_folder_lock(folder: str | os.PathLike, *, what: str = "run folder") -> I
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
+    key = os.path.realpath(folder)
+    if _HELD.get(key):
+        _HELD[key] += 1
+        try:
+            yield path
+        finally:
+            _HELD[key] -= 1
+        return
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -74,10 +85,13 @@ def run_folder_lock(folder: str | os.PathLike, *, what: str = "run folder") -> I
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                   "command": " ".join(["mixerlab" if a.endswith("__main__.py") else a
                                        for a in [os.path.basename(sys.argv[0] or "python"), *sys.argv[1:]]])}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        with contextlib.suppress(OSError):  # a full disk: the holder is then just not named
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        _HELD[key] = 1
         yield path
     finally:
+        _HELD.pop(key, None)
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
         os.close(fd)  # releases the lock
