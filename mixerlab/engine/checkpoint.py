@@ -145,21 +145,17 @@ def atomic_write_text(path: str | Path, text: str, *, pause: tuple[str, int] | N
     return path
 
 
-def link_or_copy(src: str | Path, dst: str | Path) -> Path:
-    """Make ``dst`` a copy of ``src`` atomically: a hard link where the file system has them (no
-    bytes written; later ``os.replace`` of ``src`` gives it a new inode, so ``dst`` stays), else a
-    fsync'ed copy; then renamed over ``dst``."""
+def copy_atomic(src: str | Path, dst: str | Path) -> Path:
+    """Make ``dst`` a byte copy of ``src`` atomically (temporary file, fsync, rename).
+
+    A copy, not a hard link: a link would share its bytes with ``src``, so anything that rewrote
+    ``last`` in place (``cp x last.safetensors``) would rewrite ``best`` too."""
     src, dst = Path(src), Path(dst)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     try:
-        if tmp.exists():
-            tmp.unlink()
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, dst)
         _fsync_dir(dst.parent)
     finally:

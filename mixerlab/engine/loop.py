@@ -9,8 +9,8 @@ DP loss come in through :mod:`.bn` and :mod:`.task`. The engine never sees the C
 
 Run folder (one writer: :func:`~.runlock.run_folder_lock`). The epoch end is one transition:
 ``last.safetensors`` is written first and is the commit point (its state carries the epoch's
-metrics record and the best epoch); then ``best.safetensors`` (a hard link to / copy of that
-very file), ``metrics.jsonl`` (rewritten atomically: the earlier lines plus this record) and, after
+metrics record and the best epoch); then ``best.safetensors`` (a copy of that very
+file), ``metrics.jsonl`` (rewritten atomically: the earlier lines plus this record) and, after
 the final epoch, ``summary.json``. SIGINT/SIGTERM arriving during the transition wait until it is
 complete; after ``kill -9`` or a full disk in the middle of it, resume first completes it from
 ``last`` (:func:`_complete_epoch_end`), so the folder is always before or after an epoch end.
@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data import build_data, build_mixup, eval_loader, train_loader
 from . import distributed
 from .bn import batchnorms, calibrate_batchnorm
-from .checkpoint import (CheckpointError, atomic_write_text, best_is_stale, capture_rng, clean_stale_temps, link_or_copy,
+from .checkpoint import (CheckpointError, atomic_write_text, best_is_stale, capture_rng, clean_stale_temps, copy_atomic,
                          load_checkpoint, pause_for_tests, read_config, read_state, restore_rng, save_checkpoint)
 from .config import TrainConfig, config_from_dict, config_to_yaml
 from .ema import ModelEma
@@ -286,7 +286,7 @@ def _complete_epoch_end(run_dir: Path, state: dict) -> list[str]:
     ``best`` from ``last`` when it holds the best epoch, and ``metrics.jsonl`` up to its record."""
     done = []
     if best_is_stale(run_dir):
-        link_or_copy(run_dir / "last.safetensors", run_dir / "best.safetensors")
+        copy_atomic(run_dir / "last.safetensors", run_dir / "best.safetensors")
         done.append(f"best.safetensors (epoch {state['best_epoch']})")
     before = (run_dir / "metrics.jsonl").read_text() if (run_dir / "metrics.jsonl").exists() else None
     _write_metrics(run_dir, state.get("record"), state["epoch"])
@@ -417,7 +417,7 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
             pause_for_tests("committed", state["epoch"])
             if is_best:
                 what = "best.safetensors"
-                link_or_copy(run_dir / "last.safetensors", run_dir / "best.safetensors")
+                copy_atomic(run_dir / "last.safetensors", run_dir / "best.safetensors")
             what = "metrics.jsonl"
             _write_metrics(run_dir, state["record"], state["epoch"], pause=state["epoch"])
             if state["epoch"] == cfg.epochs:
