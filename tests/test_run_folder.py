@@ -318,6 +318,19 @@ def test_lr_logged_after_an_interrupt_right_after_the_epochs_last_step(tmp_path)
     assert _metrics(part)[0]["lr"] != _metrics(part)[1]["lr"]
 
 
+@pytest.mark.slow  # one child process
+def test_sigint_right_after_the_epochs_last_step_logs_the_right_lr(tmp_path, capsys):
+    """Case 8 with a real SIGINT, delivered while the child stands just after step 4 (epoch 1's last)."""
+    run, full = tmp_path / "run", tmp_path / "full"
+    args = [*TINY, "--epochs", "2", "--warmup-epochs", "1"]
+    code, err = Paused(tmp_path, "step@4", *args, "--out", run).signal(signal.SIGINT)
+    assert code == 130 and "resume with: mixerlab train --resume" in err, err
+    assert read_state(run / "last.safetensors")["step_in_epoch"] == 4
+    assert _main(capsys, "train", "--resume", run)[0] == 0
+    assert _main(capsys, "train", *args, "--out", full)[0] == 0
+    assert [r["lr"] for r in _metrics(run)] == [r["lr"] for r in _metrics(full)]
+
+
 # ----------------------------------------------------------------------------- cases 9, 10: data and config
 def _image_folder(root: Path, classes: dict[str, list[str]], corrupt: str | None = None) -> Path:
     from PIL import Image

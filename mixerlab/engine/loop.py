@@ -516,14 +516,16 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
             record.update({"images_per_s": meter.images / max(meter.seconds, 1e-9), "epoch_time_s": epoch_time,
                            "peak_mem_mb": _peak_memory_mb(device)})
             is_best = "val_top1" in record and (state["best_top1"] is None or record["val_top1"] > state["best_top1"])
-            if is_best:
-                state["best_top1"], state["best_epoch"] = record["val_top1"], epoch + 1
-            state.update(epoch=epoch + 1, step_in_epoch=0, sums={}, record=record)
-            boundary_rng = capture_rng()  # evaluation consumed randomness (BN calibration in train mode)
-            reporter.epoch(record)
-            with guard.deferred():  # a signal now waits until the folder is consistent again
+            with guard.deferred():  # from here a signal waits until the folder is consistent again
+                # the state moves to the epoch end only here: an interrupt before saves the state
+                # after the last step, and resume repeats the evaluation with the old best
+                if is_best:
+                    state["best_top1"], state["best_epoch"] = record["val_top1"], epoch + 1
+                state.update(epoch=epoch + 1, step_in_epoch=0, sums={}, record=record)
+                boundary_rng = capture_rng()  # evaluation consumed randomness (BN calibration in train mode)
                 epoch_end(is_best, boundary_rng)
                 committed = True
+                reporter.epoch(record)
         summary = summarize()
         if di.is_main and state["epoch"] == cfg.epochs and not _summary_matches(run_dir, state):
             with guard.deferred():  # a resume of a finished run whose summary was never written
