@@ -61,8 +61,16 @@ def load_model(spec: str, *, weights: str | None = None, ema: bool = False, **ov
         cfg = config_from_dict(ckpt.config)
         return LoadedModel(model, cfg.model, str(file), data=cfg.data, data_dir=cfg.data_dir,
                            info=dict(epoch=ckpt.state.get("epoch"), checkpoint_part="ema" if ema else "model"))
-    if path.suffix in (".safetensors", ".pth", ".pt", ".bin") and not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        from ..weights import read_weights
+        _, meta = read_weights(path)  # ValueError for a truncated or corrupt file, naming it
+        if weights is None and meta.get("model"):  # a weight file that records its zoo model
+            model = load_pretrained(create_model(meta["model"], **overrides), path)
+            return LoadedModel(model, model.zoo_name, str(path))
+        raise ValueError(f"{path} is a weight file that does not record its model; analyze it with "
+                         f"`mixerlab analyze MODEL_NAME --weights {path}`")
     model = create_model(spec, **overrides)  # ValueError for unknown names
     if weights is not None:
         load_pretrained(model, weights)

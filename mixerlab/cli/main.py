@@ -38,14 +38,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except (CLIError, ValueError, TypeError, FileNotFoundError, KeyError) as e:
-        # Bad input: one clear line, non-zero exit, no traceback wall.
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"mixerlab {args.command}: error: {msg}", file=sys.stderr)
+    except (CLIError, ValueError, TypeError, KeyError, OSError) as e:
+        # Bad input or a file-system fault (missing, read-only, full, not a folder): one clear
+        # line, exit status 2, no traceback wall.
+        print(f"mixerlab {args.command}: error: {error_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mixerlab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def error_message(e: BaseException) -> str:
+    """One line for a user: the message, or for an ``OSError`` its reason and file name."""
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    if isinstance(e, OSError) and e.strerror:
+        names = " -> ".join(str(n) for n in (e.filename, e.filename2) if n is not None)
+        return f"{e.strerror}: {names}" if names else e.strerror
+    text = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return text or type(e).__name__
 
 
 if __name__ == "__main__":

@@ -182,9 +182,10 @@ def synthetic(split: str, *, size: int, num_classes: int, in_chans: int, img_siz
     noise. ``size`` images for ``'train'``, ``size // 4`` (at least ``num_classes``) for ``'val'``.
     """
     rng = np.random.default_rng(1234)
-    # (K, C, 4, 4) coarse patterns, upsampled 8x to (K, C, 32, 32): low-frequency "objects"
+    # (K, C, 4, 4) coarse patterns, upsampled to (K, C, img_size, img_size): low-frequency "objects"
     coarse = rng.choice([30.0, 225.0], size=(num_classes, in_chans, 4, 4))  # high-contrast on/off cells
-    protos = np.kron(coarse, np.ones((1, 1, img_size // 4, img_size // 4)))
+    cell = -(-img_size // 4)  # ceil: any size works; cut back to img_size
+    protos = np.kron(coarse, np.ones((1, 1, cell, cell)))[:, :, :img_size, :img_size]
     n = size if split == "train" else max(size // 4, num_classes)
     rng = np.random.default_rng(1 if split == "train" else 2)
     targets = np.arange(n) % num_classes
@@ -204,7 +205,14 @@ def build_sources(name: str, data_dir: str | None, **synthetic_args) -> tuple[Im
         k = 10 if name == "cifar10" else 100
         return cifar(data_dir, "train", k), cifar(data_dir, "val", k)
     if name == "imagefolder":
-        return image_folder(data_dir, "train"), image_folder(data_dir, "val")
+        train, val = image_folder(data_dir, "train"), image_folder(data_dir, "val")
+        if train.classes != val.classes:  # labels are class indices: they must mean the same class
+            only_train = sorted(set(train.classes) - set(val.classes))
+            only_val = sorted(set(val.classes) - set(train.classes))
+            raise ValueError(f"ImageFolder {data_dir}: train/ and val/ have different class folders "
+                             f"(only in train/: {only_train or 'none'}; only in val/: {only_val or 'none'}); "
+                             "both splits need the same class sub-folders, or the validation labels would be wrong")
+        return train, val
     if name == "synthetic":
         return synthetic("train", **synthetic_args), synthetic("val", **synthetic_args)
     raise ValueError(f"unknown dataset {name!r}; choose one of fashion-mnist, cifar10, cifar100, imagefolder, synthetic")

@@ -9,6 +9,7 @@ caller's RNG state when it runs in the main process).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -103,6 +104,43 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+def unwrap_worker_error(e: BaseException) -> BaseException:
+    """The error a DataLoader worker raised, without the worker's traceback.
+
+    torch re-raises a worker's exception in the main process as the same type with a message
+    ``"Caught X in DataLoader worker process N.\\nOriginal Traceback ... X: <message>"``; this gives
+    back ``X(<message>)``, the one line the single-process path shows. Other errors are returned
+    unchanged."""
+    text = str(e)
+    if "DataLoader worker process" not in text or "Original Traceback" not in text:
+        return e
+    m = re.search(rf"\n(?:[\w.]+\.)?{re.escape(type(e).__name__)}: (.*)\Z", text, re.S)
+    if not m:
+        return e
+    try:
+        return type(e)(m.group(1).strip())
+    except Exception:  # an exception type that takes other arguments
+        return e
+
+
+class CleanErrorLoader(DataLoader):
+    """A DataLoader whose worker errors read like the single-process ones (:func:`unwrap_worker_error`)."""
+
+    def __iter__(self):
+        it = super().__iter__()
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except Exception as e:
+                clean = unwrap_worker_error(e)
+                if clean is e:
+                    raise
+                raise clean from None
+            yield batch
+
+
 @dataclass
 class DataBundle:
     """Datasets of one run; ``*_loader`` methods build loaders for a given rank/world size."""
@@ -157,8 +195,8 @@ def train_loader(ds: Dataset, *, batch_size: int, seed: int, rank: int, world: i
     batches = BatchSampler(sampler, batch_size, drop_last=True)  # constant batch: Mixup needs even sizes
     # Own generator: creating an iterator draws a worker base seed, which must not consume the
     # global torch RNG (that would shift drop-path masks after a mid-epoch resume).
-    return DataLoader(ds, batch_sampler=batches, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
-                      generator=torch.Generator().manual_seed(seed))
+    return CleanErrorLoader(ds, batch_sampler=batches, num_workers=workers, pin_memory=pin, persistent_workers=workers > 0,
+                            generator=torch.Generator().manual_seed(seed))
 
 
 def eval_loader(
@@ -169,5 +207,5 @@ def eval_loader(
     BN calibration on a class-sorted folder), truncated to the first ``limit`` images."""
     order = np.arange(len(ds)) if shuffle_seed is None else np.random.default_rng(shuffle_seed).permutation(len(ds))
     order = order[:limit]
-    return DataLoader(ds, batch_size=batch_size, sampler=ShardSampler(order, num_replicas=world, rank=rank),
-                      num_workers=workers, pin_memory=pin, generator=torch.Generator().manual_seed(0))
+    return CleanErrorLoader(ds, batch_size=batch_size, sampler=ShardSampler(order, num_replicas=world, rank=rank),
+                            num_workers=workers, pin_memory=pin, generator=torch.Generator().manual_seed(0))

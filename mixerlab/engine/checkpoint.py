@@ -11,7 +11,8 @@ A checkpoint is a single ``.safetensors`` file:
   sums of the current epoch) and ``sha256`` (over every tensor's name and bytes).
 
 Writing goes to a temporary file in the same folder, is fsync'ed and then ``os.replace``d over
-the target, so a killed writer leaves the previous file intact. Reading never unpickles:
+the target, so a killed writer leaves the previous file intact (and at most a hidden
+``.<name>.tmp-<pid>`` file, which :func:`clean_stale_temps` removes when the run resumes). Reading never unpickles:
 safetensors only holds tensors and strings; a truncated file, a bad digest or a foreign file
 raises :class:`CheckpointError` (a ``ValueError``, so the CLI prints one line and exits 2).
 Weights alone: :func:`load_weights` returns the ``model.`` tensors with the prefix removed.
@@ -22,6 +23,10 @@ import hashlib
 import json
 import os
 import random
+import re
+import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +94,90 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+# ----------------------------------------------------------------------------- test hook
+def pause_for_tests(point: str, number: int) -> None:
+    """Test-only: stop at ``point`` (e.g. ``save:last``, ``metrics``, ``step``) of epoch/step ``number``.
+
+    Active only when ``MIXERLAB_TEST_PAUSE`` is ``POINT@NUMBER`` (the interrupt tests of
+    ``tests/test_run_folder.py`` set it in a child process): prints ``mixerlab-test-pause POINT@NUMBER``
+    on stderr, then waits until the file named by ``MIXERLAB_TEST_RELEASE`` exists (at most 60 s),
+    so that a test can signal or kill the process at exactly that moment.
+    """
+    spec = os.environ.get("MIXERLAB_TEST_PAUSE")
+    if not spec or spec != f"{point}@{number}":
+        return
+    print(f"mixerlab-test-pause {spec}", file=sys.stderr, flush=True)
+    release = os.environ.get("MIXERLAB_TEST_RELEASE")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (release and os.path.exists(release)):
+        time.sleep(0.02)
+
+
+# ----------------------------------------------------------------------------- files
+_TEMP = re.compile(r"^\..+\.tmp(-\d+)?$")
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str, *, pause: tuple[str, int] | None = None) -> Path:
+    """Replace ``path`` by ``text`` atomically (temporary file, fsync, rename): readers and a
+    killed writer see the old or the new content, never part of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if pause:
+            pause_for_tests(*pause)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def copy_atomic(src: str | Path, dst: str | Path) -> Path:
+    """Make ``dst`` a byte copy of ``src`` atomically (temporary file, fsync, rename).
+
+    A copy, not a hard link: a link would share its bytes with ``src``, so anything that rewrote
+    ``last`` in place (``cp x last.safetensors``) would rewrite ``best`` too."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+        _fsync_dir(dst.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dst
+
+
+def clean_stale_temps(folder: str | Path) -> list[str]:
+    """Remove the hidden temporary files (``.<name>.tmp`` / ``.<name>.tmp-<pid>``) a killed writer
+    left in ``folder``; call it only while holding the folder's lock. Returns the names removed."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        if _TEMP.match(p.name) and p.is_file():
+            p.unlink()
+            removed.append(p.name)
+    return removed
+
+
 # ----------------------------------------------------------------------------- save / load
 def save_checkpoint(
     path: str | Path,
@@ -113,6 +202,9 @@ def save_checkpoint(
         state: JSON-able loop state (epoch, step, best metric, ...).
         optimizer, ema, scaler: optional parts to restore on resume.
         rng: RNG snapshot from :func:`capture_rng`; defaults to the current state.
+
+    Raises:
+        OSError: the file cannot be written (disk full, read-only); ``path`` is left as it was.
     """
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
@@ -152,12 +244,9 @@ def save_checkpoint(
         save_file(tensors, str(tmp), metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        pause_for_tests(f"save:{path.stem}", int(state.get("epoch", -1)))
         os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -223,7 +312,13 @@ def _open(path: str | Path, *, tensors: bool) -> tuple[Path, dict[str, str], dic
     """(path, metadata, tensors) of a mixerlab checkpoint; tensors only when asked for."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}" if not path.is_dir() else
+                              f"{path} is a folder, not a checkpoint file")
+    kind = _foreign_kind(path)
+    if kind:
+        raise CheckpointError(f"{path} is {kind}, not a mixerlab training checkpoint (a .safetensors file written "
+                              "by `mixerlab train`); weight files go to create_model(name, pretrained=FILE) or "
+                              "`mixerlab analyze NAME --weights FILE`")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -233,6 +328,20 @@ def _open(path: str | Path, *, tensors: bool) -> tuple[Path, dict[str, str], dic
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a mixerlab training checkpoint (format {metadata.get('format')!r})")
     return path, metadata, loaded
+
+
+def _foreign_kind(path: Path) -> str | None:
+    """What a file that is certainly no safetensors file is (by its first bytes), else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        return "a PyTorch zip file (torch.save, e.g. a .pth state dict)"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle (an old-style torch.save file)"
+    return None
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -273,10 +382,16 @@ def _read_header(path: str | Path, key: str) -> dict[str, Any]:
 
 
 def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
-    """A file, or a run folder -> its ``best.safetensors`` (or ``last``), per ``prefer``."""
+    """A file, or a run folder -> its ``best.safetensors`` (or ``last``), per ``prefer``.
+
+    A run killed between writing ``last`` and ``best`` at the end of a best epoch leaves ``best``
+    one best behind; ``last`` then holds those very weights (its state says ``best_epoch`` is its
+    own epoch), so it is returned instead, until a resume completes the folder."""
     path = Path(path)
     if path.is_dir():
         order = ("best", "last") if prefer == "best" else ("last", "best")
+        if prefer == "best" and (path / "last.safetensors").is_file() and best_is_stale(path):
+            order = ("last",)
         for name in order:
             if (path / f"{name}.safetensors").is_file():
                 return path / f"{name}.safetensors"
@@ -284,6 +399,23 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     return path
+
+
+def best_is_stale(run_dir: str | Path) -> bool:
+    """True when ``last.safetensors`` says the best epoch is its own (written at that epoch's
+    end) but ``best.safetensors`` is missing, unreadable or from another epoch/step."""
+    run_dir = Path(run_dir)
+    try:
+        last = read_state(run_dir / "last.safetensors")
+    except CheckpointError:
+        return False
+    if last.get("best_epoch") is None or last.get("best_epoch") != last.get("epoch") or last.get("step_in_epoch"):
+        return False
+    try:
+        best = read_state(run_dir / "best.safetensors")
+    except CheckpointError:
+        return True
+    return (best.get("epoch"), best.get("step")) != (last.get("epoch"), last.get("step"))
 
 
 def load_weights(path: str | Path, *, ema: bool = False) -> dict[str, torch.Tensor]:

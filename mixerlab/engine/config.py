@@ -119,7 +119,8 @@ class TrainConfig:
             "warmup_lr": (0.0 <= self.warmup_lr <= self.lr, f"in [0, lr={self.lr}]"),
             "warmup_epochs": (0.0 <= self.warmup_epochs <= self.epochs, f"in [0, epochs={self.epochs}]"),
             "weight_decay": (self.weight_decay >= 0.0, ">= 0"),
-            "betas": (len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas), "two values in [0, 1)"),
+            "betas": (len(self.betas) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0
+                                                   for b in self.betas), "two values in [0, 1), e.g. [0.9, 0.999]"),
             "eps": (self.eps > 0.0, "> 0"),
             "clip_grad": (self.clip_grad is None or self.clip_grad > 0.0, "> 0 or null"),
             "ema_decay": (self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "in (0, 1) or null"),
@@ -248,19 +249,21 @@ def load_config(
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ValueError(f"config file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
         except yaml.YAMLError as e:
             raise ValueError(f"config file {path} is not valid YAML: {e}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {path} must be a mapping of key: value")
         _check_keys(loaded, str(path))
         for k, v in loaded.items():  # PyYAML reads "1e-3" as a string: convert like the CLI
-            values[k] = _convert(k, v) if isinstance(v, str) else tuple(v) if k == "betas" else v
+            values[k] = _convert(k, v) if isinstance(v, str) else tuple(v) if k == "betas" and isinstance(v, list) else v
     for key, value in (overrides or {}).items():
         _check_keys([key], "overrides")
         values[key] = _convert(key, value) if isinstance(value, str) else value
-    if "lr" in values:  # keep a lowered lr consistent with the default min/warm-up LR
-        lr = float(values["lr"])
+    lr = values.get("lr")
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool):  # keep a lowered lr consistent with the default min/warm-up LR
         for k in ("min_lr", "warmup_lr"):
             if k not in values and getattr(base or TrainConfig(), k) > lr:
                 values[k] = lr

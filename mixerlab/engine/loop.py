@@ -2,16 +2,25 @@
 
 Reads top to bottom: set-up (process group, seeds, data, model, optimiser, EMA, task) ->
 optional resume -> epochs of optimiser steps (warm-up + cosine LR per step, AMP, gradient
-accumulation, clipping, EMA) -> BN calibration + evaluation -> metrics line + checkpoints.
+accumulation, clipping, EMA) -> BN calibration + evaluation -> the epoch end.
 The recipe is DeiT's (arXiv:2012.12877, facebookresearch/deit ``engine.py``/``main.py``),
 scaled by :class:`~mixerlab.engine.config.TrainConfig`; DeepViT's BN calibration and LaViT's
 DP loss come in through :mod:`.bn` and :mod:`.task`. The engine never sees the CLI namespace.
+
+Run folder (one writer: :func:`~.runlock.run_folder_lock`). The epoch end is one transition:
+``last.safetensors`` is written first and is the commit point (its state carries the epoch's
+metrics record and the best epoch); then ``best.safetensors`` (a copy of that very
+file), ``metrics.jsonl`` (rewritten atomically: the earlier lines plus this record) and, after
+the final epoch, ``summary.json``. SIGINT/SIGTERM arriving during the transition wait until it is
+complete; after ``kill -9`` or a full disk in the middle of it, resume first completes it from
+``last`` (:func:`_complete_epoch_end`), so the folder is always before or after an epoch end.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import itertools
+import json
 import os
 import platform
 import random
@@ -30,21 +39,72 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data import build_data, build_mixup, eval_loader, train_loader
 from . import distributed
 from .bn import batchnorms, calibrate_batchnorm
-from .checkpoint import CheckpointError, capture_rng, load_checkpoint, read_config, restore_rng, save_checkpoint
+from .checkpoint import (CheckpointError, atomic_write_text, best_is_stale, capture_rng, clean_stale_temps, copy_atomic,
+                         load_checkpoint, pause_for_tests, read_config, read_state, restore_rng, save_checkpoint)
 from .config import TrainConfig, config_from_dict, config_to_yaml
 from .ema import ModelEma
 from .evaluate import evaluate_model
 from .factory import build_from_checkpoint, model_for_run
 from .optim import build_optimizer, lr_at
 from .report import Reporter, Throughput
+from .runlock import run_folder_lock
 from .task import ClassificationTask
 
 # Keys that may change when resuming (they do not alter what has been trained so far).
 RESUMABLE_CHANGES = ("epochs", "data_dir", "num_workers", "eval_every", "eval_batch_size", "log_every", "progress", "tensorboard")
 
 
+# Files that make a folder a run (config.yaml alone does not: a run that failed before its first
+# checkpoint left nothing to continue, and may be started again in the same folder).
+RUN_FILES = ("last.safetensors", "best.safetensors", "metrics.jsonl", "summary.json")
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the run stopped and the last good checkpoint was kept."""
+
+
+class RunFolderWriteError(OSError):
+    """Writing the run folder failed (disk full, read-only, ...); what was there is intact."""
+
+
+class _Interrupts:
+    """SIGINT/SIGTERM -> KeyboardInterrupt, held back while a :meth:`deferred` block runs.
+
+    SIGTERM (kill, job-scheduler pre-emption) is handled like Ctrl-C. A SIGINT that the caller
+    ignores (``SIG_IGN``, e.g. compare's worker processes) stays ignored. Off the main thread
+    nothing is installed and :meth:`deferred` is a no-op.
+    """
+
+    def __init__(self, install: bool):
+        self.depth = 0
+        self.pending: int | None = None
+        self.previous: dict[int, object] = {}
+        if install:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if sig == signal.SIGINT and signal.getsignal(sig) is signal.SIG_IGN:
+                    continue
+                self.previous[sig] = signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame):
+        if self.depth:
+            self.pending = signum
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if self.depth == 0 and self.pending is not None:
+            self.pending = None
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -72,14 +132,38 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB (process peak)
 
 
+def _check_out_path(run_dir: Path) -> None:
+    """A run folder must be (or be creatable as) a folder: refuse a file, or a path inside one."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run folder {run_dir} is a file, not a folder; choose another --out")
+    for parent in run_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"run folder {run_dir} lies inside {parent}, which is a file, not a folder")
+            break
+
+
+def _run_files(run_dir: Path) -> list[str]:
+    return [name for name in RUN_FILES if (run_dir / name).exists()]
+
+
 def _check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool) -> dict | None:
-    """New runs never overwrite; resumed runs return the checkpoint to continue from."""
+    """New runs never overwrite; resumed runs return the checkpoint to continue from (None: the
+    folder holds no checkpoint and nothing else of a run, so it starts afresh)."""
     last = run_dir / "last.safetensors"
+    present = _run_files(run_dir)
     if not resume:
-        if (run_dir / "config.yaml").exists() or last.exists():
-            raise ValueError(f"run folder {run_dir} already holds a run; pass --resume {run_dir} to continue it, or choose another --out")
+        if present:
+            hint = (f"pass --resume {run_dir} to continue it" if last.exists() else
+                    "it has no last.safetensors to resume from; move it away")
+            raise ValueError(f"run folder {run_dir} already holds a run ({', '.join(present)}); {hint}, or choose another --out")
         return None
-    ckpt = load_checkpoint(last)  # CheckpointError (a ValueError) if missing/corrupt
+    if not last.exists():
+        if not present:
+            return None  # stopped before its first checkpoint: nothing to continue, start again
+        raise CheckpointError(f"cannot resume {run_dir}: it holds {', '.join(present)} but no last.safetensors; "
+                              "move it away and start a new run")
+    ckpt = load_checkpoint(last)  # CheckpointError (a ValueError) if corrupt
     stored = config_from_dict(ckpt.config)
     changed = [f.name for f in dataclasses.fields(TrainConfig) if getattr(stored, f.name) != getattr(cfg, f.name)]
     bad = [k for k in changed if k not in RESUMABLE_CHANGES]
@@ -92,11 +176,32 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool) -> dict | None
 
 
 def resume_config(run_dir: str | Path, overrides: dict | None = None) -> TrainConfig:
-    """The config stored in ``run_dir/last.safetensors`` with (resume-safe) ``overrides`` applied."""
+    """The config stored in ``run_dir/last.safetensors`` with (resume-safe) ``overrides`` applied.
+
+    A folder whose run stopped before its first checkpoint (``config.yaml`` and no other run
+    file) gives its ``config.yaml``: resuming it starts the run again."""
+    import yaml
+
     from .config import load_config
 
-    stored = read_config(Path(run_dir) / "last.safetensors")  # header only; train() verifies the file
-    return load_config(overrides=overrides, base=config_from_dict(stored))
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder not found: {run_dir}")
+    present = _run_files(run_dir)
+    if not (run_dir / "last.safetensors").exists() and present:
+        raise CheckpointError(f"cannot resume {run_dir}: it holds {', '.join(present)} but no last.safetensors; "
+                              "move it away and start a new run")
+    if not (run_dir / "last.safetensors").exists() and not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"run folder {run_dir} holds no run to resume (no last.safetensors, no config.yaml)")
+    if not (run_dir / "last.safetensors").exists():
+        try:
+            stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+            base = config_from_dict(stored)
+        except (yaml.YAMLError, UnicodeDecodeError, TypeError, AttributeError) as e:
+            raise ValueError(f"cannot resume {run_dir}: it has no checkpoint and its config.yaml is unreadable ({e})") from None
+    else:
+        base = config_from_dict(read_config(run_dir / "last.safetensors"))  # header only; train() verifies the file
+    return load_config(overrides=overrides, base=base)
 
 
 def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: bool = False,
@@ -114,33 +219,109 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
         ValueError / FileNotFoundError: bad config, data or checkpoint.
     """
     cfg = config
+    run_dir = Path(out_dir) if out_dir else default_run_dir(cfg)
+    _check_out_path(run_dir)
     dist_info = distributed.setup(cfg.device)
     threads = torch.get_num_threads()
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
-    # SIGTERM (kill, job-scheduler pre-emption) is handled like Ctrl-C: save a resumable checkpoint.
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if on_main_thread else None
+    # SIGINT/SIGTERM: save a resumable checkpoint; never in the middle of an epoch end.
+    guard = _Interrupts(install=threading.current_thread() is threading.main_thread())
     try:
-        return _train(cfg, dist_info, Path(out_dir) if out_dir else default_run_dir(cfg), resume, on_step)
+        created = not run_dir.exists()
+        lock = run_folder_lock(run_dir) if dist_info.is_main else contextlib.nullcontext()
+        with lock as lock_path:
+            try:
+                return _train(cfg, dist_info, run_dir, resume, on_step, guard)
+            except BaseException:
+                if dist_info.is_main and not (run_dir / "last.safetensors").exists() and not _run_files(run_dir):
+                    _discard_unstarted(run_dir, lock_path, created)
+                raise
     finally:
-        if on_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        guard.restore()
         torch.set_num_threads(threads)
         distributed.cleanup()
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+def _discard_unstarted(run_dir: Path, lock_path: Path | None, created: bool) -> None:
+    """A run that stopped before its first checkpoint: remove what it wrote (config.yaml; the
+    folder itself if this run created it), so nothing half-written stays behind."""
+    with contextlib.suppress(OSError):
+        (run_dir / "config.yaml").unlink(missing_ok=True)
+        if created:
+            if lock_path is not None:
+                lock_path.unlink(missing_ok=True)
+            clean_stale_temps(run_dir)
+            run_dir.rmdir()  # only if empty
 
 
-def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bool, on_step) -> dict:
+def _write_metrics(run_dir: Path, record: dict | None, epoch: int, pause: int | None = None) -> None:
+    """``metrics.jsonl`` := the lines of epochs before ``epoch`` (torn or later lines dropped) +
+    ``record`` (the epoch-``epoch`` line), written atomically; unchanged files are not rewritten."""
+    path = run_dir / "metrics.jsonl"
+    old = path.read_text() if path.exists() else ""
+    kept = []
+    for line in old.splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(r, dict) and isinstance(r.get("epoch"), int) and (
+                r["epoch"] < epoch or (record is None and r["epoch"] == epoch)):
+            kept.append(r)
+    if record is not None:
+        kept.append(record)
+    seen, lines = set(), []
+    for r in kept:  # one line per epoch (an older mixerlab could append an epoch twice)
+        if r["epoch"] not in seen:
+            seen.add(r["epoch"])
+            lines.append(json.dumps(r))
+    text = "".join(line + "\n" for line in lines)
+    if text != old:
+        atomic_write_text(path, text, pause=("metrics", pause) if pause is not None else None)
+
+
+def _complete_epoch_end(run_dir: Path, state: dict) -> list[str]:
+    """Finish an epoch end that ``kill -9`` or a write error cut short after ``last`` was written:
+    ``best`` from ``last`` when it holds the best epoch, and ``metrics.jsonl`` up to its record."""
+    done = []
+    if best_is_stale(run_dir):
+        copy_atomic(run_dir / "last.safetensors", run_dir / "best.safetensors")
+        done.append(f"best.safetensors (epoch {state['best_epoch']})")
+    before = (run_dir / "metrics.jsonl").read_text() if (run_dir / "metrics.jsonl").exists() else None
+    _write_metrics(run_dir, state.get("record"), state["epoch"])
+    after = (run_dir / "metrics.jsonl").read_text() if (run_dir / "metrics.jsonl").exists() else None
+    if before != after:
+        done.append(f"metrics.jsonl (up to epoch {state['epoch']})")
+    return done
+
+
+def _where(last: Path) -> str:
+    try:
+        st = read_state(last)
+    except CheckpointError:
+        return "unreadable"
+    return f"epoch {st.get('epoch')}, step {st.get('step')}"
+
+
+def _write_failed(e: OSError, run_dir: Path, what: str) -> RunFolderWriteError:
+    last = run_dir / "last.safetensors"
+    kept = (f"the last good checkpoint {last} ({_where(last)}) is intact; resume with "
+            f"--resume {run_dir} once the problem is fixed" if last.exists() else "no checkpoint was written yet")
+    reason = e.strerror or str(e)
+    where = f" {e.filename}" if e.filename else ""
+    return RunFolderWriteError(f"cannot write {what} in {run_dir} ({reason}{':' + where if where else ''}); {kept}")
+
+
+def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bool, on_step, guard: _Interrupts) -> dict:
     t_start = time.time()
     device = di.device
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+    if di.is_main:
+        clean_stale_temps(run_dir)  # a killed writer's temporary files (we hold the lock)
     ckpt = _check_run_dir(run_dir, cfg, resume)
     _seed_all(cfg.seed + di.rank)  # model init differs per rank, but DDP broadcasts rank 0's weights
 
@@ -177,7 +358,7 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
 
     # ---- loop state (everything needed to continue exactly), restored on resume
     state = {"epoch": 0, "step": 0, "step_in_epoch": 0, "best_top1": None, "best_epoch": None,
-             "sums": {}, "images": 0, "wall_s": 0.0}
+             "sums": {}, "images": 0, "wall_s": 0.0, "record": None}
     if ckpt is not None:
         if ema is not None:
             ckpt.load_model(ema.module, prefix="ema")
@@ -194,22 +375,59 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
     reporter = Reporter(run_dir if di.is_main else None, mode=cfg.progress, total_steps=total_steps,
                         log_every=cfg.log_every, tensorboard=cfg.tensorboard)
     if di.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        try:
+            if ckpt is not None:  # finish an epoch end that a kill or a write error cut short
+                done = _complete_epoch_end(run_dir, ckpt.state)
+                if done:
+                    reporter.log(f"completed the interrupted end of epoch {ckpt.state['epoch']}: {', '.join(done)}")
+            atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+        except OSError as e:
+            raise _write_failed(e, run_dir, "config.yaml / metrics.jsonl") from None
         n_params = sum(p.numel() for p in model.parameters())
-        reporter.log(f"{'resuming' if resume else 'training'} {cfg.model} ({n_params / 1e6:.2f}M params) on {cfg.data} "
+        reporter.log(f"{'resuming' if ckpt is not None else 'training'} {cfg.model} ({n_params / 1e6:.2f}M params) on {cfg.data} "
                      f"({len(data.train)} train / {len(data.val)} val images), {di.world} process(es) on {device}, "
                      f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs -> {run_dir}")
 
-    def save(name: str, rng=None) -> None:
+    def save(name: str, rng) -> None:
         if di.is_main:
             info = {"data_info": {"num_classes": data.num_classes, "in_chans": data.in_chans, "classes": list(data.classes)}}
             save_checkpoint(run_dir / f"{name}.safetensors", model=model, config=cfg.to_dict(),
                             model_config=model.cfg.to_dict(), state={**state, **info},
                             optimizer=optimizer, ema=ema.module if ema else None, scaler=scaler, rng=rng)
 
+    def summarize() -> dict:
+        return {
+            "model": cfg.model, "data": cfg.data, "run_dir": str(run_dir), "interrupted": False,
+            "params": sum(p.numel() for p in model.parameters()), "epochs": cfg.epochs, "steps": state["step"],
+            "best_top1": state["best_top1"], "best_epoch": state["best_epoch"], "final": state["record"] or {},
+            "train_wall_s": state["wall_s"], "wall_s": time.time() - t_start, "world_size": di.world,
+            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
+                        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                        "torch": torch.__version__},
+        }
+
+    def epoch_end(is_best: bool, rng) -> None:
+        """The epoch-end transition (module docstring): last (commit), best, metrics, summary."""
+        if not di.is_main:
+            return
+        what = "last.safetensors"
+        try:
+            save("last", rng)  # the commit point
+            pause_for_tests("committed", state["epoch"])
+            if is_best:
+                what = "best.safetensors"
+                copy_atomic(run_dir / "last.safetensors", run_dir / "best.safetensors")
+            what = "metrics.jsonl"
+            _write_metrics(run_dir, state["record"], state["epoch"], pause=state["epoch"])
+            if state["epoch"] == cfg.epochs:
+                what = "summary.json"
+                reporter.write_json("summary.json", summarize())
+        except OSError as e:
+            raise _write_failed(e, run_dir, what) from None
+
     boundary_rng = capture_rng()
-    record: dict = {}
+    committed = ckpt is not None and not ckpt.state.get("step_in_epoch")  # last.safetensors == this state
     lr = lr_at(state["step"], **schedule)
     try:
         for epoch in range(state["epoch"], cfg.epochs):
@@ -250,10 +468,12 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
                 step_sums = {}
                 step_loss = values[keys.index("loss")].item()
                 if not torch.isfinite(values).all():
+                    last = run_dir / "last.safetensors"
+                    kept = (f"Last good checkpoint kept: {last} ({_where(last)})" if last.exists() else "No checkpoint had been written yet (nothing to resume; the run "
+                            "folder can be started again)")
                     raise NonFiniteLossError(
                         f"loss became {step_loss} at step {state['step'] + 1} (epoch {epoch + 1}); run stopped. "
-                        f"Last good checkpoint kept: {run_dir / 'last.safetensors'} "
-                        "(try a lower --lr, --clip-grad 1.0 or --amp none)"
+                        f"{kept} (try a lower --lr, --clip-grad 1.0 or --amp none)"
                     )
                 if cfg.clip_grad is not None:
                     scaler.unscale_(optimizer)
@@ -265,6 +485,7 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
                     ema.update(model)
                 state["step"] += 1
                 state["step_in_epoch"] += 1
+                committed = False
                 boundary_rng = capture_rng()  # what a Ctrl-C during the next step saves
                 for k, v in zip(keys, values.tolist()):
                     state["sums"][k] = state["sums"].get(k, 0.0) + v
@@ -273,12 +494,14 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
                 reporter.step(state["step"], epoch + 1, step_loss, lr, ips)
                 if on_step is not None:
                     on_step(state["step"])
+                pause_for_tests("step", state["step"])
             epoch_time = time.perf_counter() - t_epoch
             state["wall_s"] += epoch_time
 
             # ---- epoch record: train means, then (BN calibration +) evaluation
             n_steps = max(state["step_in_epoch"], 1)
-            record = {"epoch": epoch + 1, "step": state["step"], "lr": lr}
+            # the LR of the epoch's last step (from the schedule: also right when a resume starts here)
+            record = {"epoch": epoch + 1, "step": state["step"], "lr": lr_at(max(state["step"] - 1, 0), **schedule)}
             record.update({f"train_{k}": v / n_steps for k, v in state["sums"].items()})
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 for prefix, net in (("val", model), ("ema_val", ema.module if ema else None)):
@@ -293,33 +516,46 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
             record.update({"images_per_s": meter.images / max(meter.seconds, 1e-9), "epoch_time_s": epoch_time,
                            "peak_mem_mb": _peak_memory_mb(device)})
             is_best = "val_top1" in record and (state["best_top1"] is None or record["val_top1"] > state["best_top1"])
-            if is_best:
-                state["best_top1"], state["best_epoch"] = record["val_top1"], epoch + 1
-            state.update(epoch=epoch + 1, step_in_epoch=0, sums={})
-            boundary_rng = capture_rng()  # evaluation consumed randomness (BN calibration in train mode)
-            reporter.epoch(record)
-            save("last")
-            if is_best:
-                save("best")
+            with guard.deferred():  # from here a signal waits until the folder is consistent again
+                # the state moves to the epoch end only here: an interrupt before saves the state
+                # after the last step, and resume repeats the evaluation with the old best
+                if is_best:
+                    state["best_top1"], state["best_epoch"] = record["val_top1"], epoch + 1
+                state.update(epoch=epoch + 1, step_in_epoch=0, sums={}, record=record)
+                boundary_rng = capture_rng()  # evaluation consumed randomness (BN calibration in train mode)
+                epoch_end(is_best, boundary_rng)
+                committed = True
+                reporter.epoch(record)
+        summary = summarize()
+        if di.is_main and state["epoch"] == cfg.epochs and not _summary_matches(run_dir, state):
+            with guard.deferred():  # a resume of a finished run whose summary was never written
+                try:
+                    reporter.write_json("summary.json", summary)
+                except OSError as e:
+                    raise _write_failed(e, run_dir, "summary.json") from None
     except KeyboardInterrupt:
-        # Ctrl-C: save the state at the last completed optimiser step (resumable exactly).
-        save("last", rng=boundary_rng)
-        reporter.log(f"interrupted at step {state['step']}; resumable checkpoint saved: {run_dir / 'last.safetensors'}")
+        # Ctrl-C / SIGTERM: save the state at the last completed optimiser step (resumable exactly).
+        if not committed:
+            try:
+                with guard.deferred():
+                    save("last", rng=boundary_rng)
+            except KeyboardInterrupt:
+                pass  # a second Ctrl-C while saving: the save has completed, stop now
+            except OSError as e:
+                raise _write_failed(e, run_dir, "last.safetensors") from None
+        reporter.log(f"interrupted at step {state['step']}; resumable checkpoint: {run_dir / 'last.safetensors'}")
         reporter.close()
         return {"interrupted": True, "run_dir": str(run_dir), "step": state["step"], "epoch": state["epoch"]}
     finally:
         reporter.close()
-
-    summary = {
-        "model": cfg.model, "data": cfg.data, "run_dir": str(run_dir), "interrupted": False,
-        "params": sum(p.numel() for p in model.parameters()), "epochs": cfg.epochs, "steps": state["step"],
-        "best_top1": state["best_top1"], "best_epoch": state["best_epoch"], "final": record,
-        "train_wall_s": state["wall_s"], "wall_s": time.time() - t_start, "world_size": di.world,
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
-                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                    "torch": torch.__version__},
-    }
-    reporter.write_json("summary.json", summary)
     distributed.barrier()
     return summary
+
+
+def _summary_matches(run_dir: Path, state: dict) -> bool:
+    try:
+        old = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return old.get("steps") == state["step"] and old.get("final") == (state["record"] or {}) \
+        and old.get("best_epoch") == state["best_epoch"]

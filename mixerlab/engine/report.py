@@ -68,11 +68,9 @@ class Reporter:
             self.tb.add_scalar("train/lr", lr, step)
 
     def epoch(self, record: dict[str, Any]) -> None:
-        """Append one line to ``metrics.jsonl`` and print a summary."""
+        """Print a summary of the epoch (the loop writes ``metrics.jsonl`` as part of the epoch end)."""
         if not self.enabled:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
         shown = {k: v for k, v in record.items() if k in ("epoch", "train_loss", "val_loss", "val_top1", "val_top5", "ema_val_top1", "images_per_s", "epoch_time_s")}
         self.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
         if self.tb is not None:
@@ -82,9 +80,9 @@ class Reporter:
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         if self.enabled:
-            tmp = self.run_dir / f".{name}.tmp"
-            tmp.write_text(json.dumps(data, indent=2) + "\n")
-            tmp.replace(self.run_dir / name)
+            from .checkpoint import atomic_write_text
+
+            atomic_write_text(self.run_dir / name, json.dumps(data, indent=2) + "\n", pause=("summary", data.get("epochs", -1)))
 
     def close(self) -> None:
         if self.progress is not None:

@@ -98,6 +98,8 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def get_model_info(name: str) -> ZooEntry:
     """The zoo entry of ``name``; a ``ValueError`` suggests close names."""
-    if isinstance(name, str) and name.startswith("mixerlab_"):
+    if not isinstance(name, str):
+        raise TypeError(f"a model name must be a string from mixerlab.list_models(), got {name!r}")
+    if name.startswith("mixerlab_"):
         name = name[len("mixerlab_"):]
     return _ZOO.get(name)
