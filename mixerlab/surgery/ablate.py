@@ -50,7 +50,7 @@ from ..bench.flops import model_breakdown
 from ..data import STATS, build_sources
 from ..data.loader import TransformedDataset
 from ..data.transforms import eval_transform
-from ..mixers.base import AttentionMixer, attention_maps
+from ..mixers.base import attention_maps
 from .blocks import (REPLACEMENTS, BlockSlot, block_slots, check_runs, replacement_spec, trainable_parameters,
                      transplant, with_mixers)
 
@@ -469,7 +469,14 @@ def ablate(source: str | os.PathLike, *, data: str | None = None, data_dir: str 
             if len(errs) == len(replace):
                 raise ValueError(errs[0])
     ad = build_ablate_data(model, data, data_dir, val_size, seed, synthetic_size)
+    from ..engine.runlock import run_folder_lock
     (out / "cells").mkdir(parents=True, exist_ok=True)
+    with run_folder_lock(out, what="ablate folder"):
+        return _run(model, info, slots, groups, ad, st, out, search, log)
+
+
+def _run(model, info, slots, groups, ad, st, out: Path, search: bool, log) -> dict:
+    replace, tolerance, stages = st.replacements, st.tolerance, st.stages
     settings_path = out / "settings.json"
     if settings_path.exists():
         old = json.loads(settings_path.read_text())
