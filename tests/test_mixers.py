@@ -124,7 +124,7 @@ def test_base_mixer_without_cost_formula_raises():
 
 def test_all_mixers_registered():
     assert set(list_mixers()) == {"attention", "gpsa", "reattention", "less_attention", "pooling",
-                                  "identity", "random", "token_ff"}
+                                  "identity", "random", "token_ff", "sepconv"}
 
 
 def test_pooling_constant_input_is_zero():

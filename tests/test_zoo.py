@@ -11,9 +11,13 @@ from mixerlab.bench.complexity import count_macs, count_params
 REQUIRED = """deit_tiny deit_small deit_base ffonly_tiny ffonly_base ffonly_large convit_tiny
 convit_tiny_plus convit_small convit_small_plus convit_base convit_base_plus vit_depth16 vit_depth24
 vit_depth32 deepvit_depth16 deepvit_depth24 deepvit_depth32 deepvit_s deepvit_l poolformer_s12
-poolformer_s24 poolformer_s36 poolformer_m36 poolformer_m48 identityformer_s12 randformer_s12
-poolformer_hybrid_s12 lavit_tiny lavit_small lavit_base deit_micro ffonly_micro convit_micro
+poolformer_s24 poolformer_s36 poolformer_m36 poolformer_m48 poolformer_v1_identity_s12
+poolformer_v1_random_s12 poolformer_hybrid_s12 lavit_tiny lavit_small lavit_base deit_micro ffonly_micro convit_micro
 deepvit_micro poolformer_micro identityformer_micro lavit_micro""".split()
+V2 = [f"{f}_{s}" for s in ("s12", "s24", "s36", "m36", "m48")
+      for f in ("identityformer", "randformer", "poolformerv2")]
+V2 += [f"{f}_{s}" for s in ("s18", "s36", "m36", "b36") for f in ("convformer", "caformer")]
+REQUIRED += V2
 
 
 def meta_model(name, **kw):
@@ -91,9 +95,10 @@ def test_poolformer_structure():
     assert mix == ["Pooling", "Pooling", "Attention", "Attention"]
     assert h.stages[2].blocks[0].token_mixer.num_heads == 10  # 320 / 32
     assert h.stages[2].pos_embed.shape == (1, 196, 320) and h.stages[3].pos_embed is None
-    r = meta_model("randformer_s12")
+    r = meta_model("poolformer_v1_random_s12")
     assert [type(st.blocks[0].token_mixer).__name__ for st in r.stages] == \
         ["IdentityMixer", "IdentityMixer", "RandomMixing", "RandomMixing"]
+    assert not r.stages[2].blocks[0].token_mixer.as_parameter  # v1: a buffer, not counted
 
 
 def test_lavit_structure():

@@ -9,11 +9,12 @@ from .less_attention import LessAttention
 from .pooling import Pooling
 from .random_mixing import RandomMixing
 from .reattention import ReAttention
+from .sepconv import SepConv
 from .token_ff import TokenFF
 
 __all__ = [
     "Attention", "AttentionMixer", "AttentionRecord", "GPSA", "IdentityMixer", "LessAttention",
-    "MixerCost", "NoCostFormula", "Pooling", "RandomMixing", "ReAttention", "TokenContext", "TokenFF",
+    "MixerCost", "NoCostFormula", "Pooling", "RandomMixing", "ReAttention", "SepConv", "TokenContext", "TokenFF",
     "TokenMixer", "attention_maps", "explicit_attention", "get_mixer", "list_mixers", "register_mixer",
     "unregister_mixer",
 ]
