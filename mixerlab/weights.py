@@ -118,7 +118,8 @@ def weights_metadata(model: nn.Module, options: dict | None = None) -> dict[str,
 def apply_saved_options(model: nn.Module, meta: dict[str, str], *, what: str) -> None:
     """Make ``model`` match the options recorded with its weights, or refuse.
 
-    ``head_norm_first`` is switched in place (the weights define which head they belong to);
+    ``head_norm_first`` and ``head_hidden_norm_eps`` are switched in place (the weights define
+    which head they belong to);
     any other differing option raises ``ValueError`` naming it.
     """
     if not meta.get("options"):
@@ -136,6 +137,9 @@ def apply_saved_options(model: nn.Module, meta: dict[str, str], *, what: str) ->
             continue
         if key == "head_norm_first" and isinstance(model, HierarchicalModel):
             model.set_head_norm_first(bool(value))
+            continue
+        if key == "head_hidden_norm_eps" and isinstance(model, HierarchicalModel):
+            model.set_head_hidden_norm_eps(float(value))
             continue
         raise ValueError(f"{what} were saved from a model with {key}={value!r}, but this model has "
                          f"{key}={current!r}; create it with {key}={value!r}")

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     ok = True
     for name in names:
         r = check_pair(name, batch=args.batch, seed=args.seed)
-        opts = "head_norm_first=False" if name.startswith("poolformer") else "-"
+        opts = (", ".join(f"{k}={v}" for k, v in TIMM_OPTIONS[detect_family(name)].items()) or "-")
         good = max(r["logits"], r["features"], r["export_logits"]) <= TOL and r["roundtrip_exact"]
         ok &= good
         print(f"| {name} | {r['mixerlab_name']} | {opts} | {r['logits']:.2e} | {r['features']:.2e} "

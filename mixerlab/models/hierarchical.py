@@ -167,10 +167,7 @@ class HierarchicalModel(MixerModel):
 
     def set_head_hidden_norm_eps(self, eps: float) -> None:
         """Set the eps of the MLP head's LayerNorm in place (official 1e-5, timm 1e-6); ``cfg``
-        follows. Only for ``head="mlp"``."""
-        if self.head_kind != "mlp":
-            raise ValueError(f"{type(self).__name__} has a linear head: head_hidden_norm_eps does "
-                             "not apply")
+        follows (a linear head has no such norm: only ``cfg`` changes)."""
         if isinstance(self.head, MlpHead):
             self.head.norm.eps = float(eps)
         self.cfg = dataclasses.replace(self.cfg, head_hidden_norm_eps=float(eps))
