@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models.hierarchical import HierarchicalModel
+from .models.hierarchical import METAFORMER_VERSIONS, HierarchicalModel, metaformer_version
 from .version import __version__
 
 WEIGHTS_FORMAT = "mixerlab-weights/1"
@@ -156,8 +156,15 @@ def unwrap_state_dict(sd, *, source: str = "state dict") -> dict[str, torch.Tens
 
 
 def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], *, what: str = "state dict") -> None:
-    """Raise ``ValueError`` naming the first key that is missing, unexpected or mis-shaped."""
+    """Raise ``ValueError`` naming the first key that is missing, unexpected or mis-shaped (or,
+    for hierarchical MetaFormers, that the weights are of the other MetaFormer version)."""
     own = model.state_dict()
+    theirs, ours = metaformer_version(sd), metaformer_version(own)
+    if theirs and ours and theirs != ours:
+        label = getattr(model, "zoo_name", None) or "this model"
+        raise ValueError(f"{what}: {METAFORMER_VERSIONS[theirs]} weights, but {label} is a "
+                         f"{METAFORMER_VERSIONS[ours]} model: v1 and v2 weights do not convert "
+                         "into each other; create the matching zoo model")
     for k, v in own.items():
         if k not in sd:
             raise ValueError(f"{what} does not fit this model: missing key {k!r} "

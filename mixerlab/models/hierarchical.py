@@ -15,6 +15,7 @@ conv), per-stage ``res_scale_init``, ``head="mlp"`` (ConvFormer / CAFormer's MLP
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import torch
 from torch import nn
@@ -246,3 +247,24 @@ class HierarchicalModel(MixerModel):
         if intermediates_only:
             return feats
         return (self.norm(x) if self.head_norm_first else x), feats
+
+
+_V2_KEY = re.compile(r"^stages\.\d+\.blocks\.\d+\.mlp\.act\.scale$")  # StarReLU channel MLP
+_V1_KEY = re.compile(r"^stages\.\d+\.blocks\.\d+\.(ls1\.gamma|layer_scale1\.scale)$")  # LayerScale
+
+METAFORMER_VERSIONS = {
+    1: "MetaFormer v1 (PoolFormer, arXiv 2111.11418: LayerScale, GELU MLP with biases)",
+    2: "MetaFormer v2 (MetaFormer Baselines, arXiv 2210.13452: StarReLU MLP, residual scale, "
+       "stem/downsampling norms)",
+}
+
+
+def metaformer_version(keys) -> int | None:
+    """1 or 2 when the state-dict ``keys`` (mixerlab's or timm's names) are those of a v1
+    (PoolFormer) or v2 (MetaFormer baselines) hierarchical MetaFormer, else None."""
+    keys = list(keys)
+    if any(_V2_KEY.match(k) for k in keys):
+        return 2
+    if any(_V1_KEY.match(k) for k in keys):
+        return 1
+    return None

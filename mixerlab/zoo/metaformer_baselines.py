@@ -82,29 +82,29 @@ def _entries():
         out.append(ZooEntry(
             f"identityformer_{size}", "identityformer", metaformer_v2,
             dict(base, mixers=("identity",) * 4), PAPER,
-            dict(params=params / 1e6, params_exact=params, top1=_TOP1["identityformer"][i],
+            dict(params=round(params / 1e6, 3), params_exact=params, top1=_TOP1["identityformer"][i],
                  gmacs=gmacs, params_source="official: = PoolFormerV2 (pooling has no parameters)")))
         extra = _frozen_random(depths)
         out.append(ZooEntry(
             f"randformer_{size}", "randformer", metaformer_v2,
             dict(base, mixers=("identity", "identity", RANDOM, RANDOM)), PAPER,
-            dict(params=(params + extra) / 1e6, params_exact=params + extra, frozen_params=extra,
+            dict(params=round((params + extra) / 1e6, 3), params_exact=params + extra, frozen_params=extra,
                  top1=_TOP1["randformer"][i], gmacs=_RAND_GMACS[i],
                  params_source="official: PoolFormerV2's + the frozen random matrices")))
         out.append(ZooEntry(
             f"poolformerv2_{size}", "poolformerv2", metaformer_v2, dict(base), PAPER,
-            dict(params=params / 1e6, params_exact=params, top1=_TOP1["poolformerv2"][i],
+            dict(params=round(params / 1e6, 3), params_exact=params, top1=_TOP1["poolformerv2"][i],
                  gmacs=gmacs, params_source="official (timm poolformerv2, same modules)")))
     for size, depths, dims, cp, cg, ct, ap, ag, at in _CONV_SIZES:
         base = dict(depths=depths, dims=dims, norm="layernorm_nobias", head="mlp")
         out.append(ZooEntry(
             f"convformer_{size}", "convformer", metaformer_v2, dict(base, mixers=("sepconv",) * 4),
-            PAPER, dict(params=cp / 1e6, params_exact=cp, top1=ct, gmacs=cg,
+            PAPER, dict(params=round(cp / 1e6, 3), params_exact=cp, top1=ct, gmacs=cg,
                         params_source="official (timm convformer, same modules)")))
         out.append(ZooEntry(
             f"caformer_{size}", "caformer", metaformer_v2,
             dict(base, mixers=("sepconv", "sepconv", ATTN, ATTN)), PAPER,
-            dict(params=ap / 1e6, params_exact=ap, top1=at, gmacs=ag,
+            dict(params=round(ap / 1e6, 3), params_exact=ap, top1=at, gmacs=ag,
                  params_source="official (timm caformer, same modules)")))
     return out
 
