@@ -75,7 +75,7 @@ def check_pair(timm_name: str, *, batch: int = 1, seed: int = 0, img_size: int =
 
     t0 = time.perf_counter()
     args = dict(model_args or {})
-    tm = randomize_parameters(timm.create_model(timm_name, pretrained=False, **args), seed).eval()
+    tm = randomize_parameters(_timm_model(timm_name, args), seed).eval()
     model = create_from_timm(tm.state_dict(), TIMM_PAIRS[timm_name], **args).eval()
     tm.to(dtype)
     model.to(dtype)
@@ -99,3 +99,22 @@ def check_pair(timm_name: str, *, batch: int = 1, seed: int = 0, img_size: int =
         torch.equal(before[k], after[k]) for k in before)
     out["seconds"] = time.perf_counter() - t0
     return out
+
+
+def _timm_model(name: str, args: dict) -> nn.Module:
+    """timm's registered model, or, with architecture ``args`` (``depths``, ``dims``) for a
+    MetaFormer v2 family, timm's ``MetaFormer`` class with that family's registered options (the
+    registered functions fix depths and dims)."""
+    import timm
+    if not args:
+        return timm.create_model(name, pretrained=False)
+    from timm.models import metaformer as mf
+    family = {
+        "poolformerv2": dict(norm_layers=mf.GroupNorm1NoBias, use_mlp_head=False),
+        "convformer": dict(token_mixers=mf.SepConv, norm_layers=mf.LayerNorm2dNoBias),
+        "caformer": dict(token_mixers=[mf.SepConv, mf.SepConv, mf.Attention, mf.Attention],
+                         norm_layers=[mf.LayerNorm2dNoBias] * 2 + [mf.LayerNormNoBias] * 2),
+    }.get(name.split("_")[0])
+    if family is None:
+        raise ValueError(f"model_args are supported for timm's MetaFormer v2 families only, not {name}")
+    return mf.MetaFormer(**family, **args)
