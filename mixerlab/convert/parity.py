@@ -49,7 +49,7 @@ def randomize_parameters(model: nn.Module, seed: int = 0) -> nn.Module:
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-    return (a.float() - b.float()).abs().max().item()
+    return (a.double() - b.double()).abs().max().item()
 
 
 def _tokens(features: torch.Tensor) -> torch.Tensor:
