@@ -60,7 +60,7 @@ def test_api_contract(small):
         assert k in dict(m.named_parameters())
     sd = m.state_dict()
     assert m.pretrained_cfg["first_conv"] + ".weight" in sd
-    assert "head.weight" in sd
+    assert m.pretrained_cfg["classifier"] + ".weight" in sd  # head, or the MLP head's head.fc2
     m.reset_classifier(0)
     assert m(x).shape == (2, m.num_features)
     m.reset_classifier(7)

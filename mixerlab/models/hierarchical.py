@@ -145,6 +145,8 @@ class HierarchicalModel(MixerModel):
         self.head_drop = dropout(cfg.drop_rate) if cfg.head == "linear" else nn.Identity()
         self.head = self._make_head(cfg.num_classes)
         self._finish(conv_trunc_normal=cfg.conv_init == "trunc_normal")
+        if cfg.head == "mlp":
+            self.pretrained_cfg["classifier"] = "head.fc2"  # the last linear (timm: head.fc.fc2)
 
     def _make_head(self, num_classes: int) -> nn.Module:
         if num_classes <= 0:
