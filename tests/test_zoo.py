@@ -212,3 +212,12 @@ def test_v2_init_trunc_normal_convs():
     assert torch.equal(v2.stem.conv.bias, torch.zeros_like(v2.stem.conv.bias))
     v1 = mixerlab.create_model("poolformer_micro")  # stem 3x3 on 3 channels: uniform(+-1/sqrt(27))
     assert v1.stem.conv.weight.std() > 0.08
+
+
+def test_list_shows_v1_and_v2_with_their_papers():
+    from mixerlab.cli.list_cmd import zoo_records
+    rows = {r["name"]: r for r in zoo_records("*former*_s1[28]", macs=False)}
+    assert rows["poolformer_s12"]["arch"] == "MetaFormer v1" and "2111.11418" in rows["poolformer_s12"]["paper"]
+    for n in ("poolformerv2_s12", "identityformer_s12", "randformer_s12", "convformer_s18", "caformer_s18"):
+        assert rows[n]["arch"] == "MetaFormer v2" and "2210.13452" in rows[n]["paper"], n
+    assert rows["poolformer_v1_identity_s12"]["arch"] == "MetaFormer v1"
