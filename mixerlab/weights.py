@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models.hierarchical import HierarchicalModel
+from .models.hierarchical import METAFORMER_VERSIONS, HierarchicalModel, metaformer_version
 from .version import __version__
 
 WEIGHTS_FORMAT = "mixerlab-weights/1"
@@ -118,7 +118,8 @@ def weights_metadata(model: nn.Module, options: dict | None = None) -> dict[str,
 def apply_saved_options(model: nn.Module, meta: dict[str, str], *, what: str) -> None:
     """Make ``model`` match the options recorded with its weights, or refuse.
 
-    ``head_norm_first`` is switched in place (the weights define which head they belong to);
+    ``head_norm_first`` and ``head_hidden_norm_eps`` are switched in place (the weights define
+    which head they belong to);
     any other differing option raises ``ValueError`` naming it.
     """
     if not meta.get("options"):
@@ -137,6 +138,9 @@ def apply_saved_options(model: nn.Module, meta: dict[str, str], *, what: str) ->
         if key == "head_norm_first" and isinstance(model, HierarchicalModel):
             model.set_head_norm_first(bool(value))
             continue
+        if key == "head_hidden_norm_eps" and isinstance(model, HierarchicalModel):
+            model.set_head_hidden_norm_eps(float(value))
+            continue
         raise ValueError(f"{what} were saved from a model with {key}={value!r}, but this model has "
                          f"{key}={current!r}; create it with {key}={value!r}")
 
@@ -152,8 +156,15 @@ def unwrap_state_dict(sd, *, source: str = "state dict") -> dict[str, torch.Tens
 
 
 def check_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], *, what: str = "state dict") -> None:
-    """Raise ``ValueError`` naming the first key that is missing, unexpected or mis-shaped."""
+    """Raise ``ValueError`` naming the first key that is missing, unexpected or mis-shaped (or,
+    for hierarchical MetaFormers, that the weights are of the other MetaFormer version)."""
     own = model.state_dict()
+    theirs, ours = metaformer_version(sd), metaformer_version(own)
+    if theirs and ours and theirs != ours:
+        label = getattr(model, "zoo_name", None) or "this model"
+        raise ValueError(f"{what}: {METAFORMER_VERSIONS[theirs]} weights, but {label} is a "
+                         f"{METAFORMER_VERSIONS[ours]} model: v1 and v2 weights do not convert "
+                         "into each other; create the matching zoo model")
     for k, v in own.items():
         if k not in sd:
             raise ValueError(f"{what} does not fit this model: missing key {k!r} "

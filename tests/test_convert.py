@@ -71,6 +71,8 @@ def test_covered_pairs_are_the_issue_list():
     want = {f"{f}_{s}_patch16_224" for f in ("deit", "vit") for s in ("tiny", "small", "base")}
     want |= {f"convit_{s}" for s in ("tiny", "small", "base")}
     want |= {f"poolformer_{s}" for s in ("s12", "s24", "s36", "m36", "m48")}
+    want |= {f"poolformerv2_{s}" for s in ("s12", "s24", "s36", "m36", "m48")}
+    want |= {f"{f}_{s}" for f in ("convformer", "caformer") for s in ("s18", "s36", "m36", "b36")}
     assert set(TIMM_PAIRS) == want
     assert set(TIMM_PAIRS) <= set(timm.list_models())
     assert set(TIMM_PAIRS.values()) <= set(mixerlab.list_models())
@@ -108,16 +110,37 @@ def test_poolformer_heads_differ(timm_sds):
 
 
 # -- detection and create_model(pretrained=...) --------------------------------------------------
-def test_mixerlab_state_dicts_are_not_taken_for_timm():
+_V2_LARGE = re.compile(r"^(identityformer|randformer|poolformerv2|convformer|caformer)_(s24|s36|m36|m48|b36)$")
+
+
+def _not_taken(names):
     with torch.device("meta"):
-        for name in mixerlab.list_models():
+        for name in names:
             assert not is_timm_state_dict(mixerlab.create_model(name).state_dict()), name
 
 
-def test_guess_model_name_for_every_pair():
+def test_mixerlab_state_dicts_are_not_taken_for_timm():
+    _not_taken([n for n in mixerlab.list_models() if not _V2_LARGE.match(n)])
+
+
+@pytest.mark.slow
+def test_mixerlab_state_dicts_are_not_taken_for_timm_v2_large():
+    _not_taken([n for n in mixerlab.list_models() if _V2_LARGE.match(n)])
+
+
+def _guess(pairs):
     with torch.device("meta"):
-        for tname, mname in TIMM_PAIRS.items():
+        for tname, mname in pairs:
             assert guess_model_name(timm.create_model(tname, pretrained=False).state_dict()) == mname
+
+
+def test_guess_model_name_for_every_pair():
+    _guess([(t, m) for t, m in TIMM_PAIRS.items() if not _V2_LARGE.match(t)])
+
+
+@pytest.mark.slow
+def test_guess_model_name_for_every_pair_v2_large():
+    _guess([(t, m) for t, m in TIMM_PAIRS.items() if _V2_LARGE.match(t)])
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -320,3 +343,118 @@ def test_training_checkpoint_weights_load(tmp_path):
     save_file(tensors, str(tmp_path / "ckpt.safetensors"), metadata={"format": "mixerlab-checkpoint/1"})
     again = mixerlab.create_model("deit_micro", pretrained=tmp_path / "ckpt.safetensors")
     assert same_state(again.state_dict(), model.state_dict())
+
+
+# -- MetaFormer v2 (poolformerv2 / convformer / caformer) ------------------------------------------
+# Reduced variants (same modules, fewer and narrower blocks: every key kind is there: stem and
+# downsampling norms, residual scales in stages 3-4, SepConv, attention, the MLP head) keep the
+# default suite fast; the s12/s18 and larger sizes run with ``-m slow``.
+V2_FAST = ["poolformerv2_s12", "convformer_s18", "caformer_s18"]
+V2_TINY = dict(depths=(1, 1, 2, 1), dims=(16, 32, 64, 96))
+V2_TOL32, V2_TOL64 = 1e-5, 1e-10
+
+
+def _check_v2(name, model_args=None, img_size=64):
+    r32 = check_pair(name, img_size=img_size, model_args=model_args)
+    assert max(r32["logits"], r32["features"], r32["export_logits"]) <= V2_TOL32, r32
+    assert r32["roundtrip_exact"], r32
+    r64 = check_pair(name, img_size=img_size, model_args=model_args, dtype=torch.float64)
+    assert max(r64["logits"], r64["features"], r64["export_logits"]) <= V2_TOL64, r64
+    assert r64["roundtrip_exact"], r64
+
+
+@pytest.mark.parametrize("name", ["poolformerv2_s12", "caformer_s18"])
+def test_v2_parity_reduced(name):
+    """poolformerv2 (GroupNorm(1) without bias, linear head) and caformer (SepConv, attention,
+    MLP head) between them hold every v2 key kind; convformer runs with ``-m slow``."""
+    _check_v2(name, V2_TINY)
+
+
+@pytest.mark.slow
+def test_v2_parity_reduced_convformer():
+    _check_v2("convformer_s18", V2_TINY)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", V2_FAST)
+def test_v2_parity_full_size_fp64(name):
+    """Full s12/s18 models: the mapping is exact in float64 (fp32 differences of the full models
+    are at fp32's own noise level, see docs/timm_interop.md)."""
+    r = check_pair(name, img_size=64, dtype=torch.float64)
+    assert max(r["logits"], r["features"], r["export_logits"]) <= V2_TOL64, r
+    assert r["roundtrip_exact"], r
+
+
+def test_v2_mlp_head_eps_is_switched_to_timms():
+    """timm's MLP head normalises with eps 1e-6, the official code with 1e-5: loading timm
+    weights switches it, and the switch is visible in the logits."""
+    from mixerlab.convert.parity import _timm_model
+    tm = randomize_parameters(_timm_model("caformer_s18", V2_TINY), 4).eval()
+    model = mixerlab.create_model("caformer_s18", **V2_TINY).eval()
+    assert model.cfg.head_hidden_norm_eps == 1e-5 and model.head.norm.eps == 1e-5
+    load_timm_weights(model, tm.state_dict())
+    assert model.cfg.head_hidden_norm_eps == 1e-6 and model.head.norm.eps == 1e-6
+    x = images()[..., :64, :64]
+    with torch.no_grad():
+        assert (model(x) - tm(x)).abs().max() <= V2_TOL32
+        model.set_head_hidden_norm_eps(1e-5)
+        assert (model(x) - tm(x)).abs().max() > V2_TOL32
+
+
+def test_v2_wrong_family_and_version_names_both():
+    from mixerlab.convert.parity import _timm_model
+    v2 = randomize_parameters(_timm_model("poolformerv2_s12", V2_TINY)).state_dict()
+    v1 = randomize_parameters(timm.models.metaformer.MetaFormer(
+        downsample_norm=None, mlp_act=torch.nn.GELU, mlp_bias=True,
+        norm_layers=timm.layers.GroupNorm1, layer_scale_init_values=1e-5,
+        res_scale_init_values=None, use_mlp_head=False, **V2_TINY)).state_dict()  # poolformer_s12's options
+    _refuses(mixerlab.create_model("poolformerv2_s12", **V2_TINY), v1,
+             "timm PoolFormer v1 .*poolformerv2_s12 is a MetaFormer v2")
+    _refuses(mixerlab.create_model("poolformer_s12", head_norm_first=False, **V2_TINY), v2,
+             "timm MetaFormer v2 .*poolformer_s12 is a PoolFormer v1")
+    conv = randomize_parameters(_timm_model("convformer_s18", V2_TINY)).state_dict()
+    _refuses(mixerlab.create_model("caformer_s18", **V2_TINY), conv, "caformer_s18")
+
+
+def test_v1_v2_native_checkpoints_name_both_versions(tmp_path):
+    v1 = mixerlab.create_model("poolformer_s12", depths=(1, 1, 1, 1))
+    v2 = mixerlab.create_model("poolformerv2_s12", depths=(1, 1, 1, 1))
+    save_weights(v1.state_dict(), tmp_path / "v1.safetensors")
+    torch.save(v2.state_dict(), tmp_path / "v2.pth")
+    with pytest.raises(ValueError, match="MetaFormer v1 .* weights, but poolformerv2_s12 is a MetaFormer v2"):
+        mixerlab.create_model("poolformerv2_s12", depths=(1, 1, 1, 1), pretrained=tmp_path / "v1.safetensors")
+    with pytest.raises(ValueError, match="MetaFormer v2 .* weights, but poolformer_s12 is a MetaFormer v1"):
+        mixerlab.create_model("poolformer_s12", depths=(1, 1, 1, 1), pretrained=tmp_path / "v2.pth")
+    # same version still loads
+    again = mixerlab.create_model("poolformerv2_s12", depths=(1, 1, 1, 1), pretrained=tmp_path / "v2.pth")
+    assert same_state(again.state_dict(), v2.state_dict())
+
+
+def test_v2_models_without_timm_counterpart(timm_sds):
+    with torch.device("meta"):
+        for name in ("identityformer_s12", "randformer_s12"):
+            with pytest.raises(ValueError, match="no timm counterpart"):
+                export_timm_weights(mixerlab.create_model(name))
+        bad = mixerlab.create_model("convformer_s18", mixers=(("sepconv", {"kernel_size": 5}),) * 4)
+        with pytest.raises(ValueError, match="kernel_size"):
+            export_timm_weights(bad)
+
+
+@pytest.mark.slow
+def test_cli_v2_timm_to_mixerlab_and_back(tmp_path, capsys):
+    tm = timm_model("caformer_s18", seed=5)
+    sd = tm.state_dict()
+    torch.save(sd, tmp_path / "in.pth")
+    out = tmp_path / "out.safetensors"
+    assert cli(["convert", "--from", "timm", str(tmp_path / "in.pth"), str(out)]) == 0  # guessed
+    assert "head_hidden_norm_eps" in capsys.readouterr().out
+    w, meta = read_weights(out)
+    assert meta["model"] == "caformer_s18"
+    model = mixerlab.create_model("caformer_s18", pretrained=out).eval()
+    assert model.head.norm.eps == 1e-6
+    x = images()[..., :64, :64]
+    with torch.no_grad():
+        assert (model(x) - tm(x)).abs().max() <= 1e-4
+    back = tmp_path / "back.safetensors"
+    assert cli(["convert", "--from", "mixerlab", str(out), str(back)]) == 0
+    assert same_state(read_weights(back)[0], sd)

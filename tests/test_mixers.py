@@ -124,7 +124,7 @@ def test_base_mixer_without_cost_formula_raises():
 
 def test_all_mixers_registered():
     assert set(list_mixers()) == {"attention", "gpsa", "reattention", "less_attention", "pooling",
-                                  "identity", "random", "token_ff", "mean_attention"}
+                                  "identity", "random", "token_ff", "mean_attention", "sepconv"}
 
 
 def test_pooling_constant_input_is_zero():
@@ -391,3 +391,72 @@ def test_gpsa_positional_summary_at_local_init():
     torch.testing.assert_close(s["centre_distance"][order], expected)
     torch.testing.assert_close(s["locality_strength"], torch.full((9,), 2.0))
     torch.testing.assert_close(s["gate"], torch.full((9,), torch.sigmoid(torch.tensor(1.0)).item()))
+
+
+def test_sepconv_matches_explicit_convolutions():
+    """SepConv = pwconv2(dwconv(StarReLU(pwconv1(x)))) written with F.conv2d on the (B, C, H, W)
+    map (the pointwise layers as 1x1 convs, as timm stores them)."""
+    import torch.nn.functional as F
+    from mixerlab.mixers import SepConv
+    torch.manual_seed(0)
+    m = SepConv(6, bias=True)
+    with torch.no_grad():
+        m.act1.scale.fill_(0.7)
+        m.act1.bias.fill_(-0.3)
+    grid = (5, 4)
+    x = torch.randn(2, 20, 6)
+    xm = x.reshape(2, 5, 4, 6).permute(0, 3, 1, 2)
+    h = F.conv2d(xm, m.pwconv1.weight[:, :, None, None], m.pwconv1.bias)
+    h = 0.7 * F.relu(h) ** 2 - 0.3
+    h = F.conv2d(h, m.dwconv.weight, m.dwconv.bias, padding=3, groups=12)
+    ref = F.conv2d(h, m.pwconv2.weight[:, :, None, None], m.pwconv2.bias)
+    out = m(x, ctx(grid))
+    torch.testing.assert_close(out, ref.permute(0, 2, 3, 1).reshape(2, 20, 6), rtol=1e-5, atol=1e-5)
+    assert m.describe() == {"kernel_size": 7, "hidden": 12}
+    assert SepConv(6).pwconv1.bias is None and SepConv(6).dwconv.bias is None
+    with pytest.raises(ValueError, match="odd"):
+        SepConv(6, kernel_size=4)
+
+
+def test_sepconv_cost_is_two_pointwise_and_one_depthwise():
+    from mixerlab.mixers import SepConv
+    c = SepConv(64).cost(56 * 56, (56, 56), dim=64)
+    n = 56 * 56
+    assert c.macs == n * 64 * 128 * 2 + n * 128 * 49
+
+
+def test_starrelu_and_squared_relu():
+    from mixerlab.layers import SquaredReLU, StarReLU
+    x = torch.linspace(-2, 2, 9)
+    a = StarReLU()
+    assert [p.shape for p in a.parameters()] == [(1,), (1,)]
+    with torch.no_grad():
+        a.scale.fill_(0.8944)
+        a.bias.fill_(-0.4472)
+    torch.testing.assert_close(a(x), 0.8944 * x.clamp(min=0) ** 2 - 0.4472)
+    torch.testing.assert_close(SquaredReLU()(x), x.clamp(min=0) ** 2)
+
+
+def test_random_mixing_v2_is_a_frozen_parameter():
+    r = RandomMixing(4, num_tokens=6, as_parameter=True)
+    (p,) = list(r.parameters())
+    assert p is r.random_matrix and not p.requires_grad and p.shape == (6, 6)
+    assert "random_matrix" in r.state_dict()
+    torch.testing.assert_close(p.sum(-1), torch.ones(6))
+    x = torch.randn(2, 6, 4, requires_grad=True)
+    r(x, ctx((2, 3))).sum().backward()
+    assert p.grad is None and x.grad is not None
+    assert r.describe() == {"num_tokens": 6, "frozen_parameter": True}
+
+
+def test_bias_free_norms():
+    from mixerlab.layers import get_norm_layer
+    for name in ("groupnorm1_nobias", "layernorm_nobias"):
+        n = get_norm_layer(name)(8)
+        assert n.bias is None and n.eps == 1e-6 and [p.shape for p in n.parameters()] == [(8,)]
+    x = torch.randn(2, 12, 8)
+    g = get_norm_layer("groupnorm1_nobias")(8)
+    with torch.no_grad():
+        g.weight.copy_(torch.linspace(0.5, 1.5, 8))
+    ref = torch.nn.functional.group_norm(x.reshape(2, 3, 4, 8).permute(0, 3, 1, 2), 1, g.weight, None, 1e-6)
+    torch.testing.assert_close(g(x), ref.permute(0, 2, 3, 1).reshape(2, 12, 8))

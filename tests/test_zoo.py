@@ -11,9 +11,13 @@ from mixerlab.bench.complexity import count_macs, count_params
 REQUIRED = """deit_tiny deit_small deit_base ffonly_tiny ffonly_base ffonly_large convit_tiny
 convit_tiny_plus convit_small convit_small_plus convit_base convit_base_plus vit_depth16 vit_depth24
 vit_depth32 deepvit_depth16 deepvit_depth24 deepvit_depth32 deepvit_s deepvit_l poolformer_s12
-poolformer_s24 poolformer_s36 poolformer_m36 poolformer_m48 identityformer_s12 randformer_s12
-poolformer_hybrid_s12 lavit_tiny lavit_small lavit_base deit_micro ffonly_micro convit_micro
+poolformer_s24 poolformer_s36 poolformer_m36 poolformer_m48 poolformer_v1_identity_s12
+poolformer_v1_random_s12 poolformer_hybrid_s12 lavit_tiny lavit_small lavit_base deit_micro ffonly_micro convit_micro
 deepvit_micro poolformer_micro identityformer_micro lavit_micro""".split()
+V2 = [f"{f}_{s}" for s in ("s12", "s24", "s36", "m36", "m48")
+      for f in ("identityformer", "randformer", "poolformerv2")]
+V2 += [f"{f}_{s}" for s in ("s18", "s36", "m36", "b36") for f in ("convformer", "caformer")]
+REQUIRED += V2
 
 
 def meta_model(name, **kw):
@@ -25,7 +29,7 @@ def test_zoo_has_exactly_the_required_names():
     assert sorted(mixerlab.list_models()) == sorted(REQUIRED)
 
 
-@pytest.mark.parametrize("name", REQUIRED)
+@pytest.mark.parametrize("name", [n for n in REQUIRED if n not in V2])
 def test_param_count_matches_paper(name):
     e = mixerlab.get_model_info(name)
     ours = count_params(meta_model(name)) / 1e6
@@ -91,9 +95,10 @@ def test_poolformer_structure():
     assert mix == ["Pooling", "Pooling", "Attention", "Attention"]
     assert h.stages[2].blocks[0].token_mixer.num_heads == 10  # 320 / 32
     assert h.stages[2].pos_embed.shape == (1, 196, 320) and h.stages[3].pos_embed is None
-    r = meta_model("randformer_s12")
+    r = meta_model("poolformer_v1_random_s12")
     assert [type(st.blocks[0].token_mixer).__name__ for st in r.stages] == \
         ["IdentityMixer", "IdentityMixer", "RandomMixing", "RandomMixing"]
+    assert not r.stages[2].blocks[0].token_mixer.as_parameter  # v1: a buffer, not counted
 
 
 def test_lavit_structure():
@@ -108,3 +113,111 @@ def test_lavit_structure():
 def test_list_models_pattern():
     assert mixerlab.list_models("convit_*")[:2] == ["convit_tiny", "convit_tiny_plus"]
     assert mixerlab.list_models("nothing*") == []
+
+
+# -- MetaFormer v2 (MetaFormer Baselines, arXiv 2210.13452) ---------------------------------------
+def _timm_count(name):
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):
+        return count_params(timm.create_model(name, pretrained=False))
+
+
+TIMM_V2 = [n for n in V2 if not n.startswith(("identityformer", "randformer"))]
+TIMM_V2_FAST = ["poolformerv2_s12", "convformer_s18", "caformer_s18"]
+
+
+def _v2_against_timm(name):
+    """timm's poolformerv2 / convformer / caformer load the official weights, so their counts are
+    the official code's; the pinned ``params_exact`` was read from them."""
+    assert mixerlab.get_model_info(name).reported["params_exact"] == _timm_count(name)
+
+
+@pytest.mark.parametrize("name", TIMM_V2_FAST)
+def test_v2_pinned_counts_equal_timm(name):
+    _v2_against_timm(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in TIMM_V2 if n not in TIMM_V2_FAST])
+def test_v2_pinned_counts_equal_timm_large(name):
+    _v2_against_timm(name)
+
+
+def test_v2_counts_equal_the_pinned_official_counts():
+    """Every v2 entry's count to the parameter; IdentityFormer = PoolFormerV2 (pooling has no
+    parameters); RandFormer adds one frozen N x N matrix per block of stages 3-4 (14x14 and 7x7
+    tokens at 224 px): the official code's ``nn.Parameter(requires_grad=False)``, the README's
+    "+ 0.2M" etc."""
+    for name in V2:
+        e = mixerlab.get_model_info(name)
+        m = meta_model(name)
+        assert count_params(m) == e.reported["params_exact"], name
+        assert abs(e.reported["params"] / (e.reported["params_exact"] / 1e6) - 1) < 1e-3
+    for size in ("s12", "s24", "s36", "m36", "m48"):
+        pool = mixerlab.get_model_info(f"poolformerv2_{size}").reported["params_exact"]
+        assert mixerlab.get_model_info(f"identityformer_{size}").reported["params_exact"] == pool
+        rand = mixerlab.get_model_info(f"randformer_{size}")
+        d = rand.args["depths"]
+        frozen = d[2] * 196 ** 2 + d[3] * 49 ** 2
+        assert rand.reported["params_exact"] == pool + frozen
+        assert round(frozen / 1e6, 1) == {"s12": 0.2, "s24": 0.5, "s36": 0.7, "m36": 0.7, "m48": 0.9}[size]
+    r = meta_model("randformer_s12")
+    assert count_params(r, trainable_only=True) == 11_891_712
+
+
+def test_identityformer_s12_v2_vs_v1_numbers():
+    """The issue's facts: v2 IdentityFormer-S12 11,891,712 params / 74.6; v1 ablation 11,915,176 / 74.3."""
+    v2, v1 = mixerlab.get_model_info("identityformer_s12"), mixerlab.get_model_info("poolformer_v1_identity_s12")
+    assert count_params(meta_model("identityformer_s12")) == 11_891_712 and v2.reported["top1"] == 74.6
+    assert count_params(meta_model("poolformer_v1_identity_s12")) == 11_915_176 and v1.reported["top1"] == 74.3
+    assert "top1" not in mixerlab.get_model_info("poolformer_v1_random_s12").reported
+    assert "identityformer_s12" in v1.reported["note"]
+
+
+def test_v2_top1_are_the_papers():
+    top1 = {n: mixerlab.get_model_info(n).reported["top1"] for n in V2}
+    assert [top1[f"poolformerv2_{s}"] for s in ("s12", "s24", "s36", "m36", "m48")] == [78.0, 80.7, 81.6, 82.2, 82.6]
+    assert [top1[f"randformer_{s}"] for s in ("s12", "s24", "s36", "m36", "m48")] == [76.6, 78.2, 79.5, 81.2, 81.4]
+    assert [top1[f"convformer_{s}"] for s in ("s18", "s36", "m36", "b36")] == [83.0, 84.1, 84.5, 84.8]
+    assert [top1[f"caformer_{s}"] for s in ("s18", "s36", "m36", "b36")] == [83.6, 84.5, 85.2, 85.5]
+
+
+def test_v2_structure():
+    m = meta_model("caformer_s18")
+    assert [type(st.blocks[0].token_mixer).__name__ for st in m.stages] == ["SepConv", "SepConv", "Attention", "Attention"]
+    att = m.stages[2].blocks[0].token_mixer
+    assert att.num_heads == 10 and att.qkv.bias is None and att.proj.bias is None
+    assert [st.blocks[0].rs1 is not None for st in m.stages] == [False, False, True, True]
+    b = m.stages[0].blocks[0]
+    assert b.norm1.bias is None and b.mlp.fc1.bias is None and type(b.mlp.act).__name__ == "StarReLU"
+    assert isinstance(b.ls1, torch.nn.Identity)
+    assert m.stem.norm.bias is None and not m.stem.norm_first and m.stages[1].downsample.norm_first
+    assert m.stages[1].downsample.norm.weight.shape == (64,)  # normed before the conv: input width
+    assert type(m.head).__name__ == "MlpHead" and m.head.fc1.weight.shape == (2048, 512)
+    p = meta_model("poolformerv2_s12")
+    assert type(p.stages[0].blocks[0].norm1).__name__ == "GroupNorm1" and p.stages[0].blocks[0].norm1.eps == 1e-6
+    assert isinstance(p.head, torch.nn.Linear) and not p.head_norm_first
+    r = meta_model("randformer_s12")
+    assert r.stages[3].blocks[0].token_mixer.random_matrix.shape == (49, 49)
+    assert not r.stages[3].blocks[0].token_mixer.random_matrix.requires_grad
+
+
+def test_v2_init_trunc_normal_convs():
+    """v2: every conv trunc-normal(0.02) with zero bias (sail-sg/metaformer ``_init_weights``);
+    v1 keeps PyTorch's default for the stem (std ~ 1 / sqrt(3 * 49 * 3) ~ 0.048)."""
+    torch.manual_seed(0)
+    v2 = mixerlab.create_model("convformer_s18", depths=(1, 1, 1, 1))
+    for w in (v2.stem.conv.weight, v2.stages[0].blocks[0].token_mixer.dwconv.weight):
+        assert abs(w.std().item() - 0.02) < 0.003 and abs(w.mean().item()) < 0.003
+    assert torch.equal(v2.stem.conv.bias, torch.zeros_like(v2.stem.conv.bias))
+    v1 = mixerlab.create_model("poolformer_micro")  # stem 3x3 on 3 channels: uniform(+-1/sqrt(27))
+    assert v1.stem.conv.weight.std() > 0.08
+
+
+def test_list_shows_v1_and_v2_with_their_papers():
+    from mixerlab.cli.list_cmd import zoo_records
+    rows = {r["name"]: r for r in zoo_records("*former*_s1[28]", macs=False)}
+    assert rows["poolformer_s12"]["arch"] == "MetaFormer v1" and "2111.11418" in rows["poolformer_s12"]["paper"]
+    for n in ("poolformerv2_s12", "identityformer_s12", "randformer_s12", "convformer_s18", "caformer_s18"):
+        assert rows[n]["arch"] == "MetaFormer v2" and "2210.13452" in rows[n]["paper"], n
+    assert rows["poolformer_v1_identity_s12"]["arch"] == "MetaFormer v1"

@@ -6,7 +6,8 @@
 From timm: the weights are loaded into the mixerlab zoo model (guessed from the weights when
 ``--model`` is omitted) with the options timm's architecture needs (PoolFormer:
 ``head_norm_first=False``), and its state dict is written with metadata recording the model and
-those options, so ``create_model(name, pretrained=OUT)`` rebuilds the same model. From mixerlab:
+those options (MetaFormer v2: ``head_hidden_norm_eps=1e-6``, timm's MLP-head LayerNorm eps), so
+``create_model(name, pretrained=OUT)`` rebuilds the same model. From mixerlab:
 the model's weights are exported in timm's layout. The output is written atomically (temporary
 file in the same folder, then rename): a failure never leaves a partial OUT.
 """
@@ -22,7 +23,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
         description="Convert a timm state dict to mixerlab weights (--from timm) or mixerlab "
                     "weights to a timm state dict (--from mixerlab). Covered timm models: "
                     "deit/vit tiny/small/base patch16_224, convit_tiny/small/base, "
-                    "poolformer_s12/s24/s36/m36/m48.")
+                    "poolformer_s12/s24/s36/m36/m48 (v1), poolformerv2_s12/s24/s36/m36/m48, "
+                    "convformer_s18/s36/m36/b36, caformer_s18/s36/m36/b36 (MetaFormer v2).")
     p.add_argument("--from", dest="source", choices=("timm", "mixerlab"), required=True,
                    help="layout of IN")
     p.add_argument("--model", default=None,
@@ -49,7 +51,8 @@ def run(args) -> int:
     sd, meta = read_weights(src)
     if args.source == "timm":
         if not is_timm_state_dict(sd):
-            raise ValueError(f"{src} is not a timm ViT/DeiT, ConViT or PoolFormer state dict "
+            raise ValueError(f"{src} is not a timm ViT/DeiT, ConViT or PoolFormer (v1, v2, ConvFormer, "
+                             "CAFormer) state dict "
                              f"(first keys: {list(sd)[:3]}); for mixerlab weights use --from mixerlab")
         model = create_from_timm(sd, args.model, what=str(src))
         model.eval()

@@ -1,4 +1,6 @@
-"""``mixerlab list [PATTERN]``: the zoo with parameters, MACs and the papers' numbers."""
+"""``mixerlab list [PATTERN]``: the zoo with parameters, MACs and the papers' numbers. The
+``arch`` column tells the hierarchical MetaFormer versions apart (v1: PoolFormer, arXiv
+2111.11418; v2: MetaFormer Baselines, arXiv 2210.13452), whose tables sit next to each other."""
 from __future__ import annotations
 
 import json
@@ -20,6 +22,7 @@ def zoo_records(pattern: str = "*", *, macs: bool = True) -> list[dict]:
 
     from ..bench.complexity import count_macs, count_params
     from ..factory import create_model
+    from ..models.hierarchical import metaformer_version
     from ..zoo import get_model_info, list_models
 
     names = list_models(pattern)
@@ -32,7 +35,9 @@ def zoo_records(pattern: str = "*", *, macs: bool = True) -> list[dict]:
             model = create_model(name)
         c, h, w = model.pretrained_cfg["input_size"]
         rows.append(dict(
-            name=name, family=e.family, params_m=round(count_params(model) / 1e6, 3),
+            name=name, family=e.family,
+            arch=(f"MetaFormer v{v}" if (v := metaformer_version(model.state_dict())) else None),
+            params_m=round(count_params(model) / 1e6, 3),
             gmacs=round(count_macs(model) / 1e9, 3) if macs else None, input=f"{h}x{w}",
             reported_params_m=e.reported.get("params"), reported_gmacs=e.reported.get("gmacs"),
             reported_top1=e.reported.get("top1"), paper=e.paper, note=e.reported.get("note", "")))
@@ -44,7 +49,7 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    cols = [("name", "model"), ("family", "family"), ("params_m", "params (M)"),
+    cols = [("name", "model"), ("family", "family"), ("arch", "arch"), ("params_m", "params (M)"),
             ("reported_params_m", "paper params"), ("gmacs", "GMACs"), ("input", "input"),
             ("reported_top1", "paper top-1"), ("paper", "paper")]
     fmt = lambda v: "-" if v is None else str(v)  # noqa: E731

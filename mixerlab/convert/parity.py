@@ -21,9 +21,10 @@ from .timm import TIMM_PAIRS, export_timm_weights, load_timm_weights
 def randomize_parameters(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every parameter random values of a plausible scale, in place.
 
-    Norm weights ~ 1 + 0.2 n, LayerScale ~ 0.5 + 0.2 n, ConViT gates ~ n, other vectors (biases)
-    ~ 0.1 n, class token / position tables ~ 0.5 n, matrices and kernels ~ n / sqrt(fan_in).
-    Names of both libraries are recognised (``ls1.gamma`` / ``layer_scale1.scale``).
+    Norm weights ~ 1 + 0.2 n, LayerScale / residual scales / StarReLU scales ~ 0.5 + 0.2 n,
+    ConViT gates ~ n, other vectors (biases) ~ 0.1 n, class token / position tables ~ 0.5 n,
+    matrices and kernels ~ n / sqrt(fan_in). Names of both libraries are recognised
+    (``ls1.gamma`` / ``layer_scale1.scale``, ``rs1.gamma`` / ``res_scale1.scale``).
     """
     g = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
@@ -48,7 +49,7 @@ def randomize_parameters(model: nn.Module, seed: int = 0) -> nn.Module:
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-    return (a.float() - b.float()).abs().max().item()
+    return (a.double() - b.double()).abs().max().item()
 
 
 def _tokens(features: torch.Tensor) -> torch.Tensor:
@@ -57,8 +58,13 @@ def _tokens(features: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def check_pair(timm_name: str, *, batch: int = 1, seed: int = 0) -> dict:
-    """Convert a randomised timm model both ways and measure the differences.
+def check_pair(timm_name: str, *, batch: int = 1, seed: int = 0, img_size: int = 224,
+               dtype: torch.dtype = torch.float32, model_args: dict | None = None) -> dict:
+    """Convert a randomised timm model both ways and measure the differences on a random
+    ``img_size`` x ``img_size`` input (models with a fixed input size need their native 224), with
+    both models in ``dtype``. ``model_args``: architecture arguments given to both sides (timm's
+    ``create_model`` keywords, which are the zoo builder's for the MetaFormer families:
+    ``depths``, ``dims``), for reduced test variants.
 
     Returns a dict: ``timm_name``, ``mixerlab_name``, ``logits`` (max |timm - mixerlab| after
     loading timm's weights), ``features`` (same for ``forward_features``), ``export_logits``
@@ -68,10 +74,15 @@ def check_pair(timm_name: str, *, batch: int = 1, seed: int = 0) -> dict:
     import timm
 
     t0 = time.perf_counter()
-    tm = randomize_parameters(timm.create_model(timm_name, pretrained=False), seed).eval()
-    model = create_from_timm(tm.state_dict(), TIMM_PAIRS[timm_name]).eval()
-    x = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(seed + 1))
-    out = dict(timm_name=timm_name, mixerlab_name=TIMM_PAIRS[timm_name])
+    args = dict(model_args or {})
+    tm = randomize_parameters(_timm_model(timm_name, args), seed).eval()
+    model = create_from_timm(tm.state_dict(), TIMM_PAIRS[timm_name], **args).eval()
+    tm.to(dtype)
+    model.to(dtype)
+    x = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(seed + 1),
+                    dtype=torch.float64).to(dtype)
+    out = dict(timm_name=timm_name, mixerlab_name=TIMM_PAIRS[timm_name], img_size=img_size,
+               dtype=str(dtype).removeprefix("torch."))
     out["features"] = max_abs_diff(_tokens(tm.forward_features(x)), model.forward_features(x))
     out["logits"] = max_abs_diff(tm(x), model(x))
     # mixerlab -> timm: new random weights on the mixerlab side, exported into timm.
@@ -88,3 +99,22 @@ def check_pair(timm_name: str, *, batch: int = 1, seed: int = 0) -> dict:
         torch.equal(before[k], after[k]) for k in before)
     out["seconds"] = time.perf_counter() - t0
     return out
+
+
+def _timm_model(name: str, args: dict) -> nn.Module:
+    """timm's registered model, or, with architecture ``args`` (``depths``, ``dims``) for a
+    MetaFormer v2 family, timm's ``MetaFormer`` class with that family's registered options (the
+    registered functions fix depths and dims)."""
+    import timm
+    if not args:
+        return timm.create_model(name, pretrained=False)
+    from timm.models import metaformer as mf
+    family = {
+        "poolformerv2": dict(norm_layers=mf.GroupNorm1NoBias, use_mlp_head=False),
+        "convformer": dict(token_mixers=mf.SepConv, norm_layers=mf.LayerNorm2dNoBias),
+        "caformer": dict(token_mixers=[mf.SepConv, mf.SepConv, mf.Attention, mf.Attention],
+                         norm_layers=[mf.LayerNorm2dNoBias] * 2 + [mf.LayerNormNoBias] * 2),
+    }.get(name.split("_")[0])
+    if family is None:
+        raise ValueError(f"model_args are supported for timm's MetaFormer v2 families only, not {name}")
+    return mf.MetaFormer(**family, **args)

@@ -3,7 +3,9 @@ mixerlab weights in timm's layout, with identical outputs.
 
 Covered (timm model -> mixerlab zoo model): ``deit_{tiny,small,base}_patch16_224`` and
 ``vit_{tiny,small,base}_patch16_224`` -> ``deit_*``; ``convit_{tiny,small,base}`` -> ``convit_*``;
-``poolformer_{s12,s24,s36,m36,m48}`` -> ``poolformer_*`` (see ``TIMM_PAIRS``).
+``poolformer_{s12,s24,s36,m36,m48}`` -> ``poolformer_*`` (MetaFormer v1);
+``poolformerv2_{s12,...,m48}``, ``convformer_{s18,s36,m36,b36}``, ``caformer_{s18,...,b36}`` -> the
+zoo models of the same names (MetaFormer v2, arXiv 2210.13452) (see ``TIMM_PAIRS``).
 
 Layout facts used (read from timm 1.0 ``vision_transformer.py``, ``convit.py``, ``metaformer.py``;
 no code taken):
@@ -21,6 +23,15 @@ no code taken):
   the two heads differ numerically. mixerlab's default
   follows the paper; ``head_norm_first=False`` gives timm's head, and timm weights are only loaded
   into (or exported from) that variant.
+* MetaFormer v2 (the same timm class with v2 options): stem ``stem.conv`` + ``stem.norm``,
+  downsampling ``stages.i.downsample.norm`` (before the conv) + ``.conv``, residual scales
+  ``res_scale{1,2}.scale`` (mixerlab: ``rs{1,2}.gamma``), StarReLU ``act.scale`` / ``act.bias``.
+  timm keeps the conv-like stages in NCHW, so there the channel MLP and SepConv's pointwise
+  layers are 1x1 convs (mixerlab: ``Linear``); in attention stages (CAFormer 3-4) they are
+  linears on both sides. The head is ``head.norm`` (pooled vector, LayerNorm eps 1e-6) and
+  ``head.fc`` (a Linear, or the MLP head ``head.fc.{fc1,norm,fc2}``; mixerlab ``head.{fc1,norm,fc2}``).
+  timm's MLP head normalises with eps 1e-6 where the official code (sail-sg/metaformer) uses
+  ``nn.LayerNorm``'s 1e-5: loading timm weights sets the model's ``head_hidden_norm_eps`` to 1e-6.
 
 Loading is strict: the expected timm keys and shapes are derived from the model, and the first
 missing, unexpected or mis-shaped key is named; nothing is loaded unless everything fits.
@@ -55,12 +66,22 @@ TIMM_PAIRS: dict[str, str] = {
     "poolformer_s36": "poolformer_s36",
     "poolformer_m36": "poolformer_m36",
     "poolformer_m48": "poolformer_m48",
+    **{f"poolformerv2_{s}": f"poolformerv2_{s}" for s in ("s12", "s24", "s36", "m36", "m48")},
+    **{f"{f}_{s}": f"{f}_{s}" for f in ("convformer", "caformer") for s in ("s18", "s36", "m36", "b36")},
 }
 
-FAMILY_TITLES = {"vit": "ViT/DeiT", "convit": "ConViT", "poolformer": "PoolFormer (timm MetaFormer)"}
+FAMILY_TITLES = {"vit": "ViT/DeiT", "convit": "ConViT",
+                 "poolformer": "PoolFormer v1 (MetaFormer v1, timm MetaFormer)",
+                 "metaformer_v2": "MetaFormer v2 (PoolFormerV2/ConvFormer/CAFormer, timm MetaFormer)"}
 
 # Model options a mixerlab model needs to reproduce timm's outputs, per family.
-TIMM_OPTIONS = {"vit": {}, "convit": {}, "poolformer": {"head_norm_first": False}}
+TIMM_OPTIONS = {"vit": {}, "convit": {}, "poolformer": {"head_norm_first": False},
+                "metaformer_v2": {"head_hidden_norm_eps": 1e-6}}
+V2_MIXERS = {  # mixer -> the keyword arguments timm's v2 models fix
+    "pooling": {"pool_size": 3},
+    "sepconv": {"expansion_ratio": 2.0, "kernel_size": 7, "bias": False, "act": "starrelu"},
+    "attention": {"head_dim": 32, "qkv_bias": False, "proj_bias": False, "sr_ratio": 1},
+}
 
 
 # -- which mixerlab models have a timm counterpart --------------------------------------------
@@ -73,7 +94,8 @@ def _model_label(model: nn.Module) -> str:
 
 
 def timm_family(model: nn.Module) -> str:
-    """``'vit'``, ``'convit'`` or ``'poolformer'``: the timm architecture ``model`` corresponds to.
+    """``'vit'``, ``'convit'``, ``'poolformer'`` (v1) or ``'metaformer_v2'``: the timm
+    architecture ``model`` corresponds to.
 
     Raises ``ValueError`` saying why when the model has no timm counterpart (another mixer, a
     norm, stem, class-token placement or head that timm's models do not have).
@@ -113,6 +135,8 @@ def timm_family(model: nn.Module) -> str:
         if b.layer_scale_init is not None:
             no("timm's ConViT has no LayerScale")
         return "convit"
+    if isinstance(cfg, HierarchicalConfig) and _is_v2(cfg):
+        return _check_v2(cfg, no)
     if isinstance(cfg, HierarchicalConfig):
         for i, st in enumerate(cfg.stages):
             for n, kw in map(_spec, st.mixers):
@@ -134,17 +158,67 @@ def timm_family(model: nn.Module) -> str:
     raise AssertionError  # unreachable
 
 
+def _is_v2(cfg: HierarchicalConfig) -> bool:
+    """The MetaFormer v2 layout: a norm before each downsampling conv (v1 has none)."""
+    return cfg.downsample_norm_first and cfg.embed_norm is not None
+
+
+def _check_v2(cfg: HierarchicalConfig, no) -> str:
+    for i, st in enumerate(cfg.stages):
+        for n, kw in map(_spec, st.mixers):
+            if n not in V2_MIXERS:
+                no(f"stage {i} uses the {n!r} mixer (timm's MetaFormer v2 models: "
+                   f"{', '.join(sorted(V2_MIXERS))})")
+            if n == "attention" and "num_heads" in kw:
+                kw["head_dim"] = st.dim // kw.pop("num_heads")
+            fixed = V2_MIXERS[n]
+            merged = {**fixed, **kw}
+            bad = {k: v for k, v in merged.items() if k not in fixed or fixed[k] != v}
+            if bad:
+                no(f"stage {i}: {n} with {bad} (timm's MetaFormer v2: {fixed})")
+        if len({_spec(m)[0] for m in st.mixers}) != 1:
+            no(f"stage {i} mixes token mixers (timm: one mixer per stage)")
+        if st.pos_embed is not None:
+            no(f"stage {i} has a position embedding")
+    b = cfg.block
+    if b.norm not in ("groupnorm1_nobias", "layernorm_nobias") or b.layer_scale_init is not None \
+            or b.scale_adjustment is not None or b.mlp_first or b.mlp_act != "starrelu" or b.mlp_bias:
+        no("timm's MetaFormer v2 blocks use bias-free GroupNorm(1) or LayerNorm (eps 1e-6), a "
+           "bias-free StarReLU MLP and no LayerScale")
+    if tuple(cfg.stem) != (7, 4, 2) or tuple(cfg.downsample) != (3, 2, 1) or \
+            cfg.embed_norm != "layernorm_nobias" or cfg.head_norm_first:
+        no(f"stem {tuple(cfg.stem)}, downsampling {tuple(cfg.downsample)}, embed_norm "
+           f"{cfg.embed_norm!r}, head_norm_first={cfg.head_norm_first} (timm v2: (7, 4, 2), "
+           "(3, 2, 1), 'layernorm_nobias', False)")
+    if any(st.mlp_ratio != 4 for st in cfg.stages):
+        no("timm's MetaFormer uses MLP ratio 4")
+    return "metaformer_v2"
+
+
 # -- key mapping ------------------------------------------------------------------------------
 _HIER_LS = re.compile(r"^(stages\.\d+\.blocks\.\d+)\.ls([12])\.gamma$")
 _HIER_MLP = re.compile(r"^stages\.\d+\.blocks\.\d+\.mlp\.fc[12]\.weight$")
 _HIER_HEAD = {"norm.weight": "head.norm.weight", "norm.bias": "head.norm.bias",
               "head.weight": "head.fc.weight", "head.bias": "head.fc.bias"}
+_V2_RS = re.compile(r"^(stages\.\d+\.blocks\.\d+)\.rs([12])\.gamma$")
+_V2_CONV1x1 = re.compile(r"^stages\.(\d+)\.blocks\.\d+\.(mlp\.fc[12]|token_mixer\.pwconv[12])\.weight$")
 
 
-def _to_timm_key(family: str, key: str) -> tuple[str, bool]:
-    """mixerlab key -> (timm key, whether the tensor is a 1x1-conv weight in timm)."""
+def _to_timm_key(family: str, key: str, nchw_stages=frozenset()) -> tuple[str, bool]:
+    """mixerlab key -> (timm key, whether the tensor is a 1x1-conv weight in timm).
+    ``nchw_stages``: the v2 stages timm runs in NCHW (no attention), where linears are 1x1 convs."""
     if family in ("vit", "convit"):
         return re.sub(r"^(blocks\.\d+)\.token_mixer\.", r"\1.attn.", key), False
+    if family == "metaformer_v2":
+        m = _V2_RS.match(key)
+        if m:
+            return f"{m.group(1)}.res_scale{m.group(2)}.scale", False
+        if key in ("norm.weight", "norm.bias"):
+            return f"head.{key}", False
+        if key.startswith("head."):
+            return f"head.fc.{key[len('head.'):]}", False
+        m = _V2_CONV1x1.match(key)
+        return key, bool(m and int(m.group(1)) in nchw_stages)
     m = _HIER_LS.match(key)
     if m:
         return f"{m.group(1)}.layer_scale{m.group(2)}.scale", False
@@ -156,8 +230,12 @@ def _to_timm_key(family: str, key: str) -> tuple[str, bool]:
 def _key_plan(model: nn.Module, family: str) -> list[tuple[str, str, bool, tuple]]:
     """(mixerlab key, timm key, conv1x1, timm shape) for every entry of the model's state dict."""
     plan = []
+    nchw = frozenset()
+    if family == "metaformer_v2":
+        nchw = frozenset(i for i, st in enumerate(model.cfg.stages)
+                         if _spec(st.mixers[0])[0] != "attention")
     for k, v in model.state_dict().items():
-        tk, conv = _to_timm_key(family, k)
+        tk, conv = _to_timm_key(family, k, nchw)
         shape = tuple(v.shape) + ((1, 1) if conv else ())
         plan.append((k, tk, conv, shape))
     return plan
@@ -165,9 +243,13 @@ def _key_plan(model: nn.Module, family: str) -> list[tuple[str, str, bool, tuple
 
 # -- recognising a timm state dict ------------------------------------------------------------
 def detect_timm_family(sd: dict) -> str | None:
-    """The timm family a state dict comes from (``vit``, ``convit``, ``poolformer``), or None
-    when it does not look like one of timm's covered layouts (e.g. a mixerlab state dict)."""
+    """The timm family a state dict comes from (``vit``, ``convit``, ``poolformer``,
+    ``metaformer_v2``), or None when it does not look like one of timm's covered layouts (e.g. a
+    mixerlab state dict)."""
     keys = list(sd)
+    if any(re.search(r"\.res_scale[12]\.scale$", k) for k in keys) or (
+            "stem.norm.weight" in sd and any(k.startswith("head.fc.") for k in keys)):
+        return "metaformer_v2"
     if any(k.endswith(".attn.gating_param") for k in keys):
         return "convit"
     if "cls_token" in sd and any(re.match(r"^blocks\.\d+\.attn\.qkv\.weight$", k) for k in keys):
@@ -194,7 +276,10 @@ def _signature_of_sd(sd: dict, family: str):
                 stages.setdefault(int(m.group(1)), []).append(int(sd[k].shape[0]))
         dims = tuple(v[0] for _, v in sorted(stages.items()))
         depths = tuple(len(v) for _, v in sorted(stages.items()))
-        return family, dims, depths
+        kinds = tuple("attention" if f"stages.{i}.blocks.0.token_mixer.qkv.weight" in sd else
+                      "sepconv" if f"stages.{i}.blocks.0.token_mixer.pwconv1.weight" in sd else
+                      "pooling" for i in sorted(stages))
+        return family, dims, depths, kinds
     except (KeyError, IndexError, AttributeError):
         return None
 
@@ -204,7 +289,8 @@ def _signature_of_cfg(cfg, family: str):
         n_pos = (cfg.img_size // cfg.patch_size) ** 2 + (1 if family == "vit" else 0) \
             if isinstance(cfg.img_size, int) else None
         return family, cfg.dim, len(cfg.mixers), cfg.patch_size, n_pos
-    return family, tuple(s.dim for s in cfg.stages), tuple(len(s.mixers) for s in cfg.stages)
+    return (family, tuple(s.dim for s in cfg.stages), tuple(len(s.mixers) for s in cfg.stages),
+            tuple(_spec(s.mixers[0])[0] for s in cfg.stages))
 
 
 def guess_model_name(sd: dict) -> str | None:
@@ -264,7 +350,8 @@ def load_timm_weights(model: nn.Module, state_dict, *, adapt_head: bool = False,
     label = _model_label(model)
     found = detect_timm_family(sd)
     if found is None:
-        raise ValueError(f"{what} is not a timm ViT/DeiT, ConViT or PoolFormer state dict "
+        raise ValueError(f"{what} is not a timm ViT/DeiT, ConViT or PoolFormer (v1, v2, ConvFormer, "
+                         "CAFormer) state dict "
                          f"(first keys: {list(sd)[:3]})")
     if found != family:
         guess = guess_model_name(sd)
@@ -294,6 +381,8 @@ def load_timm_weights(model: nn.Module, state_dict, *, adapt_head: bool = False,
                 f"Build it with mixerlab.create_model({label!r}, head_norm_first=False), or use "
                 f"mixerlab.create_model({label!r}, pretrained=PATH), which does so")
         set_head_norm_first(model, False)
+    if family == "metaformer_v2":  # timm's MLP head: LayerNorm eps 1e-6 (official: 1e-5)
+        model.set_head_hidden_norm_eps(TIMM_OPTIONS[family]["head_hidden_norm_eps"])
     mapped = {k: (sd[tk].reshape(sd[tk].shape[:2]) if conv else sd[tk]) for k, tk, conv, _ in plan}
     model.load_state_dict(mapped, strict=True)
     return model

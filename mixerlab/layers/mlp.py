@@ -1,4 +1,5 @@
-"""The channel MLP of every block: Linear -> act -> dropout -> Linear -> dropout."""
+"""The channel MLP of every block: Linear -> act -> dropout -> Linear -> dropout; the MLP head of
+the MetaFormer baselines."""
 from __future__ import annotations
 
 from torch import nn
@@ -39,3 +40,32 @@ class Mlp(nn.Module):
         else:
             x = self.act(self.fc1(x))
         return self.drop2(self.fc2(self.drop1(x)))
+
+
+class MlpHead(nn.Module):
+    """The MLP classifier of ConvFormer / CAFormer (arXiv 2210.13452; sail-sg/metaformer
+    ``MlpHead``): Linear(C -> r C) -> SquaredReLU -> LayerNorm(r C) -> dropout -> Linear(r C ->
+    classes), both linears with bias.
+
+    Args:
+        dim: input width C.
+        num_classes: output width.
+        mlp_ratio: hidden width / C (4).
+        norm_eps: eps of the hidden LayerNorm: 1e-5 in the official code (``nn.LayerNorm``),
+            1e-6 in timm's port.
+        drop: dropout before the last linear.
+    """
+
+    def __init__(self, dim: int, num_classes: int, *, mlp_ratio: float = 4.0,
+                 norm_eps: float = 1e-5, drop: float = 0.0):
+        super().__init__()
+        from .activations import SquaredReLU
+        hidden = int(mlp_ratio * dim)
+        self.fc1 = Linear(dim, hidden)
+        self.act = SquaredReLU()
+        self.norm = nn.LayerNorm(hidden, eps=norm_eps)
+        self.drop = dropout(drop)
+        self.fc2 = Linear(hidden, num_classes)
+
+    def forward(self, x):
+        return self.fc2(self.drop(self.norm(self.act(self.fc1(x)))))

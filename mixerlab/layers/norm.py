@@ -7,6 +7,10 @@
 * ``TokenLayerNorm``: FF-only's LayerNorm over the *token* axis, with one affine pair per token
   (Melas-Kyriazi, arXiv 2105.02723; lukemelas/do-you-even-need-attention).
 * ``ScaledInputLayerNorm``: LN(a * x), DeepViT-S/L's ``scale_adjustment`` (zhoudaquan/dvit_repo).
+* ``groupnorm1_nobias`` / ``layernorm_nobias``: the MetaFormer baselines' norms (arXiv 2210.13452;
+  sail-sg/metaformer ``LayerNormGeneral(bias=False, eps=1e-6)``): GroupNorm(1) ("modified layer
+  norm", IdentityFormer / RandFormer / PoolFormerV2) or the channel LayerNorm (ConvFormer /
+  CAFormer, the stem and downsampling norms), eps 1e-6, a per-channel weight and no bias.
 """
 from __future__ import annotations
 
@@ -19,10 +23,11 @@ from torch import nn
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm over the channel (last) axis; eps 1e-6 by default, as in DeiT."""
+    """LayerNorm over the channel (last) axis; eps 1e-6 by default, as in DeiT; ``bias=False``
+    gives the MetaFormer baselines' bias-free LayerNorm."""
 
-    def __init__(self, dim: int, *, eps: float = 1e-6):
-        super().__init__(dim, eps=eps)
+    def __init__(self, dim: int, *, eps: float = 1e-6, bias: bool = True):
+        super().__init__(dim, eps=eps, bias=bias)
 
 
 class ScaledInputLayerNorm(nn.LayerNorm):
@@ -40,19 +45,21 @@ class ScaledInputLayerNorm(nn.LayerNorm):
 
 
 class GroupNorm1(nn.Module):
-    """GroupNorm with one group on (B, N, C) tokens: statistics over (N, C), affine per channel."""
+    """GroupNorm with one group on (B, N, C) tokens: statistics over (N, C), affine per channel
+    (``bias=False``: weight only, as the MetaFormer baselines)."""
 
-    def __init__(self, dim: int, *, eps: float = 1e-5):
+    def __init__(self, dim: int, *, eps: float = 1e-5, bias: bool = True):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         h = _split(n)
         if h is None:  # no 2-D factorisation: normalise over (N, C), then the per-channel affine
-            return F.layer_norm(x, (n, c), eps=self.eps) * self.weight + self.bias
+            y = F.layer_norm(x, (n, c), eps=self.eps) * self.weight
+            return y + self.bias if self.bias is not None else y
         # The statistics do not depend on where the tokens sit, so view the (B, N, C) tokens as a
         # channels-last (B, C, h, N / h) map: PyTorch's channels-last GroupNorm kernel then runs
         # with the affine fused and returns channels-last memory, i.e. (B, N, C) tokens again, with
@@ -97,11 +104,14 @@ _NORMS = {
     "layernorm": LayerNorm,
     "layernorm_eps5": partial(LayerNorm, eps=1e-5),
     "groupnorm1": GroupNorm1,
+    "groupnorm1_nobias": partial(GroupNorm1, eps=1e-6, bias=False),
+    "layernorm_nobias": partial(LayerNorm, eps=1e-6, bias=False),
 }
 
 
 def get_norm_layer(name: str):
-    """Resolve a norm name from a config (``layernorm``, ``layernorm_eps5``, ``groupnorm1``)."""
+    """Resolve a norm name from a config (``layernorm``, ``layernorm_eps5``, ``groupnorm1``,
+    ``groupnorm1_nobias``, ``layernorm_nobias``)."""
     try:
         return _NORMS[name]
     except KeyError:

@@ -5,7 +5,8 @@ A = softmax(q k^T / sqrt(d)); out = proj(A v). The fused path (``fused_attn``) c
 probe. ``sr_ratio > 1`` gives PVT's spatial-reduction attention (Wang et al., arXiv 2102.12122):
 keys and values come from the grid tokens reduced by a strided conv + LayerNorm (used by LaViT's
 stage-1 layers, see ``less_attention.py``). ``head_dim`` may be given instead of ``num_heads``
-(MetaFormer hybrids use 32 channels per head).
+(MetaFormer hybrids and CAFormer use 32 channels per head); CAFormer's attention has no bias on
+qkv nor on the output projection (``qkv_bias=False, proj_bias=False``; sail-sg/metaformer).
 """
 from __future__ import annotations
 
@@ -41,13 +42,14 @@ class Attention(AttentionMixer):
         attn_drop: dropout on the attention map (explicit path; SDPA's dropout on the fused one).
         proj_drop: dropout after the output projection.
         sr_ratio: spatial reduction of keys/values (PVT); 1 = full attention.
+        proj_bias: bias on the output projection.
     """
 
     examples = ({"num_heads": 2}, {"num_heads": 2, "sr_ratio": 2})
 
     def __init__(self, dim: int, *, num_heads: int | None = None, head_dim: int | None = None,
                  qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 sr_ratio: int = 1):
+                 sr_ratio: int = 1, proj_bias: bool = True):
         super().__init__()
         self.set_heads(dim, resolve_heads(dim, num_heads, head_dim))
         self.sr_ratio = sr_ratio
@@ -61,7 +63,7 @@ class Attention(AttentionMixer):
             self.sr_norm = nn.LayerNorm(dim, eps=1e-6)
         self.attn_drop_p = attn_drop
         self.attn_drop = dropout(attn_drop)
-        self.proj = Linear(dim, dim)
+        self.proj = Linear(dim, dim, bias=proj_bias)
         self.proj_drop = dropout(proj_drop)
 
     def cost(self, num_tokens: int, grid: tuple[int, int], *, dim: int, batch: int = 1) -> MixerCost:

@@ -2,13 +2,18 @@
 sail-sg/metaformer).
 
 A frozen N x N matrix, softmax(U(0, 1)) row-normalised at construction, mixes the tokens:
-out = R x. It is stored as a persistent buffer (saved with the weights, never trained, not counted
-as a parameter). R acts on the grid tokens only; prefix tokens get 0 on the mixing branch, so the
-block's residual carries them through unchanged.
+out = R x. By default it is a persistent buffer (saved with the weights, never trained, not counted
+as a parameter); with ``as_parameter=True`` it is a frozen parameter (``requires_grad=False``), as in
+sail-sg/metaformer's ``RandomMixing``, so that parameter counts include it (the v2 RandFormer
+entries: the paper's "11.9 + 0.2 M"). The state-dict key is ``random_matrix`` either way. R acts on
+the grid tokens only; prefix tokens get 0 on the mixing branch, so the block's residual carries
+them through unchanged.
 """
 from __future__ import annotations
 
 import torch
+
+from torch import nn
 
 from .base import MixerCost, TokenContext, TokenMixer, register_mixer, split_prefix
 
@@ -20,18 +25,27 @@ class RandomMixing(TokenMixer):
     Args:
         dim: token width (unused).
         num_tokens: number of grid tokens N (fixed at construction).
+        as_parameter: hold R as a frozen ``nn.Parameter`` (v2) instead of a buffer.
     """
 
     needs_num_tokens = True
     fixed_num_tokens = True
 
-    def __init__(self, dim: int, *, num_tokens: int):
+    examples = ({}, {"as_parameter": True})
+
+    def __init__(self, dim: int, *, num_tokens: int, as_parameter: bool = False):
         super().__init__()
         self.num_tokens = num_tokens
-        self.register_buffer("random_matrix", torch.rand(num_tokens, num_tokens).softmax(dim=-1))
+        self.as_parameter = as_parameter
+        r = torch.rand(num_tokens, num_tokens).softmax(dim=-1)
+        if as_parameter:
+            self.random_matrix = nn.Parameter(r, requires_grad=False)
+        else:
+            self.register_buffer("random_matrix", r)
 
     def init_weights(self) -> None:
-        self.random_matrix.copy_(torch.rand_like(self.random_matrix).softmax(dim=-1))
+        with torch.no_grad():
+            self.random_matrix.copy_(torch.rand_like(self.random_matrix).softmax(dim=-1))
 
     def cost(self, num_tokens: int, grid: tuple[int, int], *, dim: int, batch: int = 1) -> MixerCost:
         """N^2 C over the N grid tokens (prefix tokens are not mixed)."""
@@ -39,7 +53,7 @@ class RandomMixing(TokenMixer):
         return MixerCost(ng * ng * dim)
 
     def describe(self) -> dict:
-        return {"num_tokens": self.num_tokens}
+        return {"num_tokens": self.num_tokens, **({"frozen_parameter": True} if self.as_parameter else {})}
 
     def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
         prefix, tokens = split_prefix(x, ctx)

@@ -41,18 +41,21 @@ def mixer_factory(spec, *, num_tokens: int, drop: float):
     return partial(cls, **kwargs)
 
 
-def init_weights(model: nn.Module) -> None:
+def init_weights(model: nn.Module, *, conv_trunc_normal: bool = False) -> None:
     """Generic init (DeiT-era timm): Linear trunc-normal(0.02) with zero bias, LayerNorm 1/0; convs
-    keep PyTorch's default (as the official ViT/ConViT/PoolFormer/DeepViT code). Then each
-    submodule's own ``init_weights`` (GPSA's local init, LaViT's identity transforms, ...)."""
+    keep PyTorch's default (as the official ViT/ConViT/PoolFormer/DeepViT code), or, with
+    ``conv_trunc_normal``, get trunc-normal(0.02) with zero bias too (the MetaFormer baselines,
+    sail-sg/metaformer ``MetaFormer._init_weights``). Then each submodule's own ``init_weights``
+    (GPSA's local init, LaViT's identity transforms, ...)."""
     for m in model.modules():
-        if isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear) or (conv_trunc_normal and isinstance(m, nn.Conv2d)):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
     for m in model.modules():
         if m is not model and hasattr(m, "init_weights"):
             m.init_weights()
@@ -75,7 +78,7 @@ class MixerModel(nn.Module):
             raise ValueError(f"num_classes must be >= 0, got {cfg.num_classes}")
         self.norm_layer = get_norm_layer(cfg.block.norm)
 
-    def _finish(self) -> None:
+    def _finish(self, *, conv_trunc_normal: bool = False) -> None:
         mixers = [m for m in self.modules() if isinstance(m, TokenMixer)]
         self.fixed_input_size = any(getattr(m, "fixed_num_tokens", False) for m in mixers)
         self.uses_context_state = any(getattr(m, "uses_context_state", False) for m in mixers)
@@ -92,7 +95,7 @@ class MixerModel(nn.Module):
         }
         if self.in_chans == 1:  # one-channel images: mean/std of the first channel are meaningless
             self.pretrained_cfg["mean"], self.pretrained_cfg["std"] = (0.5,), (0.5,)
-        init_weights(self)
+        init_weights(self, conv_trunc_normal=conv_trunc_normal)
 
     # -- input checks -------------------------------------------------------------------------
     def check_input(self, x: torch.Tensor) -> None:

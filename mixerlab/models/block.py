@@ -6,7 +6,10 @@
 
 Every mixer runs inside it. Paper-specific variants are options, not new classes:
 ``layer_scale_init`` (PoolFormer), ``scale_adjustment`` (DeepViT-S/L: LN(a x) and a 1/a branch
-scale), ``mlp_first`` (FF-only runs the channel MLP first). The norm in front of the mixer is
+scale), ``mlp_first`` (FF-only runs the channel MLP first), ``res_scale_init`` (the MetaFormer
+baselines, arXiv 2210.13452: a learnable per-channel scale on the residual path,
+``x = rs1(x) + drop_path1(mixer(norm1(x)))``), ``act_layer`` / ``mlp_bias`` (their StarReLU,
+bias-free channel MLP). The norm in front of the mixer is
 whatever the mixer asks for (``build_norm``: FF-only's token mixer asks for a token-axis norm).
 """
 from __future__ import annotations
@@ -34,12 +37,15 @@ class MetaFormerBlock(nn.Module):
         layer_scale_init: initial LayerScale value, None for none.
         scale_adjustment: DeepViT's a: norms see a * x and branches are scaled by 1 / a.
         mlp_first: run the MLP sub-layer before the mixer sub-layer.
+        mlp_bias: biases of the MLP's linears.
+        res_scale_init: initial residual scale (a learnable vector on the skip path), None for none.
     """
 
     def __init__(self, dim: int, *, token_mixer, norm_layer, mlp_ratio: float = 4.0,
                  act_layer=nn.GELU, drop: float = 0.0, drop_path: float = 0.0,
                  layer_scale_init: float | None = None, scale_adjustment: float | None = None,
-                 mlp_first: bool = False):
+                 mlp_first: bool = False, mlp_bias: bool = True,
+                 res_scale_init: float | None = None):
         super().__init__()
         if scale_adjustment is not None:
             if layer_scale_init is not None:
@@ -51,10 +57,16 @@ class MetaFormerBlock(nn.Module):
         self.ls1 = self._scale(dim, layer_scale_init, scale_adjustment)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, hidden_dim=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+        self.mlp = Mlp(dim, hidden_dim=int(dim * mlp_ratio), act_layer=act_layer, drop=drop,
+                       bias=mlp_bias)
         self.ls2 = self._scale(dim, layer_scale_init, scale_adjustment)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.mlp_first = mlp_first
+        if res_scale_init is not None:
+            self.rs1 = LayerScale(dim, init=res_scale_init)
+            self.rs2 = LayerScale(dim, init=res_scale_init)
+        else:
+            self.rs1 = self.rs2 = None
 
     @staticmethod
     def _scale(dim, layer_scale_init, scale_adjustment) -> nn.Module:
@@ -65,10 +77,12 @@ class MetaFormerBlock(nn.Module):
         return nn.Identity()
 
     def mix(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
-        return x + self.drop_path1(self.ls1(self.token_mixer(self.norm1(x), ctx)))
+        skip = self.rs1(x) if self.rs1 is not None else x
+        return skip + self.drop_path1(self.ls1(self.token_mixer(self.norm1(x), ctx)))
 
     def channel_mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        skip = self.rs2(x) if self.rs2 is not None else x
+        return skip + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
     def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
         if self.mlp_first:

@@ -19,8 +19,10 @@ class BlockConfig:
     """Options of the MetaFormer block shared by all blocks of a model."""
 
     mlp_ratio: float = 4.0  # channel-MLP hidden width / dim
-    norm: str = "layernorm"  # layernorm (eps 1e-6) | layernorm_eps5 | groupnorm1
+    norm: str = "layernorm"  # layernorm (eps 1e-6) | layernorm_eps5 | groupnorm1 | *_nobias (v2)
     layer_scale_init: float | None = None  # None = no LayerScale (PoolFormer: 1e-5 / 1e-6)
+    mlp_act: str = "gelu"  # gelu | starrelu (MetaFormer baselines) | squared_relu | relu
+    mlp_bias: bool = True  # biases of the channel MLP's linears (MetaFormer baselines: False)
     scale_adjustment: float | None = None  # DeepViT-S/L: x + f(LN(a x)) / a, with a = 0.5
     mlp_first: bool = False  # FF-only: channel MLP before the token mixer
 
@@ -72,6 +74,7 @@ class StageConfig:
     mixers: tuple  # one MixerSpec per block
     mlp_ratio: float = 4.0
     pos_embed: str | None = None  # None | zeros | trunc_normal: added after the stage's embedding
+    res_scale_init: float | None = None  # learnable residual scale, x * s + branch (v2: 1.0 in 3-4)
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,13 @@ class HierarchicalConfig(_ModelConfig):
     stem: tuple = (7, 4, 2)  # (kernel, stride, padding) of the first embedding
     downsample: tuple = (3, 2, 1)  # (kernel, stride, padding) between stages
     embed_norm: str | None = None  # norm after each embedding conv (LaViT: layernorm)
+    downsample_norm_first: bool = False  # embed_norm before the downsampling convs (v2: the stem
+    #                                      conv is post-normed, the downsampling convs pre-normed)
     head_norm: str = "groupnorm1"  # final norm
-    head_norm_first: bool = True  # norm the map, then pool (official PoolFormer); False = timm
+    head_norm_first: bool = True  # norm the map, then pool (official PoolFormer); False = timm / v2
+    head: str = "linear"  # linear | mlp (ConvFormer / CAFormer's MlpHead)
+    head_hidden_norm_eps: float = 1e-5  # eps of the MLP head's LayerNorm (official 1e-5, timm 1e-6)
+    conv_init: str = "default"  # default (PyTorch's) | trunc_normal (0.02, v2)
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     mean: tuple = IMAGENET_MEAN

@@ -4,17 +4,25 @@ downsampling (PoolFormer, arXiv 2111.11418; LaViT, arXiv 2406.00427; PVT-style s
 Tokens stay (B, N, C) inside stages; the stem and downsampling convs see (B, C, H, W). Names follow
 timm's ``MetaFormer`` where the parts exist there (``stem.conv``, ``stages.i.downsample.conv``,
 ``stages.i.blocks.j``), so PoolFormer checkpoints map with few renames. The head norms the map then
-pools (the official PoolFormer) or, with ``head_norm_first=False``, pools then norms (timm).
+pools (the official PoolFormer) or, with ``head_norm_first=False``, pools then norms (timm, and the
+MetaFormer baselines, arXiv 2210.13452).
+
+The MetaFormer baselines (v2) are options of the same backbone: ``embed_norm`` with
+``downsample_norm_first`` (a bias-free LayerNorm after the stem conv and before each downsampling
+conv), per-stage ``res_scale_init``, ``head="mlp"`` (ConvFormer / CAFormer's MLP head) and
+``conv_init="trunc_normal"`` (every conv trunc-normal(0.02), as sail-sg/metaformer).
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import torch
 from torch import nn
 
-from ..layers import drop_path_rates, dropout, get_norm_layer, resample_pos_embed
+from ..layers import drop_path_rates, dropout, get_act_layer, get_norm_layer, resample_pos_embed
 from ..layers.linear import Linear
+from ..layers.mlp import MlpHead
 from ..layers.norm import LayerNorm
 from ..mixers.base import TokenContext, map_to_tokens
 from .base import MixerModel, mixer_factory
@@ -23,13 +31,16 @@ from .config import HierarchicalConfig
 
 
 class ConvEmbed(nn.Module):
-    """Strided conv on the (B, C, H, W) map, optional norm on the resulting tokens."""
+    """Strided conv on the (B, C, H, W) map, optional norm on the resulting tokens (or, with
+    ``norm_first``, on the input tokens, before the conv: the v2 downsampling)."""
 
     def __init__(self, in_chs: int, out_chs: int, *, kernel: int, stride: int, padding: int,
-                 norm_layer=None):
+                 norm_layer=None, norm_first: bool = False):
         super().__init__()
+        self.norm_first = norm_first and norm_layer is not None
         self.conv = nn.Conv2d(in_chs, out_chs, kernel, stride, padding)
-        self.norm = norm_layer(out_chs) if norm_layer is not None else nn.Identity()
+        self.norm = (norm_layer(in_chs if norm_first else out_chs) if norm_layer is not None
+                     else nn.Identity())
         self.kernel, self.stride, self.padding = kernel, stride, padding
 
     def output_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
@@ -37,9 +48,18 @@ class ConvEmbed(nn.Module):
         return tuple((g + 2 * p - k) // s + 1 for g in grid)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, C, H, W) map -> (B, N, C) tokens and their grid."""
         x = self.conv(x)  # (B, C, H, W)
         grid = (x.shape[2], x.shape[3])
-        return self.norm(map_to_tokens(x)), grid  # (B, N, C)
+        x = map_to_tokens(x)
+        return (x if self.norm_first else self.norm(x)), grid  # (B, N, C)
+
+    def forward_tokens(self, x: torch.Tensor, grid: tuple[int, int]):
+        """(B, N, C) tokens on ``grid`` -> the next stage's tokens and grid."""
+        if self.norm_first:
+            x = self.norm(x)
+        b, n, c = x.shape
+        return self(x.transpose(1, 2).reshape(b, c, *grid))
 
 
 class Stage(nn.Module):
@@ -80,7 +100,11 @@ class HierarchicalModel(MixerModel):
             if st.pos_embed not in (None, "zeros", "trunc_normal"):
                 raise ValueError(f"stage {i}: pos_embed={st.pos_embed!r}; allowed: "
                                  "[None, 'trunc_normal', 'zeros']")
+        for key, allowed in (("head", ("linear", "mlp")), ("conv_init", ("default", "trunc_normal"))):
+            if getattr(cfg, key) not in allowed:
+                raise ValueError(f"{key}={getattr(cfg, key)!r}; allowed: {list(allowed)}")
         embed_norm = get_norm_layer(cfg.embed_norm) if cfg.embed_norm is not None else None
+        act_layer = get_act_layer(cfg.block.mlp_act)
         dims = [st.dim for st in cfg.stages]
         depth = sum(len(st.mixers) for st in cfg.stages)
         dpr = drop_path_rates(cfg.drop_path_rate, depth)
@@ -95,7 +119,7 @@ class HierarchicalModel(MixerModel):
             if i > 0:
                 k, s, p = cfg.downsample
                 down = ConvEmbed(dims[i - 1], st.dim, kernel=k, stride=s, padding=p,
-                                 norm_layer=embed_norm)
+                                 norm_layer=embed_norm, norm_first=cfg.downsample_norm_first)
                 grid = down.output_grid(grid)
                 reduction *= s
             if min(grid) < 1:
@@ -105,7 +129,8 @@ class HierarchicalModel(MixerModel):
                 st.dim, token_mixer=mixer_factory(spec, num_tokens=n_tok, drop=cfg.drop_rate),
                 norm_layer=self.norm_layer, mlp_ratio=st.mlp_ratio, drop=cfg.drop_rate,
                 drop_path=dpr[b0 + j], layer_scale_init=cfg.block.layer_scale_init,
-                scale_adjustment=cfg.block.scale_adjustment, mlp_first=cfg.block.mlp_first)
+                scale_adjustment=cfg.block.scale_adjustment, mlp_first=cfg.block.mlp_first,
+                act_layer=act_layer, mlp_bias=cfg.block.mlp_bias, res_scale_init=st.res_scale_init)
                 for j, spec in enumerate(st.mixers)]
             b0 += len(st.mixers)
             stages.append(Stage(down, blocks, grid, st.pos_embed, st.dim))
@@ -116,9 +141,39 @@ class HierarchicalModel(MixerModel):
         # timm's PoolFormer pools, then applies a channel LayerNorm (eps 1e-6) to the vector.
         self.norm = (get_norm_layer(cfg.head_norm)(dims[-1]) if cfg.head_norm_first
                      else LayerNorm(dims[-1], eps=1e-6))
-        self.head_drop = dropout(cfg.drop_rate)
-        self.head = Linear(dims[-1], cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
-        self._finish()
+        self.head_kind = cfg.head
+        self.head_drop = dropout(cfg.drop_rate) if cfg.head == "linear" else nn.Identity()
+        self.head = self._make_head(cfg.num_classes)
+        self._finish(conv_trunc_normal=cfg.conv_init == "trunc_normal")
+        if cfg.head == "mlp":
+            self.pretrained_cfg["classifier"] = "head.fc2"  # the last linear (timm: head.fc.fc2)
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        if self.head_kind == "mlp":  # dropout inside, before its last linear (sail-sg/metaformer)
+            return MlpHead(self.num_features, num_classes, norm_eps=self.cfg.head_hidden_norm_eps,
+                           drop=self.cfg.drop_rate)
+        return Linear(self.num_features, num_classes)
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if self.head_kind == "linear":
+            return super().reset_classifier(num_classes, global_pool)
+        if global_pool is not None:
+            self.set_global_pool(global_pool)
+        self.num_classes = num_classes
+        self.head = self._make_head(num_classes)
+        for m in self.head.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def set_head_hidden_norm_eps(self, eps: float) -> None:
+        """Set the eps of the MLP head's LayerNorm in place (official 1e-5, timm 1e-6); ``cfg``
+        follows (a linear head has no such norm: only ``cfg`` changes)."""
+        if isinstance(self.head, MlpHead):
+            self.head.norm.eps = float(eps)
+        self.cfg = dataclasses.replace(self.cfg, head_hidden_norm_eps=float(eps))
 
     def set_head_norm_first(self, value: bool) -> None:
         """Switch the head between the official order (norm the map, then pool: ``True``) and
@@ -148,9 +203,7 @@ class HierarchicalModel(MixerModel):
         ctx.grid = grid
         for i, stage in enumerate(self.stages):
             if i > 0:
-                b, n, c = x.shape
-                x = x.transpose(1, 2).reshape(b, c, *grid)  # (B, C, H, W)
-                x, grid = stage.downsample(x)
+                x, grid = stage.downsample.forward_tokens(x, grid)
                 ctx.grid = grid
             x = stage.add_pos(x, grid)
             for blk in stage.blocks:
@@ -196,3 +249,24 @@ class HierarchicalModel(MixerModel):
         if intermediates_only:
             return feats
         return (self.norm(x) if self.head_norm_first else x), feats
+
+
+_V2_KEY = re.compile(r"^stages\.\d+\.blocks\.\d+\.mlp\.act\.scale$")  # StarReLU channel MLP
+_V1_KEY = re.compile(r"^stages\.\d+\.blocks\.\d+\.(ls1\.gamma|layer_scale1\.scale)$")  # LayerScale
+
+METAFORMER_VERSIONS = {
+    1: "MetaFormer v1 (PoolFormer, arXiv 2111.11418: LayerScale, GELU MLP with biases)",
+    2: "MetaFormer v2 (MetaFormer Baselines, arXiv 2210.13452: StarReLU MLP, residual scale, "
+       "stem/downsampling norms)",
+}
+
+
+def metaformer_version(keys) -> int | None:
+    """1 or 2 when the state-dict ``keys`` (mixerlab's or timm's names) are those of a v1
+    (PoolFormer) or v2 (MetaFormer baselines) hierarchical MetaFormer, else None."""
+    keys = list(keys)
+    if any(_V2_KEY.match(k) for k in keys):
+        return 2
+    if any(_V1_KEY.match(k) for k in keys):
+        return 1
+    return None

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import ConvStem, Linear, PatchEmbed, drop_path_rates, dropout, resample_pos_embed
+from ..layers import (ConvStem, Linear, PatchEmbed, drop_path_rates, dropout, get_act_layer,
+                      resample_pos_embed)
 from ..mixers.base import TokenContext
 from .base import MixerModel, mixer_factory
 from .block import MetaFormerBlock
@@ -71,7 +72,8 @@ class IsotropicModel(MixerModel):
                 cfg.dim, token_mixer=mixer_factory(spec, num_tokens=n_tok, drop=cfg.drop_rate),
                 norm_layer=self.norm_layer, mlp_ratio=cfg.block.mlp_ratio, drop=cfg.drop_rate,
                 drop_path=dpr[i], layer_scale_init=cfg.block.layer_scale_init,
-                scale_adjustment=cfg.block.scale_adjustment, mlp_first=cfg.block.mlp_first))
+                scale_adjustment=cfg.block.scale_adjustment, mlp_first=cfg.block.mlp_first,
+                act_layer=get_act_layer(cfg.block.mlp_act), mlp_bias=cfg.block.mlp_bias))
         self.blocks = nn.ModuleList(blocks)
         self.norm = self.norm_layer(cfg.dim)
         self.global_pool = cfg.global_pool

@@ -4,11 +4,14 @@
 (1e-5 for S12/S24, 1e-6 deeper), head: GroupNorm on the map, mean, Linear (official; timm pools
 first, ``head_norm_first=False``). Params measured on the official code.
 
-Decisions: ``identityformer_s12`` is the v1 paper's identity-mixer ablation (74.3; released
-checkpoint 74.336). ``randformer_s12`` takes the Baselines paper's placement (identity in stages
-1-2, frozen random mixing in 3-4) inside the same v1 backbone, so that every mixer is compared in
-one backbone; its reported 76.6 is from the Baselines paper's v2 backbone (StarReLU, no-bias LN),
-so it is indicative only. Random matrices are frozen buffers, not parameters.
+Decisions: ``poolformer_v1_identity_s12`` (formerly ``identityformer_s12``) is the v1 paper's
+identity-mixer ablation (official ``metaformer_id_s12``: 74.3; released checkpoint 74.336).
+``poolformer_v1_random_s12`` (formerly ``randformer_s12``) puts the Baselines paper's placement
+(identity in stages 1-2, frozen random mixing in 3-4) inside the same v1 backbone, so that every
+mixer is compared in one backbone; it was never trained by the authors, so it reports no top-1.
+Random matrices are frozen buffers, not parameters. The names ``identityformer_*`` /
+``randformer_*`` belong to the v2 baselines of sail-sg/metaformer (``metaformer_baselines.py``).
+``identityformer_micro`` is mixerlab's small v1 identity model (not an official name).
 ``poolformer_hybrid_s12`` is ``metaformer_ppaa_s12_224``: pool, pool, attention, attention with
 channel LayerNorm (eps 1e-5) everywhere, 32 channels per head, no qkv bias, and a zero-initialised
 position embedding added at the start of stage 3.
@@ -19,7 +22,6 @@ from ..models.config import BlockConfig, HierarchicalConfig, StageConfig
 from .registry import ZooEntry, register_zoo
 
 PAPER = "MetaFormer Is Actually What You Need for Vision (arXiv 2111.11418)"
-PAPER_BASELINES = "MetaFormer Baselines for Vision (arXiv 2210.13452)"
 S_DIMS, M_DIMS = (64, 128, 320, 512), (96, 192, 384, 768)
 
 
@@ -54,14 +56,16 @@ register_zoo([
     _pf("poolformer_s36", (6, 6, 18, 6), S_DIMS, 1e-6, 30.863, 81.4, 5.003),
     _pf("poolformer_m36", (6, 6, 18, 6), M_DIMS, 1e-6, 56.173, 82.1, 8.802),
     _pf("poolformer_m48", (8, 8, 24, 8), M_DIMS, 1e-6, 73.473, 82.5, 11.591),
-    ZooEntry("identityformer_s12", "identityformer", metaformer,
+    ZooEntry("poolformer_v1_identity_s12", "identityformer", metaformer,
              dict(depths=(2, 2, 6, 2), dims=S_DIMS, mixers=("identity",) * 4), PAPER,
-             dict(params=11.915, top1=74.3, gmacs=1.823, params_source="measured (official metaformer_id_s12)")),
-    ZooEntry("randformer_s12", "randformer", metaformer,
+             dict(params=11.915, top1=74.3, gmacs=1.823, params_source="measured (official metaformer_id_s12)",
+                  note="v1 backbone; formerly identityformer_s12")),
+    ZooEntry("poolformer_v1_random_s12", "randformer", metaformer,
              dict(depths=(2, 2, 6, 2), dims=S_DIMS, mixers=("identity", "identity", "random", "random")),
-             PAPER_BASELINES,
-             dict(params=11.915, top1=76.6, params_source="derived: the S12 backbone (random "
-                  "matrices are frozen buffers)", note="top-1 from the Baselines paper's v2 backbone")),
+             PAPER,
+             dict(params=11.915, params_source="derived: the S12 backbone (random matrices are "
+                  "frozen buffers)", note="v1 backbone, not trained by the authors; formerly "
+                  "randformer_s12 (the v2 randformer_s12 reports 76.6)")),
     ZooEntry("poolformer_hybrid_s12", "poolformer", metaformer,
              dict(depths=(2, 2, 6, 2), dims=S_DIMS, mixers=("pooling", "pooling", ATTN32, ATTN32),
                   norm="layernorm_eps5", pos_embed=(None, None, "zeros", None)), PAPER,
