@@ -73,7 +73,10 @@ class MeanAttention(TokenMixer):
         if self.v.bias is not None:
             self.v.bias.copy_(b if b is not None else torch.zeros_like(self.v.bias))
         self.proj.weight.copy_(source.proj.weight)
-        self.proj.bias.copy_(source.proj.bias)
+        if source.proj.bias is not None:
+            self.proj.bias.copy_(source.proj.bias)
+        else:
+            self.proj.bias.zero_()
         self.attn.copy_(mean_map)
 
     def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
