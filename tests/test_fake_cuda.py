@@ -63,7 +63,7 @@ from mixerlab.analysis.analyze import collect
 from mixerlab.data.mixup import build_mixup
 from mixerlab.engine.ema import ModelEma
 from mixerlab.engine.task import ClassificationTask
-from mixerlab.mixers import (AttentionMixer, MixerCost, TokenContext, TokenMixer, attention_maps, get_mixer,
+from mixerlab.mixers import (AttentionMixer, LessAttention, MixerCost, TokenContext, TokenMixer, attention_maps, get_mixer,
                              list_mixers, register_mixer, unregister_mixer)
 
 CUDA = torch.device("cuda", 0)
@@ -161,10 +161,17 @@ def run_forward_paths(model: nn.Module) -> None:
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_zoo_family_forward_on_fake_cuda(family):
+def test_zoo_family_forward_on_fake_cuda(family, monkeypatch):
     model = build(family, **TRAIN_DROP)  # built on the CPU
+    calls = {"transform_factored": 0, "transform": 0}
+    for name in calls:  # LaViT: count which less-attention paths ran
+        orig = getattr(LessAttention, name)
+        monkeypatch.setattr(LessAttention, name, lambda self, m, _o=orig, _n=name: (
+            calls.__setitem__(_n, calls[_n] + 1), _o(self, m))[1])
     with fake_cuda():
         run_forward_paths(to_fake_cuda(model))
+    if family == "lavit":  # the factored path (8 x 8 grid) and the dense one (4 x 4) both ran
+        assert calls["transform_factored"] > 0 and calls["transform"] > 0, calls
 
 
 def test_every_zoo_family_is_covered():
