@@ -115,8 +115,9 @@ class GPSA(AttentionMixer):
         use_cache = not self.training and not torch.is_grad_enabled()
         if use_cache:
             w, b = self.pos_proj.weight, self.pos_proj.bias
-            dev_type = torch.device(device).type
-            amp = torch.get_autocast_dtype(dev_type) if torch.is_autocast_enabled(dev_type) else None
+            dev_type = torch.device(device).type  # "meta" (FLOP counting) has no autocast state
+            amp = (torch.get_autocast_dtype(dev_type) if torch.amp.is_autocast_available(dev_type)
+                   and torch.is_autocast_enabled(dev_type) else None)
             key = (tuple(grid), str(device), dtype, amp, w._version, b._version, w.data_ptr())
             if self._pos_cache is not None and self._pos_cache[0] == key:
                 return self._pos_cache[1]
