@@ -107,17 +107,16 @@ step() {
   [ "$status" = ok ] || tail -n 5 "$OUT/$name.log" | sed 's/^/   | /'
 }
 
-# compare is being rewritten: try E1 alone, fall back to the preset as is if --experiments is gone.
-compare_e1() {
-  "$PY" -m mixerlab compare --preset "$PRESET" --data "$CDATA" --experiments E1 --out "$OUT/compare" "$@"
-  local rc=$?
-  if [ $rc = 2 ] && grep -q "unrecognized arguments\|invalid choice" "$OUT/compare_e1.log" 2>/dev/null; then
-    echo "compare: --experiments E1 not accepted; running the preset as it is"
-    "$PY" -m mixerlab compare --preset "$PRESET" --data "$CDATA" --out "$OUT/compare"
-    rc=$?
-  fi
-  return $rc
-}
+# compare is being rewritten: try E1 alone, fall back to the preset as it is if --experiments is gone.
+# (A script for bash -c, as timeout runs programs, not shell functions: $1 python, $2 preset,
+# $3 data, $4 output folder.)
+COMPARE_E1='"$1" -m mixerlab compare --preset "$2" --data "$3" --experiments E1 --out "$4" 2>&1 | tee "$4.try.log"
+rc=${PIPESTATUS[0]}
+if [ "$rc" = 2 ] && grep -q "unrecognized arguments\|invalid choice" "$4.try.log"; then
+  echo "compare: --experiments E1 not accepted; running the preset as it is"
+  "$1" -m mixerlab compare --preset "$2" --data "$3" --out "$4"; rc=$?
+fi
+exit "$rc"'
 
 {
   echo "gpu_check: $( [ "$DRY" = 1 ] && echo "dry run on the CPU" || echo "device run" ), output $OUT, budget ${BUDGET}s"
@@ -142,7 +141,7 @@ step compile_deit 90 "$PY" scripts/gpu_check_steps.py compile --model deit_micro
   --backend "$CBACKEND" --steps "$CSTEPS" --batch "$CBATCH"
 step compile_convit 120 "$PY" scripts/gpu_check_steps.py compile --model convit_micro --device "$DEV" \
   --backend "$CBACKEND" --steps "$CSTEPS" --batch "$CBATCH"
-step compare_e1 150 compare_e1
+step compare_e1 150 bash -c "$COMPARE_E1" compare_e1 "$PY" "$PRESET" "$CDATA" "$OUT/compare"
 
 TOTAL=$(( $(date +%s) - START ))
 {
