@@ -79,6 +79,25 @@ def test_gpsa_positional_cache_is_invalidated():
     assert g.positional_attention((3, 3), "cpu", torch.float32).requires_grad  # no cache in training
 
 
+def test_gpsa_positional_cache_follows_autocast():
+    """The cached map's dtype depends on autocast (pos_proj runs in bf16 under it): a cache filled
+    under autocast must not serve a plain fp32 forward (it did: "expected scalar type Float but
+    found BFloat16"), nor the other way round."""
+    torch.manual_seed(0)
+    g = GPSA(16, num_heads=4).eval()
+    g.init_weights()
+    x = torch.randn(2, 9, 16)
+    with torch.no_grad():
+        ref = g(x, TokenContext(grid=(3, 3)))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = g(x, TokenContext(grid=(3, 3)))
+            assert g._pos_cache[1].dtype == torch.bfloat16
+        again = g(x, TokenContext(grid=(3, 3)))
+    assert g._pos_cache[1].dtype == torch.float32
+    torch.testing.assert_close(again, ref, rtol=0, atol=0)
+    torch.testing.assert_close(low.float(), ref, rtol=0.05, atol=0.05)
+
+
 def test_gpsa_fused_with_attention_dropout_falls_back():
     g = GPSA(16, num_heads=4, attn_drop=0.5).train()
     x = torch.randn(2, 9, 16)

@@ -106,14 +106,19 @@ class GPSA(AttentionMixer):
     def positional_attention(self, grid: tuple[int, int], device, dtype) -> torch.Tensor:
         """softmax over keys of the positional scores: (H, N, N); independent of the input.
 
-        In eval mode without autograd the map is cached; the key holds the grid, device, dtype and
-        the version counters of ``pos_proj``'s parameters, so a resolution change or any update of
-        the weights (optimizer step, ``load_state_dict``) invalidates it.
+        In eval mode without autograd the map is cached; the key holds the grid, device, dtype, the
+        autocast state (under autocast ``pos_proj`` returns the autocast dtype, whatever ``dtype``
+        is) and the version counters of ``pos_proj``'s parameters, so a resolution change, a
+        forward with autocast on or off, or any update of the weights (optimizer step,
+        ``load_state_dict``) invalidates it.
         """
         use_cache = not self.training and not torch.is_grad_enabled()
         if use_cache:
             w, b = self.pos_proj.weight, self.pos_proj.bias
-            key = (tuple(grid), str(device), dtype, w._version, b._version, w.data_ptr())
+            dev_type = torch.device(device).type  # "meta" (FLOP counting) has no autocast state
+            amp = (torch.get_autocast_dtype(dev_type) if torch.amp.is_autocast_available(dev_type)
+                   and torch.is_autocast_enabled(dev_type) else None)
+            key = (tuple(grid), str(device), dtype, amp, w._version, b._version, w.data_ptr())
             if self._pos_cache is not None and self._pos_cache[0] == key:
                 return self._pos_cache[1]
         scores = self.pos_proj(self._rel_pos(grid, device).to(dtype))  # (N, N, H)
