@@ -84,6 +84,9 @@ FAMILIES = {
                                                         stem=(3, 2, 1), **MICRO32)),
     "identityformer": ("identityformer_micro", dict(depths=(1, 1, 1, 1))),
     "randformer": ("randformer_s12", dict(depths=(1, 1, 1, 1), dims=(16, 16, 32, 32), stem=(3, 2, 1), **MICRO32)),
+    "poolformerv2": ("poolformerv2_s12", dict(depths=(1, 1, 1, 1), dims=(16, 16, 32, 32), stem=(3, 2, 1), **MICRO32)),
+    "convformer": ("convformer_s18", dict(depths=(1, 1, 1, 1), dims=(16, 16, 32, 32), stem=(3, 2, 1), **MICRO32)),
+    "caformer": ("caformer_s18", dict(depths=(1, 1, 1, 1), dims=(32, 32, 64, 64), stem=(3, 2, 1), **MICRO32)),
     "lavit": ("lavit_micro", LAVIT3),  # la_source="post_softmax": in less_attention's examples
 }
 # Dropout everywhere it exists (SDPA's dropout_p, token FF's module path, GPSA's explicit path)
