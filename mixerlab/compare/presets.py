@@ -18,17 +18,44 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+# The CPU scale of ``quick`` and ``standard``: builder arguments of the ``*_micro`` zoo entries
+# (``ZooEntry.resolve(**overrides)``), not new classes. Native 28 x 28 Fashion-MNIST grid (no padding
+# to 32): the isotropic families take 7 x 7 patches (16 tokens), width 64, 4 blocks (FF-only 6: its
+# token-FF blocks are lighter, so 6 match DeiT's parameters); the hierarchical ones widths
+# 16/32/64/96 on 14/7/4/2 grids. LaViT keeps 32 px: its attention residual needs each stage's grid
+# to be half the previous one (16/8/4/2). Matched in parameters within the isotropic families
+# (0.17-0.22 M) and in MACs within 2x overall (3.0-6.3 M MACs vs 36-90 M at the *_micro scale);
+# the hierarchical ones carry more parameters (0.38 M) for the same MACs. "img_size" goes to the
+# training config (the data is read at that size), the rest to the builder.
+CPU_SCALE: dict[str, dict] = {
+    "deit_micro": dict(img_size=28, patch_size=7, dim=64, num_heads=4, depth=4),
+    "ffonly_micro": dict(img_size=28, patch_size=7, dim=64, depth=6),
+    "convit_micro": dict(img_size=28, patch_size=7, num_heads=4, head_dim=16, depth=4, local_layers=3),
+    "deepvit_micro": dict(img_size=28, patch_size=7, dim=64, num_heads=4, depth=4),
+    "poolformer_micro": dict(img_size=28, depths=(2, 2, 4, 2), dims=(16, 32, 64, 96)),
+    "identityformer_micro": dict(img_size=28, depths=(2, 2, 4, 2), dims=(16, 32, 64, 96)),
+    "lavit_micro": dict(img_size=32, dims=(16, 32, 64, 96), num_heads=(1, 1, 2, 3)),
+}
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str
     data: str = "fashion-mnist"
-    train_fraction: float = 0.05  # base fraction of the training set for every run
-    val_fraction: float = 1.0  # fraction of the test split used for evaluation
+    train_fraction: float = 1.0  # base fraction of the training pool (training split minus validation)
+    val_fraction: float = 1.0  # fraction of the test split used for the reported numbers
+    val_images: int = 5000  # fixed class-balanced validation split held out of the training split
     epochs: int = 2
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 2e-3  # used for a model the LR table / sweep has no entry for
     warmup_epochs: float = 0.5
     seeds: tuple = (0,)
+    recipe: str = "small"  # mixerlab.engine.recipes
+    scale: dict | None = None  # zoo name -> builder arguments (+ img_size); None: the zoo as it is
+    lr_table: str | None = None  # committed table (mixerlab/compare/<file>) of the LR per zoo name
+    sweep_lrs: tuple = ()  # LRs tried per E1 family on the validation split before the runs
+    sweep_fraction: float = 0.25  # sweep runs: fraction of the training pool ...
+    sweep_epochs: int = 1  # ... and epochs
     experiments: tuple | None = None  # experiment ids; None: every registered one, in order
     analysis_images: int = 64
     train_overrides: dict = field(default_factory=dict)  # any further TrainConfig fields
@@ -37,29 +64,29 @@ class Preset:
 
 PRESETS = {
     "smoke": Preset(
-        "smoke", data="synthetic", train_fraction=1.0, epochs=1, batch_size=16, lr=1e-3,
+        "smoke", data="synthetic", train_fraction=1.0, val_images=16, epochs=1, batch_size=16, lr=1e-3,
         warmup_epochs=0.0, analysis_images=8,
-        train_overrides=dict(synthetic_size=64, randaugment=None, mixup=0.0, cutmix=0.0,
-                             random_erasing=0.0, bn_calibration_batches=2, num_threads=1),
+        train_overrides=dict(synthetic_size=64, bn_calibration_batches=2, num_threads=1),
         knobs={"E2": {"fractions": (0.5, 1.0)}, "E3": {"depths": (2, 3)},
                "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}}),
     "quick": Preset(
-        "quick", train_fraction=0.05, val_fraction=0.1, epochs=2, batch_size=32, lr=1e-3,
-        warmup_epochs=0.2, analysis_images=64,
-        # Few epochs on little data: the light end of the DeiT recipe, evaluated once at the end.
-        train_overrides=dict(randaugment=None, mixup=0.0, cutmix=0.0, random_erasing=0.0,
-                             ema_decay=None, eval_every=2, bn_calibration_batches=10),
-        knobs={"E2": {"fractions": (0.01, 0.05)}, "E3": {"depths": (4, 8)},
+        "quick", train_fraction=0.5, val_fraction=1.0, val_images=5000, epochs=2, batch_size=64,
+        warmup_epochs=0.1, scale=CPU_SCALE, lr_table="lr_table_quick.json", analysis_images=64,
+        sweep_lrs=(1e-3, 2e-3, 4e-3), sweep_fraction=0.2, sweep_epochs=1,  # what made the table
+        train_overrides=dict(eval_every=1, bn_calibration_batches=10),
+        knobs={"E2": {"fractions": (0.05, 0.5)}, "E3": {"depths": (4, 8)},
                "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}}),
     "standard": Preset(
-        "standard", train_fraction=0.1, val_fraction=1.0, epochs=5, batch_size=64, lr=1e-3,
-        warmup_epochs=0.5, seeds=(0, 1), analysis_images=128,
-        train_overrides=dict(randaugment=None, mixup=0.0, cutmix=0.0, random_erasing=0.0,
-                             ema_decay=None, eval_every=5, bn_calibration_batches=20),
-        knobs={"E2": {"fractions": (0.01, 0.02, 0.05, 0.1)}, "E3": {"depths": (4, 8, 12)}}),
+        "standard", train_fraction=1.0, val_fraction=1.0, val_images=5000, epochs=6, batch_size=64,
+        warmup_epochs=0.3, scale=CPU_SCALE, sweep_lrs=(1e-3, 2e-3, 4e-3), sweep_fraction=0.5,
+        sweep_epochs=1, analysis_images=128,
+        train_overrides=dict(eval_every=1, bn_calibration_batches=20),
+        knobs={"E2": {"fractions": (0.02, 0.1, 1.0)}, "E3": {"depths": (4, 8)},
+               "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}}),
     "full": Preset(
-        "full", train_fraction=1.0, val_fraction=1.0, epochs=30, batch_size=128, lr=1e-3,
-        warmup_epochs=3.0, seeds=(0, 1, 2), analysis_images=256,
+        "full", train_fraction=1.0, val_fraction=1.0, val_images=5000, epochs=30, batch_size=128,
+        warmup_epochs=3.0, seeds=(0, 1, 2), sweep_lrs=(5e-4, 1e-3, 2e-3), sweep_fraction=1.0,
+        sweep_epochs=5, analysis_images=256,
         knobs={"E2": {"fractions": (0.05, 0.1, 0.25, 0.5, 1.0)}, "E3": {"depths": (4, 8, 12, 16)}}),
 }
 

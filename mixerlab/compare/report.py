@@ -222,7 +222,7 @@ def _yes_no(ok):
 
 
 def write_report(out: Path, preset, data: str, rows: list[dict], agg: list[dict], analyses: dict,
-                 machine: dict, wall_s: float, experiments) -> Path:
+                 machine: dict, wall_s: float, experiments, lr_info: dict | None = None) -> Path:
     """``report.md`` in ``out``: the header, failed / missing runs, then one section per
     experiment (``experiments``: ``Experiment`` objects, e.g. ``selected_experiments(preset)``, with
     its knobs) that has rows in ``agg``."""
