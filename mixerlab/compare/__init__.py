@@ -199,8 +199,13 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
     analyses = _analyses(results, p, data, data_dir, log)
     rows = run_rows(results, macs)
     agg = aggregate(rows)
-    write_tables(out, rows, agg)
     report = write_report(out, p, data, rows, agg, analyses, machine_desc(), time.time() - t0,
                           experiments=selected_experiments(p), lr_info=lr_info)
+    tests = {k: dict(verdict=sec.word, tests=sec.tests) for k, sec in write_report.sections.items()}
+    write_tables(out, rows, agg, extra=dict(
+        preset=p.name, data=data, tests=tests, lr=lr_info,
+        statistics=dict(bootstrap="paired, over test images, seeds averaged per image; 2000 resamples, "
+                                  "numpy default_rng(0), percentile 95 % interval (mixerlab.compare.stats)",
+                        mcnemar="exact binomial, mid-p, first seed of each model")))
     log(f"report: {report}")
     return dict(report=report, rows=rows, aggregate=agg)
