@@ -1,17 +1,50 @@
-"""Presets of ``mixerlab compare``: budgets and data (how much data, how many epochs, batch size,
-learning rate, seeds, which experiments, how many images the diagnostics read, further training
-overrides). What each experiment varies lives in its module (``experiments/``); a preset changes an
-experiment's knobs through ``knobs`` (``{"E3": {"depths": (4, 8, 12)}}``).
+"""Presets of ``mixerlab compare``: budgets and data (the model scale, how much data, how many
+epochs, batch size, the recipe, how learning rates are chosen, seeds, which experiments, how many
+images the diagnostics read, further training overrides). What each experiment varies lives in its
+module (``experiments/``); a preset changes an experiment's knobs through ``knobs``
+(``{"E3": {"depths": (4, 8, 12)}}``).
 
-Sizes (2 CPU cores unless stated; measured wall times are in the committed reports):
+Every preset holds a fixed, class-balanced validation split of ``val_images`` training images out
+(the same images for every run); the loop evaluates on it (validation curves, the LR sweep), and
+the test split is read once per run, after training, for the reported numbers.
+
+Throughput behind the arithmetic (images/s of one training step, one thread, batch 64, measured
+alternately in one process with ``scripts/bench_compare_scale.py`` on the shared 2-core machine at
+load ~6, so only the ratios are trusted): deit 205, ffonly 128, convit 182, deepvit 151,
+poolformer 79, identityformer 113, lavit 106. Absolute figures come from the orientation run of
+issue 13 on a quiet core, the CPU-scale DeiT seeing 203k images in 120 s (1,690 images/s with data
+loading); scaled by the ratios: ffonly ~1,050, convit ~1,500, deepvit ~1,250, poolformer ~650,
+identityformer ~930, lavit ~870 images/s. The variants of E3-E5 are estimated from their
+depth / mixers: ViT/DeepViT at 8 blocks ~620, E4's attention backbone ~500 (196-token attention in
+stage 1), its random and hybrid backbones ~600, E5's vanilla LaViT ~800 images/s.
+
+Sizes (2 CPU cores, ``--jobs 2``: two runs side by side, one thread each):
+
 * ``smoke``: synthetic data, seconds; for tests.
-* ``quick``: 15 minutes or less on 2 CPU cores: 5% of Fashion-MNIST (3,000 images), 2 epochs, one
-  seed, fewer variants, 1,000 test images. Enough to show every table and plot, not to rank
-  close mixers.
-* ``standard``: about 2 hours on 2 CPU cores (minutes on one GPU): 10% of the training set,
-  5 epochs, two seeds, the full test set (27 distinct configurations x 2 seeds; the estimate
-  scales the measured ``quick`` run times by the images seen).
-* ``full``: sized for one GPU: the full training set, 30 epochs, three seeds.
+* ``quick`` (budget 900 s): the CPU scale (``CPU_SCALE``), 27,500 training images (half the
+  pool of 55,000 left after the 5,000 validation images) x 2 epochs = 55,000 images seen per run
+  (859 steps of 64), two validation points per run, the whole 10,000-image test split. 17 distinct
+  runs (E1's seven families; E2 at 5 % and 50 %, sharing 50 % with E1; E3 ViT/DeepViT at 4 and 8
+  blocks, DeepViT-4 shared with E1; E4 attention/random/hybrid, pooling/identity shared with E1;
+  E5 vanilla and no-DP, LA-everywhere shared with E1). Time = images seen / images/s summed over
+  runs: E1 55,000 x (1/1690 + 1/1050 + 1/1500 + 1/1250 + 1/650 + 1/930 + 1/870) = 372 s; E2's
+  5 % runs 5,500 images each, 7 s; E3 55,000 x (1/1250 + 2/620) = 222 s; E4 55,000 x (1/500 +
+  2/600) = 294 s; E5 55,000 x (1/800 + 1/870) = 132 s; total 1,027 s of one core, 514 s on two,
+  plus evaluation (15,000 validation + 10,000 test images per run at ~3x the training rate, ~60 s
+  on two cores), start-up and analysis (~60 s): about 650 s. Learning rates: the committed table
+  ``lr_table_quick.json`` from ``python scripts/sweep_lr.py --preset quick`` (3 LRs per model, on
+  5 % of the pool for one epoch; about 21 x 2,750 / 1,000 / 2 = 30 s of training on a quiet
+  machine, then 21 validation passes). Whether every E1 family reaches 70 % at 55,000 images is
+  not measured yet: the orientation run reached 81.4 % at 203k images (DeiT scale).
+* ``standard`` (budget 90 min): the CPU scale, the whole pool (55,000) x 7 epochs = 385,000 images
+  per run, an LR sweep inside the preset (3 LRs per model on half the pool for one epoch),
+  E2 at 2 %, 10 % and 100 %. Time: E1 385,000 x 0.006763 s = 2,604 s; E2's small runs 46,200
+  images x 2 models, 58 s; E3 385,000 x 0.00403 = 1,551 s; E4 385,000 x 0.00533 = 2,053 s; E5
+  385,000 x 0.00240 = 922 s; the sweep 21 runs x 27,500 images, 558 s; total 7,746 s of one core,
+  3,873 s on two, plus evaluation (~300 s): about 70 min. The targets (every E1 family >= 85 %,
+  the best >= 90 %) are not measured yet.
+* ``full``: sized for one GPU: the *_micro models as the zoo defines them (32 px), the full pool,
+  30 epochs, three seeds, an LR sweep inside. No GPU result exists yet.
 """
 from __future__ import annotations
 
@@ -77,7 +110,7 @@ PRESETS = {
         knobs={"E2": {"fractions": (0.05, 0.5)}, "E3": {"depths": (4, 8)},
                "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}}),
     "standard": Preset(
-        "standard", train_fraction=1.0, val_fraction=1.0, val_images=5000, epochs=6, batch_size=64,
+        "standard", train_fraction=1.0, val_fraction=1.0, val_images=5000, epochs=7, batch_size=64,
         warmup_epochs=0.3, scale=CPU_SCALE, sweep_lrs=(1e-3, 2e-3, 4e-3), sweep_fraction=0.5,
         sweep_epochs=1, analysis_images=128,
         train_overrides=dict(eval_every=1, bn_calibration_batches=20),
