@@ -529,6 +529,7 @@ def test_cpu_scale_is_builder_arguments_and_shared_runs_stay_shared():
                for r in table["models"].values())
 
 
+@pytest.mark.slow  # eight tiny trainings
 def test_lr_sweep_picks_the_best_validation_lr_and_the_runs_use_it(tmp_path, monkeypatch):
     _patch_e1_plan(monkeypatch, lambda runs: runs[:2])
     p = dataclasses.replace(get_preset("smoke"), experiments=("E1",), sweep_lrs=(3e-4, 1e-3, 3e-3),
