@@ -43,7 +43,8 @@ def test_smoke_writes_report_with_every_experiment(smoke):
         assert f"## {exp}:" in report
     assert report.count("**Verdict.**") == 5
     for fig in ("e1_acc_vs_macs", "e2_acc_vs_fraction", "e2_gates", "e3_acc_vs_depth", "e3_similarity",
-                "e4_mixers", "e5_acc_vs_macs", "e5_token_similarity"):
+                "e4_mixers", "e5_acc_vs_macs", "e5_token_similarity", "e1_val_curves", "e2_val_curves",
+                "e3_val_curves", "e4_val_curves", "e5_val_curves"):
         assert (out / "figures" / f"{fig}.png").stat().st_size > 5000
         assert f"figures/{fig}.png" in report
     agg = json.loads((out / "results.json").read_text())["aggregate"]
@@ -292,8 +293,8 @@ def test_e5_variants_are_layouts_and_aux_weights():
 # Each preset's values before the knobs moved into the experiment modules.
 _OLD_PRESET_KNOBS = {  # E2 fractions, E3 depths, E5 variants
     "smoke": ((0.5, 1.0), (2, 3), ("vanilla", "la_all", "la_all_no_dp")),
-    "quick": ((0.01, 0.05), (4, 8), ("vanilla", "la_all", "la_all_no_dp")),
-    "standard": ((0.01, 0.02, 0.05, 0.1), (4, 8, 12), ("vanilla", "la_last", "la_all", "la_all_no_dp")),
+    "quick": ((0.05, 0.5), (4, 8), ("vanilla", "la_all", "la_all_no_dp")),
+    "standard": ((0.02, 0.1, 1.0), (4, 8), ("vanilla", "la_all", "la_all_no_dp")),
     "full": ((0.05, 0.1, 0.25, 0.5, 1.0), (4, 8, 12, 16), ("vanilla", "la_last", "la_all", "la_all_no_dp")),
 }
 _LA_LAYERS = {"vanilla": 0, "la_last": 1, "la_all": 3, "la_all_no_dp": 3}
@@ -400,3 +401,145 @@ def test_compare_sources_cite_no_files_outside_the_repository():
     assert len(files) >= 10  # the package and its experiment modules
     for f in files:
         assert "shared/" not in f.read_text(), f
+
+
+# ---- issue 13: validation split, paired statistics in the report, budgets, recipes, CPU scale
+def test_report_sections_have_intervals_and_a_verdict_word(smoke):
+    import re
+
+    import numpy as np
+
+    from mixerlab.compare.stats import WORDS, paired_bootstrap
+    out, res, _ = smoke
+    report = (out / "report.md").read_text()
+    summary = report.split("## Verdicts", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in summary.splitlines() if line.startswith("| E")]
+    assert [r.split("|")[1].strip() for r in rows] == ["E1", "E2", "E3", "E4", "E5"]
+    assert all(any(f"**{w}**" in r for w in WORDS) for r in rows)
+    assert "No GPU result exists" in report
+    sections = re.split(r"\n## (?=E\d:)", report)[1:]
+    assert len(sections) == 5
+    for sec in sections:
+        verdict = next(line for line in sec.splitlines() if line.startswith("**Verdict.**"))
+        assert sum(f"**{w}**" in verdict for w in WORDS) == 1, verdict
+        assert re.search(r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", sec)  # a difference with its CI
+        assert "criterion" in sec and "Setup:" in sec and "images seen" in sec
+    # results.json holds what recomputes every interval: the per-image correctness of every run
+    res_json = json.loads((out / "results.json").read_text())
+    runs = {(r["experiment"], r["label"], r["x"]): r for r in res_json["runs"]}
+    n = {len(r["correct"]) for r in res_json["runs"]}
+    assert len(n) == 1  # the same test images for every run
+    bits = lambda key: np.array([int(c) for c in runs[key]["correct"]])  # noqa: E731
+    t = res_json["tests"]["E1"]["tests"][0]
+    again = paired_bootstrap(bits(("E1", "ffonly", None)), bits(("E1", "deit", None)))
+    assert (again["diff"], again["lo"], again["hi"]) == pytest.approx((t["diff"], t["lo"], t["hi"]))
+    assert runs[("E1", "deit", None)]["top1"] == pytest.approx(100 * bits(("E1", "deit", None)).mean())
+    # the run folders keep the predicted classes
+    from mixerlab.compare.predictions import load_predictions
+    pred = load_predictions(runs[("E1", "deit", None)]["run_dir"])
+    assert pred["pred"].shape == pred["target"].shape == (next(iter(n)),)
+
+
+def test_validation_split_is_fixed_balanced_and_disjoint():
+    import numpy as np
+
+    from mixerlab.data import validation_split
+    targets = np.repeat(np.arange(10), 600)
+    np.random.default_rng(0).shuffle(targets)
+    tr, va = validation_split(targets, 503, seed=0)
+    assert len(va) == 503 and len(tr) + len(va) == len(targets) and not set(tr) & set(va)
+    counts = np.bincount(targets[va], minlength=10)
+    assert counts.max() - counts.min() <= 1  # class-balanced
+    tr2, va2 = validation_split(targets, 503, seed=0)
+    assert (va2 == va).all() and not (validation_split(targets, 503, seed=1)[1] == va).all()
+    with pytest.raises(ValueError, match="has only 600 training images"):
+        validation_split(targets, 6000)
+
+
+def test_training_never_sees_the_validation_images():
+    from mixerlab.data import build_data
+    from mixerlab.engine.recipes import recipe_config
+    cfg = recipe_config("small", data="synthetic", synthetic_size=80, val_images=20, train_fraction=0.5)
+    b = build_data(cfg)
+    assert len(b.val) == 20 and len(b.train) == 30 and b.test is not b.val
+    assert not set(b.train.indices.tolist()) & set(b.val.indices.tolist())
+    assert b.test.source is not b.train.source  # the test split is another split
+    with pytest.raises(ValueError, match="validation split of 50 images is larger than the training subset"):
+        build_data(recipe_config("small", data="synthetic", synthetic_size=80, val_images=50))
+
+
+def test_bad_budgets_fail_before_anything_is_written(tmp_path):
+    smoke = get_preset("smoke")
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match="validation split of 60 images is larger than the training subset of 4"):
+        run_compare(smoke, out=out, overrides={"val_images": 60})
+    tiny = dataclasses.replace(smoke, experiments=("E2",), knobs={"E2": {"fractions": (0.05, 1.0)}})
+    with pytest.raises(ValueError, match=r"run E2 deit x=0.05 has \d+ training images, fewer than one batch of 16"):
+        run_compare(tiny, out=out)
+    with pytest.raises(ValueError, match=r"unknown experiment\(s\) \['E9'\]"):
+        run_compare(smoke, out=out, experiments=["E9"])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--preset", "nope"], "invalid choice: 'nope'"),
+    (["--preset", "smoke", "--experiments", "E9"], "unknown experiment(s) ['E9']"),
+    (["--preset", "smoke", "--val-images", "100"], "validation split of 100 images is larger"),
+])
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, msg):
+    from mixerlab.cli.main import main
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) if argv[1] == "nope" else _nullcontext() as e:
+        rc = main(["compare", *argv, "--out", str(out)])
+    rc = e.value.code if argv[1] == "nope" else rc
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and msg in err[-1] and "Traceback" not in "\n".join(err)
+    assert not out.exists()
+
+
+def _nullcontext():
+    import contextlib
+    return contextlib.nullcontext()
+
+
+def test_cpu_scale_is_builder_arguments_and_shared_runs_stay_shared():
+    from mixerlab.compare.presets import CPU_SCALE
+    p = get_preset("quick")
+    specs = plan(p)
+    cfgs = {(s.exp, s.label, s.x): build_config(s, p, 0, p.data, None, {"deit_micro": 4e-3}) for s in specs}
+    deit = cfgs[("E1", "deit", None)]
+    assert deit.img_size == 28 and deit.model_args == {k: v for k, v in CPU_SCALE["deit_micro"].items() if k != "img_size"}
+    assert deit.lr == 4e-3 and deit.recipe == "small" and deit.val_images == 5000 and deit.mixup == 0.0
+    assert cfgs[("E1", "convit", None)].lr == p.lr  # no table entry: the preset's LR
+    e3 = cfgs[("E3", "vit", 8)]
+    assert e3.model_args["depth"] == 8 and e3.model_args["dim"] == 64  # the experiment's knob over the scale
+    assert cfgs[("E1", "deepvit", None)] == cfgs[("E3", "deepvit", 4)]  # shared between E1 and E3
+    assert cfgs[("E1", "deit", None)] == cfgs[("E2", "deit", 0.5)]
+    for name, args in CPU_SCALE.items():  # every scaled model builds, at the tokens the docstring says
+        entry = get_model_info(name)
+        kw = {k: v for k, v in args.items() if k != "img_size"}
+        cfg = entry.resolve(img_size=args["img_size"], in_chans=1, **kw)
+        if "patch_size" in args:
+            assert (args["img_size"] // cfg.patch_size) ** 2 == 16
+    # the committed LR table of quick names every model quick trains, with >= 3 LRs tried
+    from mixerlab.compare import PACKAGE_DIR
+    table = json.loads((PACKAGE_DIR / p.lr_table).read_text())
+    assert {s.model for s in specs} <= set(table["models"])
+    assert all(len(r["val_top1"]) >= 3 and r["lr"] in [float(k) for k in r["val_top1"]]
+               for r in table["models"].values())
+
+
+@pytest.mark.slow  # eight tiny trainings
+def test_lr_sweep_picks_the_best_validation_lr_and_the_runs_use_it(tmp_path, monkeypatch):
+    _patch_e1_plan(monkeypatch, lambda runs: runs[:2])
+    p = dataclasses.replace(get_preset("smoke"), experiments=("E1",), sweep_lrs=(3e-4, 1e-3, 3e-3),
+                            sweep_fraction=1.0)
+    res = run_compare(p, out=tmp_path, log=lambda s: None)
+    info = json.loads((tmp_path / "results.json").read_text())["lr"]
+    assert info["source"] == "sweep inside this preset run"
+    for model, rec in info["models"].items():
+        best = max(rec["val_top1"], key=lambda k: rec["val_top1"][k])
+        assert rec["lr"] == pytest.approx(float(best))
+        row = next(r for r in res["rows"] if r["model"] == model)
+        assert row["lr"] == pytest.approx(rec["lr"])  # the run trained with the chosen LR
+    assert all(not (d / "test_predictions.npz").exists() for d in (tmp_path / "sweep" / "runs").iterdir())

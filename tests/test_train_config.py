@@ -47,7 +47,7 @@ def test_unknown_key_lists_valid_keys(tmp_path, key):
 ])
 def test_bad_values_are_rejected(key, value, msg):
     with pytest.raises(ValueError, match=msg):
-        load_config(overrides={key: value})
+        load_config(overrides={key: value, "recipe": "deit"})  # deit: Mixup on, batch must be even
 
 
 def test_valid_keys_cover_cli_names():
@@ -64,3 +64,17 @@ def test_missing_yaml():
 def test_shipped_recipes_load(path):
     cfg = load_config(path)
     assert isinstance(cfg, TrainConfig)
+
+
+def test_recipes_named_and_default_follows_the_dataset():
+    from mixerlab.engine.recipes import RECIPES
+    fm = load_config(overrides={"data": "fashion-mnist"})
+    assert fm.recipe == "small" and fm.mixup == 0.0 and fm.randaugment is None and fm.crop_padding == 2
+    inet = load_config(overrides={"data": "imagefolder"})
+    assert inet.recipe == "deit" and inet == TrainConfig(data="imagefolder")  # deit = the field defaults
+    # the named recipe wins over the dataset's default; explicit options win over the recipe
+    c = load_config(overrides={"data": "fashion-mnist", "recipe": "deit", "mixup": "0.2"})
+    assert c.recipe == "deit" and c.mixup == 0.2 and c.cutmix == 1.0
+    assert all(k in valid_keys() for r in RECIPES.values() for k in r)
+    with pytest.raises(ValueError, match="unknown recipe 'nope'; choose one of deit, small"):
+        load_config(overrides={"recipe": "nope"})

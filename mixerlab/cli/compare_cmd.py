@@ -13,10 +13,15 @@ def add_parser(sub):
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<preset>)")
     p.add_argument("--experiments", nargs="+", default=None, metavar="E",
                    help="subset of E1 E2 E3 E4 E5")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="train this many runs at once in separate processes (2 on 2 CPU cores: "
-                        "1.25-1.3x the images/s for most micro models, see docs/benchmarks.md; "
-                        "results do not depend on it)")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="train this many runs at once in separate processes, one thread each on 2 "
+                        "CPU cores (1.25-1.3x the images/s of one 2-thread job for most micro models, "
+                        "see docs/benchmarks.md; results do not depend on it)")
+    p.add_argument("--sweep-only", action="store_true",
+                   help="run only the preset's learning-rate sweep on the validation split and write "
+                        "OUT/lr_sweep.json (scripts/sweep_lr.py commits it as the preset's LR table)")
+    p.add_argument("--val-images", type=int, default=None, metavar="N",
+                   help="size of the validation split held out of the training set (default: the preset's)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report from the finished runs in --out")
     p.add_argument("--threads-per-job", type=int, default=None,
@@ -30,5 +35,6 @@ def run(args) -> int:
     run_compare(args.preset, data=args.data, data_dir=args.data_dir, out=out,
                 experiments=args.experiments, log=lambda s: print(s, flush=True),
                 jobs=args.jobs, threads_per_job=args.threads_per_job,
-                report_only=args.report_only)
+                report_only=args.report_only, sweep_only=args.sweep_only,
+                overrides=None if args.val_images is None else {"val_images": args.val_images})
     return 0

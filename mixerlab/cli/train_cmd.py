@@ -41,6 +41,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                       help=f"(config key {f.name}; default {getattr(defaults, f.name)!r})")
         if f.name in _BOOL:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
+        if f.name == "recipe":
+            from mixerlab.engine.recipes import DEFAULT_RECIPE, list_recipes
+            kwargs.update(choices=list_recipes(), metavar="{" + ",".join(list_recipes()) + "}",
+                          help="named recipe the config starts from (mixerlab.engine.recipes); default: "
+                               "the dataset's (" + ", ".join(f"{k}: {v}" for k, v in DEFAULT_RECIPE.items()) + ")")
         if f.name == "data":
             kwargs.update(choices=DATASETS, metavar="{" + ",".join(DATASETS) + "}")
         p.add_argument(flag, **kwargs)

@@ -1,34 +1,94 @@
-"""Presets of ``mixerlab compare``: budgets and data (how much data, how many epochs, batch size,
-learning rate, seeds, which experiments, how many images the diagnostics read, further training
-overrides). What each experiment varies lives in its module (``experiments/``); a preset changes an
-experiment's knobs through ``knobs`` (``{"E3": {"depths": (4, 8, 12)}}``).
+"""Presets of ``mixerlab compare``: budgets and data (the model scale, how much data, how many
+epochs, batch size, the recipe, how learning rates are chosen, seeds, which experiments, how many
+images the diagnostics read, further training overrides). What each experiment varies lives in its
+module (``experiments/``); a preset changes an experiment's knobs through ``knobs``
+(``{"E3": {"depths": (4, 8, 12)}}``).
 
-Sizes (2 CPU cores unless stated; measured wall times are in the committed reports):
+Every preset holds a fixed, class-balanced validation split of ``val_images`` training images out
+(the same images for every run); the loop evaluates on it (validation curves, the LR sweep), and
+the test split is read once per run, after training, for the reported numbers.
+
+Throughput behind the arithmetic (images/s of one training step, one thread, batch 64, measured
+alternately in one process with ``scripts/bench_compare_scale.py`` on the shared 2-core machine at
+load ~6, so only the ratios are trusted): deit 205, ffonly 128, convit 182, deepvit 151,
+poolformer 79, identityformer 113, lavit 106. Absolute figures come from the orientation run of
+issue 13 on a quiet core, the CPU-scale DeiT seeing 203k images in 120 s (1,690 images/s with data
+loading); scaled by the ratios: ffonly ~1,050, convit ~1,500, deepvit ~1,250, poolformer ~650,
+identityformer ~930, lavit ~870 images/s. The variants of E3-E5 are estimated from their
+depth / mixers: ViT/DeepViT at 8 blocks ~620, E4's attention backbone ~500 (196-token attention in
+stage 1), its random and hybrid backbones ~600, E5's vanilla LaViT ~800 images/s.
+
+Sizes (2 CPU cores, ``--jobs 2``: two runs side by side, one thread each):
+
 * ``smoke``: synthetic data, seconds; for tests.
-* ``quick``: 15 minutes or less on 2 CPU cores: 5% of Fashion-MNIST (3,000 images), 2 epochs, one
-  seed, fewer variants, 1,000 test images. Enough to show every table and plot, not to rank
-  close mixers.
-* ``standard``: about 2 hours on 2 CPU cores (minutes on one GPU): 10% of the training set,
-  5 epochs, two seeds, the full test set (27 distinct configurations x 2 seeds; the estimate
-  scales the measured ``quick`` run times by the images seen).
-* ``full``: sized for one GPU: the full training set, 30 epochs, three seeds.
+* ``quick`` (budget 900 s): the CPU scale (``CPU_SCALE``), 27,500 training images (half the
+  pool of 55,000 left after the 5,000 validation images) x 2 epochs = 55,000 images seen per run
+  (859 steps of 64), two validation points per run, the whole 10,000-image test split. 17 distinct
+  runs (E1's seven families; E2 at 5 % and 50 %, sharing 50 % with E1; E3 ViT/DeepViT at 4 and 8
+  blocks, DeepViT-4 shared with E1; E4 attention/random/hybrid, pooling/identity shared with E1;
+  E5 vanilla and no-DP, LA-everywhere shared with E1). Time = images seen / images/s summed over
+  runs: E1 55,000 x (1/1690 + 1/1050 + 1/1500 + 1/1250 + 1/650 + 1/930 + 1/870) = 372 s; E2's
+  5 % runs 5,500 images each, 7 s; E3 55,000 x (1/1250 + 2/620) = 222 s; E4 55,000 x (1/500 +
+  2/600) = 294 s; E5 55,000 x (1/800 + 1/870) = 132 s; total 1,027 s of one core, 514 s on two,
+  plus evaluation (15,000 validation + 10,000 test images per run at ~3x the training rate, ~60 s
+  on two cores), start-up and analysis (~60 s): about 650 s. Learning rates: the committed table
+  ``lr_table_quick.json`` from ``python scripts/sweep_lr.py --preset quick`` (3 LRs per model, on
+  5 % of the pool for one epoch; about 21 x 2,750 / 1,000 / 2 = 30 s of training on a quiet
+  machine, then 21 validation passes). Whether every E1 family reaches 70 % at 55,000 images is
+  not measured yet: the orientation run reached 81.4 % at 203k images (DeiT scale).
+* ``standard`` (budget 90 min): the CPU scale, the whole pool (55,000) x 7 epochs = 385,000 images
+  per run, an LR sweep inside the preset (3 LRs per model on half the pool for one epoch),
+  E2 at 2 %, 10 % and 100 %. Time: E1 385,000 x 0.006763 s = 2,604 s; E2's small runs 46,200
+  images x 2 models, 58 s; E3 385,000 x 0.00403 = 1,551 s; E4 385,000 x 0.00533 = 2,053 s; E5
+  385,000 x 0.00240 = 922 s; the sweep 21 runs x 27,500 images, 558 s; total 7,746 s of one core,
+  3,873 s on two, plus evaluation (~300 s): about 70 min. The targets (every E1 family >= 85 %,
+  the best >= 90 %) are not measured yet.
+* ``full``: sized for one GPU: the *_micro models as the zoo defines them (32 px), the full pool,
+  30 epochs, three seeds, an LR sweep inside. No GPU result exists yet.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 
+# The CPU scale of ``quick`` and ``standard``: builder arguments of the ``*_micro`` zoo entries
+# (``ZooEntry.resolve(**overrides)``), not new classes. Native 28 x 28 Fashion-MNIST grid (no padding
+# to 32): the isotropic families take 7 x 7 patches (16 tokens), width 64, 4 blocks (FF-only 6: its
+# token-FF blocks are lighter, so 6 match DeiT's parameters); the hierarchical ones widths
+# 16/32/64/96 on 14/7/4/2 grids. LaViT keeps 32 px: its attention residual needs each stage's grid
+# to be half the previous one (16/8/4/2). Matched in parameters within the isotropic families
+# (0.17-0.22 M) and in MACs within 2x overall (3.0-6.3 M MACs vs 36-90 M at the *_micro scale);
+# the hierarchical ones carry more parameters (0.38 M) for the same MACs. "img_size" goes to the
+# training config (the data is read at that size), the rest to the builder.
+CPU_SCALE: dict[str, dict] = {
+    "deit_micro": dict(img_size=28, patch_size=7, dim=64, num_heads=4, depth=4),
+    "ffonly_micro": dict(img_size=28, patch_size=7, dim=64, depth=6),
+    "convit_micro": dict(img_size=28, patch_size=7, num_heads=4, head_dim=16, depth=4, local_layers=3),
+    "deepvit_micro": dict(img_size=28, patch_size=7, dim=64, num_heads=4, depth=4),
+    "poolformer_micro": dict(img_size=28, depths=(2, 2, 4, 2), dims=(16, 32, 64, 96)),
+    "identityformer_micro": dict(img_size=28, depths=(2, 2, 4, 2), dims=(16, 32, 64, 96)),
+    "lavit_micro": dict(img_size=32, dims=(16, 32, 64, 96), num_heads=(1, 1, 2, 3)),
+}
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str
     data: str = "fashion-mnist"
-    train_fraction: float = 0.05  # base fraction of the training set for every run
-    val_fraction: float = 1.0  # fraction of the test split used for evaluation
+    train_fraction: float = 1.0  # base fraction of the training pool (training split minus validation)
+    val_fraction: float = 1.0  # fraction of the test split used for the reported numbers
+    val_images: int = 5000  # fixed class-balanced validation split held out of the training split
     epochs: int = 2
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 2e-3  # used for a model the LR table / sweep has no entry for
     warmup_epochs: float = 0.5
     seeds: tuple = (0,)
+    recipe: str = "small"  # mixerlab.engine.recipes
+    scale: dict | None = None  # zoo name -> builder arguments (+ img_size); None: the zoo as it is
+    lr_table: str | None = None  # committed table (mixerlab/compare/<file>) of the LR per zoo name
+    sweep_lrs: tuple = ()  # LRs tried per E1 family on the validation split before the runs
+    sweep_fraction: float = 0.25  # sweep runs: fraction of the training pool ...
+    sweep_epochs: int = 1  # ... and epochs
     experiments: tuple | None = None  # experiment ids; None: every registered one, in order
     analysis_images: int = 64
     train_overrides: dict = field(default_factory=dict)  # any further TrainConfig fields
@@ -37,29 +97,29 @@ class Preset:
 
 PRESETS = {
     "smoke": Preset(
-        "smoke", data="synthetic", train_fraction=1.0, epochs=1, batch_size=16, lr=1e-3,
+        "smoke", data="synthetic", train_fraction=1.0, val_images=16, epochs=1, batch_size=16, lr=1e-3,
         warmup_epochs=0.0, analysis_images=8,
-        train_overrides=dict(synthetic_size=64, randaugment=None, mixup=0.0, cutmix=0.0,
-                             random_erasing=0.0, bn_calibration_batches=2, num_threads=1),
+        train_overrides=dict(synthetic_size=64, bn_calibration_batches=2, num_threads=1),
         knobs={"E2": {"fractions": (0.5, 1.0)}, "E3": {"depths": (2, 3)},
                "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}}),
     "quick": Preset(
-        "quick", train_fraction=0.05, val_fraction=0.1, epochs=2, batch_size=32, lr=1e-3,
-        warmup_epochs=0.2, analysis_images=64,
-        # Few epochs on little data: the light end of the DeiT recipe, evaluated once at the end.
-        train_overrides=dict(randaugment=None, mixup=0.0, cutmix=0.0, random_erasing=0.0,
-                             ema_decay=None, eval_every=2, bn_calibration_batches=10),
-        knobs={"E2": {"fractions": (0.01, 0.05)}, "E3": {"depths": (4, 8)},
+        "quick", train_fraction=0.5, val_fraction=1.0, val_images=5000, epochs=2, batch_size=64,
+        warmup_epochs=0.1, scale=CPU_SCALE, lr_table="lr_table_quick.json", analysis_images=64,
+        sweep_lrs=(1e-3, 2e-3, 4e-3), sweep_fraction=0.05, sweep_epochs=1,  # what made the table
+        train_overrides=dict(eval_every=1, bn_calibration_batches=10),
+        knobs={"E2": {"fractions": (0.05, 0.5)}, "E3": {"depths": (4, 8)},
                "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}}),
     "standard": Preset(
-        "standard", train_fraction=0.1, val_fraction=1.0, epochs=5, batch_size=64, lr=1e-3,
-        warmup_epochs=0.5, seeds=(0, 1), analysis_images=128,
-        train_overrides=dict(randaugment=None, mixup=0.0, cutmix=0.0, random_erasing=0.0,
-                             ema_decay=None, eval_every=5, bn_calibration_batches=20),
-        knobs={"E2": {"fractions": (0.01, 0.02, 0.05, 0.1)}, "E3": {"depths": (4, 8, 12)}}),
+        "standard", train_fraction=1.0, val_fraction=1.0, val_images=5000, epochs=7, batch_size=64,
+        warmup_epochs=0.3, scale=CPU_SCALE, sweep_lrs=(1e-3, 2e-3, 4e-3), sweep_fraction=0.5,
+        sweep_epochs=1, analysis_images=128,
+        train_overrides=dict(eval_every=1, bn_calibration_batches=20),
+        knobs={"E2": {"fractions": (0.02, 0.1, 1.0)}, "E3": {"depths": (4, 8)},
+               "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}}),
     "full": Preset(
-        "full", train_fraction=1.0, val_fraction=1.0, epochs=30, batch_size=128, lr=1e-3,
-        warmup_epochs=3.0, seeds=(0, 1, 2), analysis_images=256,
+        "full", train_fraction=1.0, val_fraction=1.0, val_images=5000, epochs=30, batch_size=128,
+        warmup_epochs=3.0, seeds=(0, 1, 2), sweep_lrs=(5e-4, 1e-3, 2e-3), sweep_fraction=1.0,
+        sweep_epochs=5, analysis_images=256,
         knobs={"E2": {"fractions": (0.05, 0.1, 0.25, 0.5, 1.0)}, "E3": {"depths": (4, 8, 12, 16)}}),
 }
 

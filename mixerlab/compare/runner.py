@@ -42,14 +42,28 @@ class RunResult:
     seconds: float = 0.0
 
 
-def build_config(spec: RunSpec, preset, seed: int, data: str, data_dir: str | None):
+def build_config(spec: RunSpec, preset, seed: int, data: str, data_dir: str | None, lrs: dict | None = None):
+    """The run's ``TrainConfig``: the preset's recipe (``mixerlab.engine.recipes``) <- the preset's
+    budget and data <- the model's learning rate from ``lrs`` (zoo name -> LR; the LR table or
+    sweep) <- ``preset.train_overrides`` <- the run's own ``train_args``. The preset's CPU scale
+    (``preset.scale[model]``) goes into ``model_args`` (builder arguments; ``img_size`` into the
+    config), under the run's own ``model_args``."""
     from ..engine.config import TrainConfig
-    args = dict(model=spec.model, model_args=spec.model_args, data=data, data_dir=data_dir,
+    from ..engine.recipes import recipe_values
+    scale = dict((getattr(preset, "scale", None) or {}).get(spec.model, {}))
+    img_size = scale.pop("img_size", None)
+    args = recipe_values(getattr(preset, "recipe", "deit"))
+    args.update(model=spec.model, model_args={**scale, **spec.model_args}, data=data, data_dir=data_dir,
                 train_fraction=preset.train_fraction, val_fraction=preset.val_fraction,
-                epochs=preset.epochs, batch_size=preset.batch_size, lr=preset.lr,
+                val_images=getattr(preset, "val_images", 0), epochs=preset.epochs,
+                batch_size=preset.batch_size, lr=(lrs or {}).get(spec.model, preset.lr),
                 warmup_epochs=preset.warmup_epochs, seed=seed, progress="none")
+    if img_size is not None:
+        args["img_size"] = img_size
     args.update(preset.train_overrides)
     args.update(spec.train_args)
+    for k in ("min_lr", "warmup_lr"):  # keep the schedule's floor below a low swept LR
+        args[k] = min(args.get(k, getattr(TrainConfig, k)), args["lr"])
     return TrainConfig(**args)
 
 
@@ -57,13 +71,16 @@ class Runner:
     """Trains what is not cached; reports progress with an overall ETA."""
 
     def __init__(self, out: Path, preset, *, data: str, data_dir: str | None, log=print,
-                 jobs: int = 1, threads_per_job: int | None = None, report_only: bool = False):
+                 jobs: int = 1, threads_per_job: int | None = None, report_only: bool = False,
+                 lrs: dict | None = None, predict: bool = True):
         if not isinstance(jobs, int) or jobs < 1:
             raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
         if threads_per_job is not None and (not isinstance(threads_per_job, int) or threads_per_job < 1):
             raise ValueError(f"threads_per_job must be an integer >= 1 or None, got {threads_per_job!r}")
         self.out, self.preset, self.data, self.data_dir, self.log = out, preset, data, data_dir, log
         self.jobs = jobs
+        self.lrs = dict(lrs or {})
+        self.predict = predict  # write each run's test predictions (not for the LR sweep)
         self.report_only = report_only
         self._parallel: dict[str, RunResult] = {}
         self.threads_per_job = threads_per_job or max(1, (os.cpu_count() or 1) // jobs)
@@ -73,7 +90,7 @@ class Runner:
         jobs, seen = [], {}
         for spec in specs:
             for seed in self.preset.seeds:
-                cfg = build_config(spec, self.preset, seed, self.data, self.data_dir)
+                cfg = build_config(spec, self.preset, seed, self.data, self.data_dir, self.lrs)
                 jobs.append((spec, seed, cfg, config_hash(cfg)))
         first: dict[str, tuple] = {}  # hash -> (spec, seed, cfg) of its first job
         for spec, seed, cfg, h in jobs:
@@ -96,6 +113,8 @@ class Runner:
                 r = self._parallel[h]
             elif (run_dir / "summary.json").exists():
                 r = RunResult(spec, seed, run_dir, "cached", json.loads((run_dir / "summary.json").read_text()))
+                if self.predict and not self.report_only:
+                    _ensure_predictions(r, cfg)
             elif self.report_only:
                 r = RunResult(spec, seed, run_dir, "missing", error="not trained yet (report written with report_only)")
             else:
@@ -106,7 +125,7 @@ class Runner:
                     eta = f", ETA {left / 60:.1f} min"
                 self.log(f"[{i}/{len(todo)}] {spec.exp} {spec.label}: {spec.model} seed {seed} "
                          f"-> {run_dir.name}{eta}")
-                r = _train_one(spec, seed, cfg, run_dir)
+                r = _train_one(spec, seed, cfg, run_dir, self.predict)
                 times.append(r.seconds)
                 self.log(f"    {self._outcome(r)} ({r.seconds:.0f} s; {(time.time() - t0) / 60:.1f} min so far)")
             seen[h] = r
@@ -116,7 +135,7 @@ class Runner:
     @staticmethod
     def _outcome(r: RunResult) -> str:
         if r.status == "done":
-            return f"top-1 {r.summary['final'].get('val_top1', float('nan')):.2f}%"
+            return f"val top-1 {r.summary['final'].get('val_top1', float('nan')):.2f}%"
         return f"FAILED: {r.error}"
 
     def _train_parallel(self, first: dict, todo: list[str]) -> None:
@@ -137,7 +156,7 @@ class Runner:
             futures = {}
             for h in todo:
                 spec, seed, cfg = first[h]
-                futures[pool.submit(_train_one, spec, seed, cfg, self._dir(first, h))] = h
+                futures[pool.submit(_train_one, spec, seed, cfg, self._dir(first, h), self.predict)] = h
             time.sleep(0.5)  # let the pool hand out the first runs
             self._log_running(futures, first)
             self._collect(futures, first, todo, t0)
@@ -201,7 +220,7 @@ def _init_worker(threads: int) -> None:
     signal.signal(signal.SIGTERM, _stop_worker)
 
 
-def _train_one(spec: RunSpec, seed: int, cfg, run_dir: Path) -> RunResult:
+def _train_one(spec: RunSpec, seed: int, cfg, run_dir: Path, predict: bool = True) -> RunResult:
     """Train one run (resuming from its last checkpoint if there is one); never raises but for
     KeyboardInterrupt."""
     global _stopping
@@ -217,6 +236,9 @@ def _train_one(spec: RunSpec, seed: int, cfg, run_dir: Path) -> RunResult:
         summary = train(cfg, out_dir=run_dir, resume=resume)
         if summary.get("interrupted"):
             raise KeyboardInterrupt
+        if predict:
+            from .predictions import write_predictions
+            write_predictions(run_dir, cfg)  # the test split, read once, after training
         return RunResult(spec, seed, run_dir, "done", summary, seconds=time.time() - t)
     except KeyboardInterrupt:
         _stopping = True
@@ -226,3 +248,14 @@ def _train_one(spec: RunSpec, seed: int, cfg, run_dir: Path) -> RunResult:
         (run_dir / "error.txt").write_text(traceback.format_exc())
         return RunResult(spec, seed, run_dir, "failed", error=f"{type(e).__name__}: {e}",
                          seconds=time.time() - t)
+
+
+def _ensure_predictions(r: RunResult, cfg) -> None:
+    """A cached run finished before its test predictions were written: write them now."""
+    from .predictions import FILE, write_predictions
+    if (r.run_dir / FILE).exists():
+        return
+    try:
+        write_predictions(r.run_dir, cfg)
+    except Exception as e:  # reported as a failed run, the others go on
+        r.status, r.error = "failed", f"test predictions: {type(e).__name__}: {e}"

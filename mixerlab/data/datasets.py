@@ -233,3 +233,34 @@ def balanced_subset(targets: np.ndarray, fraction: float, seed: int = 0) -> np.n
         k = max(1, int(round(fraction * len(idx))))
         keep.append(rng.permutation(idx)[:k])
     return np.sort(np.concatenate(keep))
+
+
+def validation_split(targets: np.ndarray, n_val: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed, class-balanced validation split carved out of a training split.
+
+    Returns ``(train_idx, val_idx)`` (sorted, disjoint, covering every sample): ``n_val`` images
+    for validation, ``n_val // K`` per class and the remainder one each to the first classes (in
+    class order), drawn with ``seed``; the rest for training. The split depends only on the
+    targets, ``n_val`` and ``seed``, so every run of a comparison holds out the same images.
+
+    Raises ``ValueError`` when a class has too few images to give its share and keep one for
+    training.
+    """
+    targets = np.asarray(targets)
+    if n_val <= 0:
+        return np.arange(len(targets)), np.arange(0)
+    classes = np.unique(targets)
+    k = len(classes)
+    share = {c: n_val // k + (1 if i < n_val % k else 0) for i, c in enumerate(classes)}
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in classes:
+        idx = np.flatnonzero(targets == c)
+        if share[c] >= len(idx):
+            raise ValueError(f"validation split of {n_val} images needs {share[c]} of class {c}, which has "
+                             f"only {len(idx)} training images (one must stay for training)")
+        val.append(rng.permutation(idx)[:share[c]])
+    val_idx = np.sort(np.concatenate(val))
+    mask = np.ones(len(targets), dtype=bool)
+    mask[val_idx] = False
+    return np.flatnonzero(mask), val_idx

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
-from .datasets import STATS, ImageSource, balanced_subset, build_sources
+from .datasets import STATS, ImageSource, balanced_subset, build_sources, validation_split
 from .transforms import eval_transform, train_transform
 
 
@@ -147,12 +147,13 @@ class DataBundle:
 
     train: TransformedDataset  # augmented training split (possibly a fraction)
     train_plain: TransformedDataset  # same images, eval transform (BN calibration)
-    val: TransformedDataset
+    val: TransformedDataset  # what the loop evaluates: the held-out validation split, or the test split
     num_classes: int
     in_chans: int
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    test: TransformedDataset | None = None  # the test split (the same object as ``val`` when no validation split is held out)
 
 
 def build_data(cfg) -> DataBundle:
@@ -163,24 +164,36 @@ def build_data(cfg) -> DataBundle:
     )
     mean, std = STATS[cfg.data]
     mean, std = tuple(mean[: train_src.in_chans]), tuple(std[: train_src.in_chans])
-    subset = balanced_subset(train_src.targets, cfg.train_fraction, cfg.subset_seed)
-    # A class-balanced, fixed part of the evaluation split (quick experiments); None = all of it.
-    val_subset = (balanced_subset(val_src.targets, cfg.val_fraction, cfg.subset_seed)
-                  if cfg.val_fraction < 1.0 else None)
+    # A fixed, class-balanced validation split held out of the training split (``val_images``),
+    # the same for every run whatever its train_fraction; the training fraction is then drawn
+    # from the rest. Without one (0), the loop evaluates on the test split as before.
+    n_val = getattr(cfg, "val_images", 0)
+    rest = len(train_src) - n_val
+    if n_val and n_val > rest:
+        raise ValueError(f"the validation split of {n_val} images is larger than the training subset it "
+                         f"leaves ({rest} of {len(train_src)} images); lower val_images")
+    pool, held_out = validation_split(train_src.targets, n_val, cfg.subset_seed)
+    subset = pool[balanced_subset(train_src.targets[pool], cfg.train_fraction, cfg.subset_seed)]
+    # A class-balanced, fixed part of the test split (quick experiments); None = all of it.
+    test_subset = (balanced_subset(val_src.targets, cfg.val_fraction, cfg.subset_seed)
+                   if cfg.val_fraction < 1.0 else None)
     t_train = train_transform(
         cfg.img_size, mean, std, crop=cfg.train_crop, hflip=cfg.hflip,
         randaugment=cfg.randaugment, random_erasing=cfg.random_erasing,
+        padding=getattr(cfg, "crop_padding", None),
     )
     t_eval = eval_transform(cfg.img_size, mean, std)
+    test = TransformedDataset(val_src, t_eval, test_subset)
     return DataBundle(
         train=TransformedDataset(train_src, t_train, subset),
         train_plain=TransformedDataset(train_src, t_eval, subset),
-        val=TransformedDataset(val_src, t_eval, val_subset),
+        val=TransformedDataset(train_src, t_eval, held_out) if n_val else test,
         num_classes=len(train_src.classes),
         in_chans=train_src.in_chans,
         classes=train_src.classes,
         mean=mean,
         std=std,
+        test=test,
     )
 
 

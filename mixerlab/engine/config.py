@@ -31,18 +31,26 @@ DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything one training run needs. Frozen: derive variants with ``dataclasses.replace``."""
+    """Everything one training run needs. Frozen: derive variants with ``dataclasses.replace``.
+
+    The field defaults are the ``deit`` recipe (:mod:`.recipes`); ``load_config`` starts from the
+    recipe named by ``recipe`` (default: the dataset's, e.g. ``small`` for Fashion-MNIST)."""
+
 
     # --- model ---
     model: str = "deit_micro"  # a name from mixerlab.list_models()
     model_args: dict = field(default_factory=dict)  # extra create_model overrides
     drop_path_rate: float = 0.1  # DeiT: 0.1; DeepViT: 0.2
     img_size: int = 32  # *_micro models are native 32 px
+    recipe: str = "deit"  # the named recipe the values started from (mixerlab.engine.recipes)
     # --- data ---
     data: str = "fashion-mnist"  # one of DATASETS
     data_dir: Optional[str] = None  # None: the Debian package folder for fashion-mnist
     train_fraction: float = 1.0  # class-balanced subset of the training split
-    val_fraction: float = 1.0  # class-balanced fixed subset of the evaluation split
+    val_fraction: float = 1.0  # class-balanced fixed subset of the test split
+    # images held out of the training split as a fixed, class-balanced validation split, which the
+    # loop then evaluates instead of the test split (0: evaluate on the test split)
+    val_images: int = 0
     subset_seed: int = 0  # fixed, so every run/seed sees the same subset
     num_workers: int = 0  # DataLoader worker processes (0 = load in the main process)
     synthetic_size: int = 512  # training images of the synthetic dataset (val: 1/4)
@@ -50,6 +58,7 @@ class TrainConfig:
     synthetic_chans: int = 1
     # --- augmentation (train split only) ---
     train_crop: Literal["pad-crop", "rrc", "none"] = "pad-crop"  # pad 4 + random 32 crop
+    crop_padding: Optional[int] = None  # pad-crop's padding (max shift in px); None: img_size // 8
     hflip: float = 0.5
     randaugment: Optional[int] = 9  # torchvision RandAugment magnitude (2 ops); None: off
     random_erasing: float = 0.25  # timm RandomErasing probability, pixel mode
@@ -95,6 +104,9 @@ class TrainConfig:
         _check_types(self)
         checks = {
             "data": (self.data in DATASETS, f"one of {', '.join(DATASETS)}"),
+            "recipe": (self.recipe in _recipe_names(), f"one of {', '.join(_recipe_names())}"),
+            "val_images": (self.val_images >= 0, ">= 0"),
+            "crop_padding": (self.crop_padding is None or self.crop_padding >= 0, ">= 0 or null"),
             "img_size": (self.img_size >= 8, ">= 8"),
             "train_fraction": (0.0 < self.train_fraction <= 1.0, "in (0, 1]"),
             "val_fraction": (0.0 < self.val_fraction <= 1.0, "in (0, 1]"),
@@ -147,6 +159,11 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
+
+
+def _recipe_names() -> list[str]:
+    from .recipes import RECIPES
+    return list(RECIPES)
 
 
 def _field_types() -> dict[str, Any]:
@@ -231,7 +248,11 @@ def load_config(
     overrides: dict[str, Any] | None = None,
     base: TrainConfig | None = None,
 ) -> TrainConfig:
-    """Resolve a config: ``base`` (dataclass defaults) <- YAML recipe <- overrides.
+    """Resolve a config: ``base`` <- YAML recipe <- overrides.
+
+    Without ``base`` the start is the named recipe (:mod:`.recipes`): ``recipe`` from the
+    overrides or the YAML file, else the default of the dataset (``default_recipe``); the
+    config records its name.
 
     Args:
         yaml_path: a recipe file (a flat mapping of TrainConfig keys), or None.
@@ -262,13 +283,18 @@ def load_config(
     for key, value in (overrides or {}).items():
         _check_keys([key], "overrides")
         values[key] = _convert(key, value) if isinstance(value, str) else value
+    if base is None:
+        from .recipes import default_recipe, recipe_config
+        name = values.get("recipe") or default_recipe(values.get("data", TrainConfig.data))
+        base = recipe_config(name)
+        values["recipe"] = name
     lr = values.get("lr")
-    if isinstance(lr, (int, float)) and not isinstance(lr, bool):  # keep a lowered lr consistent with the default min/warm-up LR
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool):  # keep a lowered lr consistent with the base's min/warm-up LR
         for k in ("min_lr", "warmup_lr"):
-            if k not in values and getattr(base or TrainConfig(), k) > lr:
+            if k not in values and getattr(base, k) > lr:
                 values[k] = lr
     try:
-        return dataclasses.replace(base or TrainConfig(), **values)
+        return dataclasses.replace(base, **values)
     except TypeError as e:  # only reachable through a programming error: keys are checked
         raise ValueError(str(e)) from None
 

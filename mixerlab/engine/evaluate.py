@@ -165,7 +165,9 @@ def evaluate(
             calib = eval_loader(bundle.train_plain, batch_size=batch_size, rank=di.rank, world=di.world, workers=num_workers,
                                 pin=pin, limit=cfg.bn_calibration_batches * batch_size * di.world, shuffle_seed=cfg.seed)
             calibrated = calibrate_batchnorm(model, calib, device=di.device, max_batches=cfg.bn_calibration_batches)
-        loader = eval_loader(bundle.val, batch_size=batch_size, rank=di.rank, world=di.world, workers=num_workers, pin=pin)
+        # the test split, also for runs that held a validation split out of the training set
+        test = bundle.test if bundle.test is not None else bundle.val
+        loader = eval_loader(test, batch_size=batch_size, rank=di.rank, world=di.world, workers=num_workers, pin=pin)
         result = evaluate_model(model, loader, device=di.device, num_classes=bundle.num_classes)
         result["bn_calibration_batches"] = calibrated
         result.update(checkpoint=str(path), model=cfg.model, data=cfg.data, weights="ema" if ema else "model",

@@ -397,7 +397,7 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
 
     def summarize() -> dict:
         return {
-            "model": cfg.model, "data": cfg.data, "run_dir": str(run_dir), "interrupted": False,
+            "model": cfg.model, "data": cfg.data, "recipe": cfg.recipe, "run_dir": str(run_dir), "interrupted": False,
             "params": sum(p.numel() for p in model.parameters()), "epochs": cfg.epochs, "steps": state["step"],
             "best_top1": state["best_top1"], "best_epoch": state["best_epoch"], "final": state["record"] or {},
             "train_wall_s": state["wall_s"], "wall_s": time.time() - t_start, "world_size": di.world,

@@ -51,7 +51,9 @@ class Section(NamedTuple):
     table: str  # Markdown table
     figures: list  # paths of the figures written (None entries are skipped)
     finding: list  # sentences: what this run measured
-    verdict: str  # "agrees with ..." etc., completing "This run ..."
+    verdict: str  # "**agrees** with ..." etc., completing "This run ..."
+    tests: list = []  # the paired tests (report.paired_test records), one per criterion
+    word: str = "inconclusive"  # agrees | does not agree | inconclusive (mixerlab.compare.stats)
 
 
 class Experiment:
@@ -60,6 +62,9 @@ class Experiment:
     id: ClassVar[str]
     title: ClassVar[str]  # section heading, starting with the id ("E3: ...")
     claim: ClassVar[str]  # the paper's claim, as the report quotes it
+    # The verdict's criteria (mixerlab.compare.stats.Criterion), fixed in the module before any run
+    # and derived from the paper's effect (the derivation is in the module docstring).
+    criteria: ClassVar[tuple] = ()
 
     def knobs(self) -> dict:
         """The knobs and their values."""

@@ -4,12 +4,22 @@ Claims tested: FF-only (Melas-Kyriazi, "Do You Even Need Attention?", arXiv 2105
 lukemelas/do-you-even-need-attention): a stack of feed-forward layers does well without attention;
 MetaFormer (Yu et al., arXiv 2111.11418; sail-sg/poolformer): the block architecture matters more
 than the specific token mixer.
+
+Verdict criterion (fixed before the run, from the paper's effect): FF-only's Table 1 puts FF-Base
+at 74.9 % against ViT-B 77.9 % and DeiT-B 79.9 % (the value the paper lists; see the paper notes on
+its label), i.e. 3.0 to 5.0 points behind the attention models of its size. "Does surprisingly
+well without attention" is read as: no further behind DeiT than the paper's own gap, **FF-only
+minus DeiT > -5 points**. Agrees when the whole 95 % interval of the paired difference is above
+-5, does not agree when it is wholly below, inconclusive otherwise. The MetaFormer half of the claim
+(mixer vs architecture) is tested in E4, in one backbone.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..report import _diff, _get, _scatter, _verdict, markdown_table
+from ..report import (_diff, _get, _scatter, _val_curves, markdown_table, paired_test, tests_table,
+                      verdict_sentence)
+from ..stats import Criterion, combine
 from .base import Experiment, RunSpec, Section, register_experiment
 
 MICRO_FAMILIES = ("deit_micro", "ffonly_micro", "convit_micro", "deepvit_micro", "poolformer_micro",
@@ -28,6 +38,9 @@ class MatchedSize(Experiment):
     claim = ("FF-only: a stack of feed-forward layers does surprisingly well without attention "
              "(74.9% vs 77.9/79.9% for ViT-B/DeiT on ImageNet). MetaFormer: the block architecture "
              "matters more than the specific token mixer.")
+
+    criteria = (Criterion("ffonly - deit", ">", -5.0,
+                          "FF-only Table 1: FF-Base 74.9 vs DeiT-B 79.9 / ViT-B 77.9 (3.0-5.0 behind)"),)
 
     families: tuple = MICRO_FAMILIES
 
@@ -53,7 +66,8 @@ class MatchedSize(Experiment):
         if d_id is not None:
             finding.append(f"IdentityFormer minus PoolFormer (same backbone, no token mixing in blocks): "
                            f"{d_id:+.2f} points.")
-        agree = None if d_ff is None else d_ff > -3.0
-        verdict = (f"{_verdict(agree)} with FF-only's claim that attention is not essential "
-                   f"(taken as: FF-only within 3 points of DeiT).")
-        return Section(markdown_table(aggs), figs, finding, verdict)
+        tests = [paired_test(self.criteria[0], _get(aggs, "ffonly"), _get(aggs, "deit"))]
+        word = combine([t["verdict"] for t in tests])
+        figs.append(_val_curves(aggs, "E1: validation top-1 vs images seen", fig_dir / "e1_val_curves.png"))
+        verdict = verdict_sentence(word, tests, "FF-only's claim that attention is not essential")
+        return Section(markdown_table(aggs) + "\n\n" + tests_table(tests), figs, finding, verdict, tests, word)

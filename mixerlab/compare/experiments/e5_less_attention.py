@@ -7,12 +7,21 @@ it through linear transforms loses nothing while saving compute; the diagonality
 helps. The variants are the zoo builder's ``layout`` argument (per stage a string of A = plain
 attention, V = vanilla attention whose map LA layers reuse, L = less attention) and the trainer's
 ``aux_weights`` (LaViT's terms ``dp_sym`` and ``dp_diag``).
+
+Verdict criteria (fixed before the run, from the paper's effect): LaViT reports no loss from less
+attention: LaViT-T 79.2 % against PVT-v2-b1's 78.7 % at lower cost, and gives no ablation number for
+the diagonality-preserving loss. "Loses nothing" is read as non-inferiority with a 1-point margin
+(twice the paper's +0.5 over its nearest baseline, and about the 95 % half-width of one accuracy on
+10,000 test images): **la_all minus vanilla > -1**; "the DP loss helps" as its sign,
+**la_all minus la_all_no_dp > 0**. Both needed.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..report import _curves, _diff, _f, _get, _scatter, _verdict, _yes_no, markdown_table
+from ..report import (_curves, _diff, _f, _get, _scatter, _val_curves, markdown_table, paired_test,
+                      tests_table, verdict_sentence)
+from ..stats import Criterion, combine
 from .base import Experiment, RunSpec, Section, register_experiment
 
 NO_DP = {"aux_weights": {"dp_sym": 0.0, "dp_diag": 0.0}}
@@ -36,6 +45,11 @@ class LessAttentionStages(Experiment):
     title = "E5: less attention at each stage (LaViT)"
     claim = ("LaViT: computing attention only in a few layers per stage and reusing it through linear "
              "transforms loses nothing while saving compute; the diagonality-preserving loss helps.")
+
+    criteria = (
+        Criterion("la_all - vanilla", ">", -1.0, "LaViT: no loss from less attention (non-inferiority, 1 point)"),
+        Criterion("la_all - la_all_no_dp", ">", 0.0, "LaViT: the DP loss helps (sign; no ablation number)"),
+    )
 
     variants: tuple = tuple(VARIANTS)
     table: dict = field(default_factory=lambda: dict(VARIANTS))
@@ -80,16 +94,11 @@ class LessAttentionStages(Experiment):
                    f"at {_f(la and la['gmacs'], 4)} vs {_f(van and van['gmacs'], 4)} GMACs; "
                    f"without the DP loss: {'–' if d_nodp is None else f'{d_nodp:+.2f}'} points; "
                    f"DP loss on minus off: {'–' if dp is None else f'{dp:+.2f}'} points."]
-        # Two claims: reusing attention loses nothing (the best LA-everywhere variant within 1 point
-        # of vanilla), and the DP loss helps (on >= off).
-        best_la = max((x for x in (d, d_nodp) if x is not None), default=None)
-        lose_nothing = None if best_la is None else best_la > -1.0
-        dp_helps = None if dp is None else dp >= 0.0
-        parts = [p for p in (lose_nothing, dp_helps) if p is not None]
-        agree = None if not parts else ("partly" if len(set(parts)) > 1 else parts[0])
-        verdict = (f"{_verdict(agree)} with LaViT (taken as: less attention in every stage within 1 point of "
-                   f"vanilla with or without the DP loss: {_yes_no(lose_nothing)}; the DP loss does not lower "
-                   f"accuracy: {_yes_no(dp_helps)}). At 32 px the transforms act on tiny N, so MACs barely "
-                   "change: the compute claim is not tested here (see `docs/benchmarks.md`).")
+        tests = [paired_test(self.criteria[0], la, van), paired_test(self.criteria[1], la, la_nodp)]
+        word = combine([t["verdict"] for t in tests])
+        figs.append(_val_curves(aggs, "E5: validation top-1 vs images seen", fig_dir / "e5_val_curves.png"))
+        verdict = (verdict_sentence(word, tests, "LaViT") + " The transforms act on few tokens here, so "
+                   "MACs barely change: the compute claim is not tested (see `docs/benchmarks.md`).")
         extra = {"# LA layers": lambda a: str(a["x"])}
-        return Section(markdown_table(aggs, extra=extra), figs, finding, verdict)
+        return Section(markdown_table(aggs, extra=extra) + "\n\n" + tests_table(tests), figs, finding, verdict,
+                       tests, word)
