@@ -182,30 +182,34 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
     specs = plan(p)
     check_preset(p, data, data_dir, specs)  # before anything is written
     kw = dict(out=out, data=data, data_dir=data_dir, log=log, jobs=jobs, threads_per_job=threads_per_job)
-    if sweep_only:
-        if not p.sweep_lrs:
-            raise ValueError(f"preset {p.name!r} defines no LR sweep (sweep_lrs)")
-        table = run_sweep(p, specs, **kw)
-        path = out / "lr_sweep.json"
-        path.write_text(json.dumps(dict(preset=p.name, data=data, lrs=list(p.sweep_lrs),
-                                        sweep_fraction=p.sweep_fraction, sweep_epochs=p.sweep_epochs,
-                                        val_images=p.val_images, models=table), indent=1) + "\n")
-        log(f"LR sweep: {path}")
-        return dict(sweep=path, table=table)
-    lrs, lr_info = lr_table(p, specs, report_only=report_only, **kw)
-    results = Runner(out, p, data=data, data_dir=data_dir, log=log, jobs=jobs, lrs=lrs,
-                     threads_per_job=threads_per_job, report_only=report_only).run_all(specs)
-    macs = _macs(results)
-    analyses = _analyses(results, p, data, data_dir, log)
-    rows = run_rows(results, macs)
-    agg = aggregate(rows)
-    report = write_report(out, p, data, rows, agg, analyses, machine_desc(), time.time() - t0,
-                          experiments=selected_experiments(p), lr_info=lr_info)
-    tests = {k: dict(verdict=sec.word, tests=sec.tests) for k, sec in write_report.sections.items()}
-    write_tables(out, rows, agg, extra=dict(
-        preset=p.name, data=data, tests=tests, lr=lr_info,
-        statistics=dict(bootstrap="paired, over test images, seeds averaged per image; 2000 resamples, "
-                                  "numpy default_rng(0), percentile 95 % interval (mixerlab.compare.stats)",
-                        mcnemar="exact binomial, mid-p, first seed of each model")))
-    log(f"report: {report}")
-    return dict(report=report, rows=rows, aggregate=agg)
+    # One compare trains into a folder at a time; --report-only only reads (e.g. beside a running one).
+    import contextlib
+    from ..engine.runlock import run_folder_lock
+    with contextlib.nullcontext() if report_only else run_folder_lock(out, what="compare folder"):
+        if sweep_only:
+            if not p.sweep_lrs:
+                raise ValueError(f"preset {p.name!r} defines no LR sweep (sweep_lrs)")
+            table = run_sweep(p, specs, **kw)
+            path = out / "lr_sweep.json"
+            path.write_text(json.dumps(dict(preset=p.name, data=data, lrs=list(p.sweep_lrs),
+                                            sweep_fraction=p.sweep_fraction, sweep_epochs=p.sweep_epochs,
+                                            val_images=p.val_images, models=table), indent=1) + "\n")
+            log(f"LR sweep: {path}")
+            return dict(sweep=path, table=table)
+        lrs, lr_info = lr_table(p, specs, report_only=report_only, **kw)
+        results = Runner(out, p, data=data, data_dir=data_dir, log=log, jobs=jobs, lrs=lrs,
+                         threads_per_job=threads_per_job, report_only=report_only).run_all(specs)
+        macs = _macs(results)
+        analyses = _analyses(results, p, data, data_dir, log)
+        rows = run_rows(results, macs)
+        agg = aggregate(rows)
+        report = write_report(out, p, data, rows, agg, analyses, machine_desc(), time.time() - t0,
+                              experiments=selected_experiments(p), lr_info=lr_info)
+        tests = {k: dict(verdict=sec.word, tests=sec.tests) for k, sec in write_report.sections.items()}
+        write_tables(out, rows, agg, extra=dict(
+            preset=p.name, data=data, tests=tests, lr=lr_info,
+            statistics=dict(bootstrap="paired, over test images, seeds averaged per image; 2000 resamples, "
+                                      "numpy default_rng(0), percentile 95 % interval (mixerlab.compare.stats)",
+                            mcnemar="exact binomial, mid-p, first seed of each model")))
+        log(f"report: {report}")
+        return dict(report=report, rows=rows, aggregate=agg)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import time
 import traceback
@@ -227,27 +226,30 @@ def _train_one(spec: RunSpec, seed: int, cfg, run_dir: Path, predict: bool = Tru
     from ..engine import train
     if _stopping:
         raise KeyboardInterrupt
+    from ..engine.runlock import RunFolderBusyError, run_folder_lock
     t = time.time()
-    resume = (run_dir / "last.safetensors").exists()
-    if run_dir.exists() and not resume:
-        # A run that failed before its first checkpoint left only logs behind: start it afresh.
-        shutil.rmtree(run_dir)
     try:
-        summary = train(cfg, out_dir=run_dir, resume=resume)
-        if summary.get("interrupted"):
-            raise KeyboardInterrupt
-        if predict:
-            from .predictions import write_predictions
-            write_predictions(run_dir, cfg)  # the test split, read once, after training
-        return RunResult(spec, seed, run_dir, "done", summary, seconds=time.time() - t)
-    except KeyboardInterrupt:
-        _stopping = True
-        raise
-    except Exception as e:  # a failed run is reported and does not stop the others
-        (run_dir).mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.txt").write_text(traceback.format_exc())
-        return RunResult(spec, seed, run_dir, "failed", error=f"{type(e).__name__}: {e}",
-                         seconds=time.time() - t)
+        # One writer per run folder; a folder a run left without a checkpoint (a failure before
+        # the first epoch end) is accepted by train() as new, so nothing is deleted here.
+        with run_folder_lock(run_dir, what="compare run folder"):
+            try:
+                resume = (run_dir / "last.safetensors").exists()
+                summary = train(cfg, out_dir=run_dir, resume=resume)
+                if summary.get("interrupted"):
+                    raise KeyboardInterrupt
+                if predict:
+                    from .predictions import write_predictions
+                    write_predictions(run_dir, cfg)  # the test split, read once, after training
+                return RunResult(spec, seed, run_dir, "done", summary, seconds=time.time() - t)
+            except KeyboardInterrupt:
+                _stopping = True
+                raise
+            except Exception as e:  # a failed run is reported and does not stop the others
+                (run_dir / "error.txt").write_text(traceback.format_exc())
+                return RunResult(spec, seed, run_dir, "failed", error=f"{type(e).__name__}: {e}",
+                                 seconds=time.time() - t)
+    except RunFolderBusyError as e:  # another process trains this run: not a failure of the run
+        return RunResult(spec, seed, run_dir, "failed", error=f"busy: {e}", seconds=time.time() - t)
 
 
 def _ensure_predictions(r: RunResult, cfg) -> None:

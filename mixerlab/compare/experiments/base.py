@@ -15,10 +15,11 @@ order), ``unregister_experiment``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, NamedTuple
+from ...registry import Registry
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ class Experiment:
         raise NotImplementedError
 
 
-_EXPERIMENTS: dict[str, Experiment] = {}
+_EXPERIMENTS: Registry[Experiment] = Registry(
+    "experiment", allowed=lambda names: f"allowed: {names}")
 
 
 def register_experiment(exp):
@@ -100,32 +102,23 @@ def register_experiment(exp):
     inst = exp() if isinstance(exp, type) else exp
     if not isinstance(inst, Experiment):
         raise TypeError(f"{exp!r} is not an Experiment")
-    if inst.id in _EXPERIMENTS:
-        raise ValueError(f"experiment {inst.id!r} registered twice")
-    _EXPERIMENTS[inst.id] = inst
+    _EXPERIMENTS.add(inst.id, inst)
     return exp
 
 
 def unregister_experiment(exp_id: str) -> Experiment:
     """Remove the experiment registered under ``exp_id`` (e.g. a test's own); returns it."""
-    if exp_id not in _EXPERIMENTS:
-        raise ValueError(f"no experiment {exp_id!r} is registered")
-    return _EXPERIMENTS.pop(exp_id)
+    return _EXPERIMENTS.remove(exp_id)
 
 
 def get_experiment(exp_id: str) -> Experiment:
     """The experiment registered under ``exp_id``; a ``ValueError`` lists the allowed ids."""
-    try:
-        return _EXPERIMENTS[exp_id]
-    except KeyError:
-        close = difflib.get_close_matches(exp_id, _EXPERIMENTS, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown experiment {exp_id!r}{hint}; allowed: {list_experiments()}") from None
+    return _EXPERIMENTS.get(exp_id)
 
 
 def list_experiments() -> list[str]:
     """Registered experiment ids, in registration order."""
-    return list(_EXPERIMENTS)
+    return _EXPERIMENTS.names()
 
 
 def selected_experiments(preset) -> list[Experiment]:
