@@ -122,12 +122,14 @@ def lavit(depths=(2, 2, 2, 2), dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8),
         carry = {}
         if prev_has_map:
             ph, pg, psr = prev[1], prev[2], prev[3]
-            if (pg[0] % grid[0] or pg[1] % grid[1] or pg[0] // grid[0] != pg[1] // grid[1]
+            f = downsample[1]
+            if (tuple(pg) != (f * grid[0], f * grid[1])
                     or (pg[0] // psr) % (grid[0] // sr) or (pg[1] // psr) % (grid[1] // sr)):
                 raise ValueError(f"stage {i} ({letters!r}): the {pg[0]}x{pg[1]} map of stage {i - 1} "
                                  f"(keys {pg[0] // psr}x{pg[1] // psr}) cannot be carried to its "
-                                 f"{grid[0]}x{grid[1]} grid (keys {grid[0] // sr}x{grid[1] // sr}) "
-                                 "by integer downsampling")
+                                 f"{grid[0]}x{grid[1]} grid (keys {grid[0] // sr}x{grid[1] // sr}): "
+                                 f"the query grid must shrink exactly {f}x and the key grid by an "
+                                 f"integer factor; use an input size the downsampling divides")
             carry = {"prev_heads": ph, "prev_grid": tuple(pg), "prev_sr_ratio": psr}
         common = {"num_heads": h, "la_source": la_source, "sr_ratio": sr, "grid": tuple(grid)}
         mixers, first_v = [], True
