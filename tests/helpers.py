@@ -20,5 +20,7 @@ def small_config(name: str, *, img_size: int | None = None):
     assert isinstance(cfg, HierarchicalConfig)
     if cfg.img_size == 32:
         return cfg
+    # through the builder: LaViT's layers are built for their stage's grid
+    cfg = mixerlab.get_model_info(name).resolve(img_size=img_size or 64)
     stages = tuple(dataclasses.replace(st, mixers=st.mixers[:2]) for st in cfg.stages)
-    return dataclasses.replace(cfg, stages=stages, img_size=img_size or 64)
+    return dataclasses.replace(cfg, stages=stages)

@@ -155,7 +155,9 @@ class AttentionResidual(nn.Module):
         if g > 1:
             m = m.reshape(b, hp, n, kh, g, kw, g)
             m = torch.einsum("bxnicjd,cd->bxnij", m, self.filter_k.to(m.dtype)).reshape(b, hp, n, kh * kw)
-        return torch.einsum("ox,bxnk->bonk", self.head_mix.to(m.dtype), m)
+        # head mix as a batched product (an einsum over one previous head would be a plain multiply)
+        out = torch.matmul(self.head_mix.to(m.dtype), m.reshape(b, hp, n * m.shape[-1]))
+        return out.reshape(b, self.num_heads, n, m.shape[-1])
 
 
 class Factored:
