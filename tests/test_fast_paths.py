@@ -7,22 +7,7 @@ import torch
 import mixerlab
 from mixerlab.mixers import GPSA, ReAttention, TokenContext
 
-
-def randomise_less_attention(m):
-    """Move Psi/Theta and the residual away from their identity/zero init so tests can fail."""
-    with torch.no_grad():
-        for mod in m.modules():
-            if type(mod).__name__ == "LessAttention" and mod.mode == "la":
-                mats = [mod.theta.weight] + ([mod.psi.weight] if mod.psi_kind == "dense" else [mod.psi_h, mod.psi_w])
-                for w in mats:
-                    w.add_(torch.randn_like(w) * 0.05)
-                mod.theta.bias.normal_(0, 0.1)
-                (mod.psi.bias if mod.psi_kind == "dense" else mod.psi_bias).normal_(0, 0.1)
-            if type(mod).__name__ == "AttentionResidual":
-                mod.head_mix.normal_(0, 1)
-                mod.filter_q.normal_(0.25, 0.1)
-                if mod.filter_k is not None:
-                    mod.filter_k.normal_(0.25, 0.1)
+from helpers import randomise_less_attention
 
 
 # lavit_micro at 64 px without key reduction and without a stage-1 map: stage 2 (16 x 16 tokens,

@@ -510,5 +510,11 @@ class LessAttention(AttentionMixer):
                 out = self.attn_drop(attn) @ v
         ctx.state[CARRY_GRID] = self.grid
         ctx.state[CARRY_KEY_GRID] = self.key_grid
-        out = out.transpose(1, 2).reshape(b, n, c)
+        out = out.transpose(1, 2)  # (B, N, H, D); a view of fused attention's own (B, N, H, D) output
+        if torch.compiler.is_compiling():
+            # A traced reshape of it becomes a view, which fails once the ONNX exporter decomposes
+            # fused attention into ops with other output strides ("Cannot view [2,16,3,32] as
+            # (2,16,96)"); an explicit contiguous copy keeps the graph valid for every lowering.
+            out = out.clone(memory_format=torch.contiguous_format)
+        out = out.reshape(b, n, c)
         return self.proj_drop(self.proj(out))
