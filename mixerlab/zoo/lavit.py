@@ -1,26 +1,32 @@
 """LaViT (Zhang et al., "You Only Need Less Attention at Each Stage in Vision Transformers",
 CVPR 2024, arXiv 2406.00427). No official code or configuration tables exist; the reported numbers
 (LaViT-T/S/B: 10.9M/22.4M/39.6M params, 1.6/3.3/6.1 GFLOPs, 79.2/82.6/83.1 top-1) come from a
-secondary source (a list of reported
-numbers; the paper's tables give FLOPs and top-1 only against other models).
+secondary source (a list of reported numbers).
 
 How the configurations were re-derived (all mixerlab PROPOSALS where the paper is silent):
 * Skeleton: PVT-v1-like. Stem conv 4x4/4 + LayerNorm; between stages conv 2x2/2 + LayerNorm;
-  learned position embedding per stage (trunc-normal 0.02, interpolated for other sizes);
-  widths 64/128/320/512, heads 1/2/5/8, MLP ratios 8/8/4/4; final LayerNorm, global average,
-  Linear; no class token.
-* Stages 1-2: plain attention with PVT spatial reduction (ratios 8 and 4; 4 and 2 for LaViT-T):
-  an N x N transform at stage-1/2 resolution would cost 9.8M/0.6M parameters per matrix.
-* Stages 3-4: the first block is a vanilla-attention layer (L_VA = 1), the others are
-  less-attention layers; stage 4's VA layer receives stage 3's attention through the attention
-  residual. Full square attention there (no spatial reduction), as the DP loss needs.
-* Depths (and, for T, the spatial-reduction ratios) were then chosen so that the parameter count
-  lands within 1% of the reported one: T (2, 2, 2, 2) with SR 4/2 -> 10.97M; S (3, 4, 8, 3) ->
-  22.55M; B (3, 5, 23, 3) -> 39.71M. The MACs then differ from the reported FLOPs;
-  ``mixerlab list`` shows ours.
-* ``lavit_micro`` (32 px): stem 2x2/2, widths 32/64/96/160, 32 channels per head, MLP ratio 4,
-  depths (1, 2, 2, 2); stage 1 attention with SR 2; stages 2-4 one VA layer then LA layers, with
-  the attention residual from stage 2 to 3 and 3 to 4.
+  learned position embedding per stage (trunc-normal 0.02, interpolated for other sizes); final
+  LayerNorm, global average, Linear; no class token. Keys and values on the PVT-reduced grid in
+  every layer (ratios 8/4/2/1: a 7 x 7 key grid in every stage at 224 px), so Theta is 49 x 49
+  and the maps N x 49 (see ``mixers/less_attention.py``).
+* Layout, "less attention at each stage": one vanilla-attention layer opens stages 1-3, every
+  other layer is a less-attention layer; stage 4 is less attention only ("some stages consist of
+  less-attention layers only", the authors' slides), starting from stage 3's map downsampled on
+  the query axis and mixed across heads; the first VA layer of stages 2-3 receives the previous
+  stage's map through the attention residual (at every downsampling).
+* Widths, depths, heads and MLP ratio 4 were then searched with the cost formulas so that params
+  and MACs (mixerlab's counter, 224 px) are each within 5 % of the reported pair and the model
+  has >= 15 % fewer MACs than its vanilla twin: T (1, 2, 11, 2) x 48/96/240/384 -> 10.90M,
+  1.629 G (twin 15.59M, 1.984 G); S (1, 2, 14, 2) x 64/128/320/512 -> 21.63M, 3.351 G (twin 32.31M,
+  4.197 G); B (1, 3, 16, 2) x 96/192/384/768 -> 38.89M, 6.084 G (twin 58.72M, 7.683 G). Stage 1 has
+  one layer: at 56 x 56 tokens nothing in it saves much (its MLP dominates).
+* Alternatives kept as options: ``la_proj=True`` (an output projection in LA layers),
+  ``psi="dense"`` / ``"kron"`` (instead of the per-layer cost-model choice), ``la_source=
+  "post_softmax"`` (the literal reading of Fig. 2), any ``layout`` (e.g. the earlier
+  ``("AA", "AA", "VL", "VL")``).
+* ``*_vanilla``: the same skeleton with every layer plain PVT attention, to measure the saving.
+* ``lavit_micro`` (32 px): stem 2x2/2, widths 32/64/96/160, heads 1/2/3/5, MLP ratio 4, depths
+  (1, 2, 2, 2), ratios 4/2/1/1 (key grids 4/4/4/2 per side), the same layout as T/S/B.
 """
 from __future__ import annotations
 
