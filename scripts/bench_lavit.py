@@ -1,137 +1,164 @@
-"""LaViT: the factored less-attention path vs the N x N path vs vanilla attention everywhere.
+"""LaViT vs its all-vanilla twin (same skeleton, every layer PVT attention): MACs and CPU time.
 
-For lavit_small (or another LaViT model) it measures, per stage and in total:
-* MACs, counted by ``FlopCounterMode``: for the N x N path on the explicit attention paths; for the
-  factored path with ``F.scaled_dot_product_attention`` replaced by its math form (q k^T, softmax,
-  A v) during counting, so the fused calls are counted exactly instead of as 0 on the CPU;
-* forward time per stage (median of ``--reps`` timed forwards after warm-up, eval mode, no grad,
-  block forward hooks; CPU timings are wall-clock, CUDA synchronised).
+For each input size it builds ``MODEL`` and ``MODEL_vanilla`` at that size and measures, per stage
+(downsampling + blocks) and in total:
+* MACs per image, counted by ``FlopCounterMode`` on the explicit attention paths (mixerlab's
+  counter, ``mixerlab.bench.flops.counted_macs``);
+* inference time (eval, no grad, batch ``--batch``): per stage from forward hooks, and in total;
+* training-step time (forward with the auxiliary terms in the loss, backward; batch
+  ``--train-batch``), in total.
+The two models are measured alternately in one process (LaViT, twin, LaViT, twin, ...) after
+``--warmup`` rounds; the table reports medians over ``--reps`` rounds and the twin/LaViT ratio of
+the medians. CPU timings are wall-clock: on a shared machine report the load with the numbers.
 
-Usage: python scripts/bench_lavit.py [--model lavit_small] [--batch 8] [--reps 5] [--out FILE.json]
+Usage: python scripts/bench_lavit.py [--model lavit_tiny] [--sizes 224 448] [--batch 32]
+       [--train-batch 16] [--reps 3] [--warmup 1] [--threads 2] [--out FILE.json]
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import os
+import re
 import statistics
 import time
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 import mixerlab
-from mixerlab.zoo.lavit import lavit
+from mixerlab.bench.flops import counted_macs
 
 
-def math_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    s = q.shape[-1] ** -0.5 if scale is None else scale
-    a = (q * s) @ k.transpose(-2, -1)
-    if attn_mask is not None:
-        a = a + attn_mask
-    return a.softmax(-1) @ v
-
-
-@contextlib.contextmanager
-def counted_sdpa():
-    orig = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = math_sdpa
-    try:
-        yield
-    finally:
-        F.scaled_dot_product_attention = orig
-
-
-def stage_of(name: str) -> str:
-    return name.split(".")[1] if name.startswith("stages.") else "stem/head"
-
-
-def per_stage_macs(model, x, *, explicit: bool) -> dict:
-    """MACs per stage of one image, from the counter's per-module breakdown."""
-    ctx = mixerlab.explicit_attention(model) if explicit else counted_sdpa()
-    with ctx, FlopCounterMode(display=False, depth=None) as c, torch.no_grad():
-        model(x[:1])
-    out = defaultdict(int)
-    for mod, flops in c.get_flop_counts().items():
-        parts = mod.split(".")  # 'HierarchicalModel.stages.i.blocks.j' / '...stages.i.downsample'
-        if len(parts) >= 4 and parts[1] == "stages" and (
-                (parts[3] == "blocks" and len(parts) == 5) or (parts[3] == "downsample" and len(parts) == 4)):
-            out[f"stage{int(parts[2]) + 1}"] += sum(flops.values()) // 2
-    out["total"] = c.get_total_flops() // 2
-    return dict(out)
-
-
-def per_stage_time(model, x, *, explicit: bool, reps: int, warmup: int = 2) -> dict:
-    acc = defaultdict(list)
-    starts = {}
-
-    def pre(name):
-        return lambda m, a: starts.__setitem__(name, time.perf_counter())
-
-    def post(name):
-        return lambda m, a, o: acc[name].append(time.perf_counter() - starts[name])
-
-    hooks = []
-    for i, st in enumerate(model.stages):
-        for blk in st.blocks:
-            hooks.append(blk.register_forward_pre_hook(pre(f"stage{i + 1}")))
-            hooks.append(blk.register_forward_hook(post(f"stage{i + 1}")))
-    ctx = mixerlab.explicit_attention(model) if explicit else contextlib.nullcontext()
-    totals = []
-    with ctx, torch.no_grad():
-        for r in range(warmup + reps):
-            if r == warmup:
-                acc.clear()
-            t = time.perf_counter()
-            model(x)
-            if r >= warmup:
-                totals.append(time.perf_counter() - t)
-    for h in hooks:
-        h.remove()
-    n_blocks = {f"stage{i + 1}": len(st.blocks) for i, st in enumerate(model.stages)}
-    out = {k: statistics.median([sum(v[j:j + n_blocks[k]]) for j in range(0, len(v), n_blocks[k])])
-           for k, v in acc.items()}
-    out["total"] = statistics.median(totals)
+def stage_macs(model, size) -> dict:
+    total, per = counted_macs(model, (3, size, size))
+    out = {}
+    for i in range(len(model.stages)):  # the stage's downsampling and blocks
+        pat = re.compile(rf"stages\.{i}\.(downsample|blocks\.\d+)$")
+        out[f"stage{i + 1}"] = sum(v for k, v in per.items() if pat.match(k))
+    out["total"] = total
     return out
+
+
+class StageTimer:
+    """Wall-clock per stage (its downsampling, position embedding and blocks) from block hooks."""
+
+    def __init__(self, model):
+        self.model, self.acc, self.hooks, self.t0 = model, defaultdict(float), [], {}
+        for i, st in enumerate(model.stages):
+            first, last = st.blocks[0], st.blocks[-1]
+            mod = st.downsample if i > 0 else first
+            self.hooks.append(mod.register_forward_pre_hook(self._start(i)))
+            self.hooks.append(last.register_forward_hook(self._stop(i)))
+
+    def _start(self, i):
+        return lambda m, a: self.t0.__setitem__(i, time.perf_counter())
+
+    def _stop(self, i):
+        def f(m, a, o):
+            self.acc[f"stage{i + 1}"] += time.perf_counter() - self.t0[i]
+        return f
+
+    def take(self) -> dict:
+        out = dict(self.acc)
+        self.acc.clear()
+        return out
+
+    def remove(self):
+        for h in self.hooks:
+            h.remove()
+
+
+def infer_once(model, x, timer) -> dict:
+    t = time.perf_counter()
+    with torch.no_grad():
+        model(x)
+    out = timer.take()
+    out["total"] = time.perf_counter() - t
+    return out
+
+
+def train_once(model, x) -> float:
+    t = time.perf_counter()
+    logits, aux = model(x, return_aux=True)
+    loss = logits.float().logsumexp(-1).mean() + sum(aux.values(), torch.zeros(()))
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - t
+
+
+def med(rows: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="lavit_small")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--model", default="lavit_tiny")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--train-batch", type=int, default=16)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-train", action="store_true", help="inference only")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = mixerlab.create_model(a.model).eval()
-    cfg = mixerlab.get_model_info(a.model).config
-    depths = tuple(len(st.mixers) for st in cfg.stages)
-    n_va_all = tuple(None if st.mixers[0][0] == "attention" else len(st.mixers) for st in cfg.stages)
-    vanilla = mixerlab.build_model(lavit(depths, n_va=n_va_all, sr_ratios=(8, 4, 1, 1)) if a.model != "lavit_tiny"
-                                   else lavit(depths, n_va=n_va_all, sr_ratios=(4, 2, 1, 1))).eval()
-    x = torch.randn(a.batch, 3, *model.img_size)
-    rows = {
-        "factored (default)": (model, False),
-        "N x N (explicit)": (model, True),
-        "vanilla attention everywhere": (vanilla, False),
-    }
-    result = {"model": a.model, "batch": a.batch, "device": "cpu", "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "rows": {}}
-    for label, (m, explicit) in rows.items():
-        result["rows"][label] = dict(macs=per_stage_macs(m, x, explicit=explicit),
-                                     seconds=per_stage_time(m, x, explicit=explicit, reps=a.reps))
-    stages = [f"stage{i + 1}" for i in range(len(depths))] + ["total"]
-    print(f"{a.model}, batch {a.batch}, CPU threads {torch.get_num_threads()}, torch {torch.__version__}")
-    print("| path | " + " | ".join(f"{s} GMACs" for s in stages) + " | " + " | ".join(f"{s} ms" for s in stages) + " |")
-    print("|" + "---|" * (2 * len(stages) + 1))
-    for label, r in result["rows"].items():
-        print(f"| {label} | " + " | ".join(f"{r['macs'].get(s, 0) / 1e9:.3f}" for s in stages) + " | "
-              + " | ".join(f"{r['seconds'].get(s, 0) * 1e3:.1f}" for s in stages) + " |")
+    names = (a.model, f"{a.model}_vanilla")
+    result = {"model": a.model, "batch": a.batch, "train_batch": a.train_batch, "reps": a.reps,
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "load_avg_start": os.getloadavg(), "sizes": {}}
+    for size in a.sizes:
+        models = {n: mixerlab.create_model(n, img_size=size) for n in names}
+        rec = {n: {"macs": stage_macs(m, size), "infer": [], "train": []} for n, m in models.items()}
+        x = torch.randn(a.batch, 3, size, size)
+        timers = {n: StageTimer(m.eval()) for n, m in models.items()}
+        for r in range(a.warmup + a.reps):  # alternately: LaViT, twin, LaViT, twin, ...
+            for n, m in models.items():
+                t = infer_once(m, x, timers[n])
+                if r >= a.warmup:
+                    rec[n]["infer"].append(t)
+        for t in timers.values():
+            t.remove()
+        if not a.no_train:
+            xt = x[:a.train_batch]
+            for m in models.values():
+                m.train()
+            for r in range(a.warmup + a.reps):
+                for n, m in models.items():
+                    t = train_once(m, xt)
+                    if r >= a.warmup:
+                        rec[n]["train"].append(t)
+        for n in names:
+            rec[n]["infer_median"] = med(rec[n]["infer"])
+            rec[n]["train_median"] = statistics.median(rec[n]["train"]) if rec[n]["train"] else None
+        result["sizes"][str(size)] = rec
+        print_size(size, names, rec, a)
+    result["load_avg_end"] = os.getloadavg()
+    print(f"load average at start {result['load_avg_start']}, at end {result['load_avg_end']}")
     if a.out:
         with open(a.out, "w") as f:
             json.dump(result, f, indent=1)
+
+
+def print_size(size, names, rec, a):
+    stages = [k for k in rec[names[0]]["macs"] if k != "total"] + ["total"]
+    print(f"\n{size} px; inference batch {a.batch}, training step batch {a.train_batch}; "
+          f"{torch.get_num_threads()} threads; medians of {a.reps} alternate rounds")
+    print("| model | " + " | ".join(f"{s} GMACs" for s in stages) + " | "
+          + " | ".join(f"{s} ms" for s in stages) + " | train step ms |")
+    print("|" + "---|" * (2 * len(stages) + 2))
+    for n in names:
+        r = rec[n]
+        tr = "–" if r["train_median"] is None else f"{r['train_median'] * 1e3:.0f}"
+        print(f"| {n} | " + " | ".join(f"{r['macs'][s] / 1e9:.3f}" for s in stages) + " | "
+              + " | ".join(f"{r['infer_median'][s] * 1e3:.0f}" for s in stages) + f" | {tr} |")
+    la, tw = rec[names[0]], rec[names[1]]
+    ratio_t = (tw["train_median"] / la["train_median"]) if la["train_median"] else None
+    print("| twin / LaViT | " + " | ".join(f"{tw['macs'][s] / la['macs'][s]:.2f}x" for s in stages) + " | "
+          + " | ".join(f"{tw['infer_median'][s] / la['infer_median'][s]:.2f}x" for s in stages)
+          + (f" | {ratio_t:.2f}x |" if ratio_t else " | – |"))
 
 
 if __name__ == "__main__":

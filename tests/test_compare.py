@@ -210,15 +210,26 @@ def _plan_of(preset_name, exp):
     return [s for s in plan(get_preset(preset_name)) if s.exp == exp]
 
 
-def _va(h, residual=None):
-    kw = {"num_heads": h, "la_source": "logits", "mode": "va"}
-    if residual is not None:
-        kw["attn_residual"] = residual
-    return ("less_attention", kw)
+# lavit_micro at 32 px: grids, reduction ratios and heads per stage
+_G, _SR, _H = [(16, 16), (8, 8), (4, 4), (2, 2)], [4, 2, 1, 1], [1, 2, 3, 5]
 
 
-def _la(h):
-    return ("less_attention", {"num_heads": h, "la_source": "logits", "mode": "la"})
+def _lavit_common(i):
+    return {"num_heads": _H[i], "la_source": "logits", "sr_ratio": _SR[i], "grid": _G[i]}
+
+
+def _carry(i):
+    return {"prev_heads": _H[i - 1], "prev_grid": _G[i - 1], "prev_sr_ratio": _SR[i - 1]}
+
+
+def _va(i, residual=False):
+    return ("less_attention", {**_lavit_common(i), "mode": "va",
+                               **({"attn_residual": True, **_carry(i)} if residual else {})})
+
+
+def _la(i, inherit=False):
+    return ("less_attention", {**_lavit_common(i), "mode": "la", "psi": "auto", "out_proj": False,
+                               **({"inherit": True, **_carry(i)} if inherit else {})})
 
 
 def test_e3_variants_are_depth_and_reattn_last():
@@ -264,13 +275,13 @@ def test_e4_variants_are_one_mixer_spec_per_stage():
 def test_e5_variants_are_layouts_and_aux_weights():
     p = get_preset("full")  # every E5 variant
     zoo = get_model_info("lavit_micro").config
-    a1 = ("attention", {"num_heads": 1, "sr_ratio": 2})
-    la_all = [(a1,), (_va(2, False), _la(2)), (_va(3, True), _la(3)), (_va(5, True), _la(5))]
+    a = [("attention", {"num_heads": h, "sr_ratio": r}) for h, r in zip(_H, _SR)]
+    la_all = [(_va(0),), (_va(1, True), _la(1)), (_va(2, True), _la(2)), (_la(3, True), _la(3))]
     expected = {  # label: (mixers per stage, x = number of LA layers, DP-loss weight)
-        "vanilla": ([(a1,), (_va(2, False), _va(2)), (_va(3, True), _va(3)), (_va(5, True), _va(5))], 0, 0.0),
-        "la_last": ([(a1,), (_va(2, False), _va(2)), (_va(3, True), _va(3)), (_va(5, True), _la(5))], 1, 1.0),
-        "la_all": (la_all, 3, 1.0),
-        "la_all_no_dp": (la_all, 3, 0.0),
+        "vanilla": ([(a[0],), (a[1],) * 2, (a[2],) * 2, (a[3],) * 2], 0, 0.0),  # the vanilla twin
+        "la_last": ([(_va(0),), (_va(1, True), _va(1)), (_va(2, True), _va(2)), (_va(3, True), _la(3))], 1, 1.0),
+        "la_all": (la_all, 4, 1.0),
+        "la_all_no_dp": (la_all, 4, 0.0),
     }
     specs = _plan_of("full", "E5")
     assert [s.label for s in specs] == list(expected)
@@ -282,12 +293,8 @@ def test_e5_variants_are_layouts_and_aux_weights():
         same_mixers = tuple(dataclasses.replace(st, mixers=z.mixers) for st, z in zip(cfg.stages, zoo.stages))
         assert dataclasses.replace(cfg, stages=same_mixers) == zoo
         assert build_config(s, p, 0, "synthetic", None).aux_weights == {"dp_sym": w, "dp_diag": w}
-    vanilla = _resolved(specs[0])
-    va = [m for st in vanilla.stages[1:] for m in st.mixers if m[0] == "less_attention" and m[1]["mode"] == "va"]
-    assert len(va) == 6
-    assert [st.mixers[0][1]["attn_residual"] for st in vanilla.stages[1:]] == [False, True, True]
     assert specs[2].model_args == {} and specs[2].train_args == {}  # la_all: the zoo model as it is
-    assert specs[0].model_args == {"layout": ("A", "VV", "VV", "VV")}
+    assert specs[0].model_args == {"layout": ("A", "AA", "AA", "AA")}
 
 
 # Each preset's values before the knobs moved into the experiment modules.
@@ -297,7 +304,7 @@ _OLD_PRESET_KNOBS = {  # E2 fractions, E3 depths, E5 variants
     "standard": ((0.02, 0.1, 1.0), (4, 8), ("vanilla", "la_all", "la_all_no_dp")),
     "full": ((0.05, 0.1, 0.25, 0.5, 1.0), (4, 8, 12, 16), ("vanilla", "la_last", "la_all", "la_all_no_dp")),
 }
-_LA_LAYERS = {"vanilla": 0, "la_last": 1, "la_all": 3, "la_all_no_dp": 3}
+_LA_LAYERS = {"vanilla": 0, "la_last": 1, "la_all": 4, "la_all_no_dp": 4}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -7,31 +7,27 @@ import torch
 import mixerlab
 from mixerlab.mixers import GPSA, ReAttention, TokenContext
 
-
-def randomise_less_attention(m):
-    """Move Psi/Theta and the residual away from their identity/zero init so tests can fail."""
-    with torch.no_grad():
-        for mod in m.modules():
-            if type(mod).__name__ == "LessAttention" and mod.mode == "la":
-                for lin in (mod.psi, mod.theta):
-                    lin.weight.add_(torch.randn_like(lin.weight) * 0.05)
-                    lin.bias.normal_(0, 0.1)
-            if type(mod).__name__ == "AttentionResidual":
-                mod.scale.normal_(0, 1)
-                mod.filter_q.normal_(0.25, 0.1)
-                mod.filter_k.normal_(0.25, 0.1)
+from helpers import randomise_less_attention
 
 
-@pytest.mark.parametrize("name,size", [("lavit_micro", 32), ("lavit_micro", 64), ("lavit_tiny", 64)])
-def test_less_attention_factored_equals_explicit(name, size, monkeypatch):
-    """At 64 px lavit_micro's stage 3 (64 tokens) carries the attention residual in factored form."""
+# lavit_micro at 64 px without key reduction and without a stage-1 map: stage 2 (16 x 16 tokens,
+# 32 channels per head) is where the low-rank factored transform pays.
+_FACTORED = dict(img_size=64, sr_ratios=(1, 1, 1, 1), layout=("A", "VL", "VL", "LL"))
+
+
+@pytest.mark.parametrize("name,kw", [("lavit_micro", {}), ("lavit_micro", dict(img_size=64)),
+                                     ("lavit_micro", _FACTORED), ("lavit_tiny", dict(img_size=64)),
+                                     ("lavit_tiny", dict(img_size=64, psi="kron"))])
+def test_less_attention_fast_paths_equal_explicit(name, kw, monkeypatch):
+    """Every path (fused VA, factored LA where the cost model picks it, dense and Kronecker Psi,
+    residuals, inherited maps) against the explicit path, logits and DP terms."""
     from mixerlab.mixers import less_attention as la_mod
     calls = []
     orig = la_mod.LessAttention.transform_factored
     monkeypatch.setattr(la_mod.LessAttention, "transform_factored",
-                        lambda self, c: calls.append(c.r is not None) or orig(self, c))
+                        lambda self, c: calls.append(self.psi_kind) or orig(self, c))
     torch.manual_seed(0)
-    m = mixerlab.create_model(name, img_size=size).eval()
+    m = mixerlab.create_model(name, **kw).eval()
     randomise_less_attention(m)
     x = torch.randn(2, 3, *m.img_size)
     with torch.no_grad():
@@ -39,8 +35,12 @@ def test_less_attention_factored_equals_explicit(name, size, monkeypatch):
         with mixerlab.explicit_attention(m):
             ref = m(x)
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
-    if name == "lavit_micro":
-        assert calls and (any(calls) if size == 64 else True)  # factored path (with residual) ran
+    assert bool(calls) == (kw is _FACTORED)  # the factored path ran where (only where) it pays
+    kinds = {mod.psi_kind for mod in m.modules() if type(mod).__name__ == "LessAttention" and mod.mode == "la"}
+    if "psi" in kw:
+        assert kinds == {kw["psi"]}
+    elif kw.get("img_size") == 64 and name == "lavit_micro":
+        assert kinds == {"dense", "kron"}  # stage 2 (256 queries) Kronecker, the others dense
     m.train()
     _, aux_fast = m(x, return_aux=True)
     with mixerlab.explicit_attention(m):

@@ -15,7 +15,7 @@ from mixerlab.mixers import (GPSA, Attention, LessAttention, MixerCost, NoCostFo
                              RandomMixing, ReAttention, TokenContext, TokenFF, TokenMixer,
                              attention_maps, get_mixer, list_mixers)
 from mixerlab.mixers.gpsa import relative_positions
-from mixerlab.mixers.less_attention import CARRY, AttentionResidual
+from mixerlab.mixers.less_attention import CARRY, CARRY_GRID, CARRY_KEY_GRID, AttentionResidual, choose_psi
 
 
 def ctx(grid, prefix=0):
@@ -106,8 +106,11 @@ def test_mixer_describe_facts():
     assert Attention(12, num_heads=3).describe() == {"heads": 3}
     assert Attention(12, num_heads=3, sr_ratio=2).describe() == {"heads": 3, "sr_ratio": 2}
     assert LessAttention(8, num_heads=2, num_tokens=4, mode="la").describe() == {"heads": 2, "mode": "la"}
-    assert LessAttention(8, num_heads=2, num_tokens=4, mode="va", attn_residual=True).describe() == \
+    assert LessAttention(8, num_heads=2, num_tokens=4, mode="va", attn_residual=True, prev_heads=1,
+                         prev_grid=(4, 4), prev_sr_ratio=1).describe() == \
         {"heads": 2, "mode": "va", "attn_residual": True}
+    assert LessAttention(8, num_heads=2, num_tokens=64, mode="la", sr_ratio=4, psi="kron").describe() == \
+        {"heads": 2, "mode": "la", "sr_ratio": 4, "psi": "kron"}
     assert Pooling(8, pool_size=5).describe() == {"pool_size": 5}
     assert TokenFF(8, num_tokens=5).describe() == {"num_tokens": 5, "hidden": 20}
     assert get_mixer("identity")(8).describe() == {}
@@ -219,8 +222,8 @@ def _va_la(la_source="logits"):
     torch.manual_seed(0)
     va = LessAttention(16, num_heads=2, num_tokens=9, mode="va", la_source=la_source).eval()
     la = LessAttention(16, num_heads=2, num_tokens=9, mode="la", la_source=la_source).eval()
+    torch.nn.init.trunc_normal_(va.proj.weight, std=0.02)
     for m in (va, la):
-        torch.nn.init.trunc_normal_(m.proj.weight, std=0.02)
         m.init_weights()
     return va, la
 
@@ -246,6 +249,7 @@ def test_less_attention_transform_is_psi_a_theta_t():
     ref = (la.psi.weight @ m @ la.theta.weight.T + (la.psi.weight @ ones) @ la.theta.bias[None]
            + la.psi.bias[:, None] @ ones.T)
     torch.testing.assert_close(la.transform(m), ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(_explicit_map_and_ref(la, m), ref, rtol=1e-4, atol=1e-4)
 
 
 def test_less_attention_dp_terms_hand_computed():
@@ -262,16 +266,107 @@ def test_less_attention_dp_terms_hand_computed():
     assert abs(diag_l.item() - (math.log(3.0) - 0.0 + 0.0 - 0.0)) < 1e-6
 
 
-def test_attention_residual_averages_2x2_blocks():
-    res = AttentionResidual(3)
+def test_attention_residual_averages_2x2_blocks_and_mixes_heads():
+    res = AttentionResidual(2, 3, q_factor=2, k_factor=2)
     with torch.no_grad():
-        res.scale.fill_(1.0)
-    prev = torch.randn(1, 2, 16, 16)  # 4x4 grid, 2 heads
-    out = res(prev, (4, 4), (2, 2))
-    m = prev.mean(1).reshape(4, 4, 4, 4)  # (qy, qx, ky, kx)
-    ref = m.reshape(2, 2, 2, 2, 2, 2, 2, 2).mean(dim=(1, 3, 5, 7)).reshape(4, 4)
-    torch.testing.assert_close(out[0, 0], ref)
+        res.head_mix.normal_()
+    prev = torch.randn(1, 2, 16, 16)  # 4x4 query grid and 4x4 key grid, 2 heads
+    out = res(prev, (2, 2), (2, 2))
+    m = prev.reshape(1, 2, 4, 4, 4, 4)  # (b, head, qy, qx, ky, kx)
+    blocks = m.reshape(1, 2, 2, 2, 2, 2, 2, 2, 2, 2).mean(dim=(3, 5, 7, 9)).reshape(1, 2, 4, 4)
+    ref = torch.einsum("oh,bhqk->boqk", res.head_mix, blocks)
+    torch.testing.assert_close(out, ref)
     assert out.shape == (1, 3, 4, 4)
+    # the key grid unchanged (g = 1): only the query axis is filtered; inherited maps start as
+    # the head average
+    inh = AttentionResidual(2, 3, q_factor=2, k_factor=1, init="mean")
+    prev = torch.randn(1, 2, 16, 5)
+    ref = prev.reshape(1, 2, 2, 2, 2, 2, 5).mean(dim=(3, 5)).reshape(1, 2, 4, 5).mean(1, keepdim=True)
+    torch.testing.assert_close(inh(prev, (2, 2), (1, 5)), ref.expand(1, 3, 4, 5))
+
+
+def _explicit_map_and_ref(la, m):
+    """Psi M Theta^T + (Psi 1) b_Theta^T + b_Psi 1^T with the N x N Psi written out."""
+    wp = la.psi_matrix()
+    bp = la.psi.bias if la.psi_kind == "dense" else la.psi_bias
+    ones = torch.ones(m.shape[-1], 1)
+    return wp @ m @ la.theta.weight.T + (wp @ torch.ones(wp.shape[0], 1)) @ la.theta.bias[None] + bp[:, None] @ ones.T
+
+
+@pytest.mark.parametrize("psi", ["dense", "kron"])
+def test_less_attention_reduced_keys_transform_matches_n_by_n_reference(psi):
+    """Keys on the R x R-reduced grid (N x N_k maps), Psi dense or Kronecker over a non-square grid:
+    the layer's transform equals the written-out N x N Psi times M times Theta^T (fp32, 1e-5)."""
+    torch.manual_seed(0)
+    la = LessAttention(16, num_heads=2, num_tokens=24, grid=(4, 6), sr_ratio=2, mode="la", psi=psi,
+                       transform_init="trunc_normal")
+    la.init_weights()
+    with torch.no_grad():
+        for p_ in la.parameters():
+            p_.add_(torch.randn_like(p_) * 0.3)
+    m = torch.randn(3, 2, 24, 6)
+    torch.testing.assert_close(la.transform(m), _explicit_map_and_ref(la, m), rtol=1e-5, atol=1e-5)
+    if psi == "kron":
+        assert la.psi_h.shape == (4, 4) and la.psi_w.shape == (6, 6)
+        torch.testing.assert_close(la.psi_matrix()[7, 13], la.psi_h[1, 2] * la.psi_w[1, 1])
+
+
+def test_less_attention_psi_choice_follows_the_cost_model():
+    # dense while H N N_k <= C^2: LaViT-T's stages at 224 px (keys 7 x 7)
+    assert choose_psi(3136, 49, 48, 1) == "kron" and choose_psi(784, 49, 96, 2) == "kron"
+    assert choose_psi(196, 49, 240, 4) == "dense" and choose_psi(49, 49, 384, 6) == "dense"
+    la = LessAttention(16, num_heads=2, num_tokens=64, mode="la", sr_ratio=2)
+    assert la.psi_kind == "kron"  # 2 * 64 * 16 > 256
+    # and the kinds cost what cost() says: dense N^2 N_k, Kronecker N N_k (h + w) per head
+    d = LessAttention(16, num_heads=2, num_tokens=64, mode="la", sr_ratio=2, psi="dense")
+    c = dict(dim=16)
+    assert d.cost(64, (8, 8), **c).macs - la.cost(64, (8, 8), **c).macs == 2 * (64 * 64 * 16 - 64 * 16 * 16)
+
+
+@pytest.mark.parametrize("kw", [dict(mode="va", sr_ratio=2), dict(mode="la", sr_ratio=2, psi="kron"),
+                                dict(mode="la", sr_ratio=2, psi="dense", out_proj=True),
+                                dict(mode="la", sr_ratio=1, psi="dense"),
+                                dict(mode="va", sr_ratio=2, attn_residual=True, prev_heads=3,
+                                     prev_grid=(8, 12), prev_sr_ratio=2),
+                                dict(mode="la", sr_ratio=2, psi="kron", inherit=True, prev_heads=3,
+                                     prev_grid=(8, 12), prev_sr_ratio=4)])
+def test_less_attention_cost_equals_counter_on_explicit_path(kw):
+    """Every layer kind's analytic MACs equal FlopCounterMode on the explicit path (the residual /
+    inherited map from a previous stage with other heads, query grid and key grid included)."""
+    la = LessAttention(24, num_heads=2, num_tokens=24, grid=(4, 6), **kw)
+    la.init_weights()
+    b = 2
+    state = {}
+    if "prev_heads" in kw:
+        pg, psr = kw["prev_grid"], kw["prev_sr_ratio"]
+        state = {CARRY: torch.randn(b, 3, pg[0] * pg[1], (pg[0] // psr) * (pg[1] // psr)),
+                 CARRY_GRID: pg, CARRY_KEY_GRID: (pg[0] // psr, pg[1] // psr)}
+    elif kw["mode"] == "la":
+        state = {CARRY: torch.randn(b, 2, 24, la.num_keys), CARRY_GRID: (4, 6), CARRY_KEY_GRID: la.key_grid}
+    c = TokenContext(grid=(4, 6), state=state)
+    x = torch.randn(b, 24, 24)
+    with mixerlab.fast_paths(la, False), FlopCounterMode(display=False) as fc, torch.no_grad():
+        la.eval()(x, c)
+    assert fc.get_total_flops() // (2 * b) == la.cost(24, (4, 6), dim=24).macs
+
+
+def test_less_attention_dp_loss_on_block_averaged_square_map():
+    """With reduced keys the diagonality terms read the R x R query-block average of softmax(M):
+    square (N_k x N_k) and still row-stochastic."""
+    la = LessAttention(8, num_heads=1, num_tokens=16, grid=(4, 4), sr_ratio=2, mode="la")
+    m = torch.randn(2, 1, 16, 4)
+    p = m.softmax(-1).reshape(2, 1, 2, 2, 2, 2, 4).mean(dim=(3, 5)).reshape(2, 1, 4, 4)
+    torch.testing.assert_close(la.square_map(m.softmax(-1)), p)
+    torch.testing.assert_close(p.sum(-1), torch.ones(2, 1, 4))
+    sym, diag = la.dp_terms(m)
+    torch.testing.assert_close(sym, (p - p.transpose(-2, -1)).abs().mean())
+    torch.testing.assert_close(diag, ((1 - 4 * p.diagonal(dim1=-2, dim2=-1)) / 3).mean())
+    # sign: a map concentrated on the diagonal has the lower (better) diagonal term
+    own_key = torch.tensor([(i // 2) * 2 + j // 2 for i in range(4) for j in range(4)])
+    eye = F.one_hot(own_key, 4).float()  # each query's own key cell
+    good = la.dp_terms((eye * 10)[None, None])[1]
+    bad = la.dp_terms((-eye * 10)[None, None])[1]
+    assert good < 0 < bad
 
 
 def test_less_attention_needs_a_source():
@@ -333,7 +428,8 @@ def test_attention_maps_deepvit_and_lavit():
     with attention_maps(lv) as rec:
         lv(torch.randn(2, 3, 32, 32))
     kinds = [type(mod).__name__ for n, mod in lv.named_modules() if n in rec.maps]
-    assert kinds.count("LessAttention") == 6 and kinds.count("Attention") == 1
+    assert kinds.count("LessAttention") == 7 and kinds.count("Attention") == 0
+    assert rec.maps["stages.0.blocks.0.token_mixer"].shape == (2, 1, 256, 16)  # keys on the 4x4 grid
     # With identity transforms at init, each LA layer starts as a copy of its stage's VA map
     # (stage 3's VA also receives the zero-scaled residual, which changes nothing at init).
     torch.testing.assert_close(rec.maps["stages.1.blocks.1.token_mixer"],

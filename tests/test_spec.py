@@ -44,19 +44,38 @@ def test_builder_and_config_overrides_combine():
 
 
 def test_lavit_layout():
-    m = mixerlab.create_model("lavit_tiny", layout=("AA", "A", "VLL", "VL"))
+    m = mixerlab.create_model("lavit_tiny", layout=("AA", "A", "VLL", "LL"))
     kinds = [[(b.token_mixer.mixer_name, getattr(b.token_mixer, "mode", None)) for b in st.blocks]
              for st in m.stages]
     assert kinds == [[("attention", None)] * 2, [("attention", None)],
                      [("less_attention", "va"), ("less_attention", "la"), ("less_attention", "la")],
-                     [("less_attention", "va"), ("less_attention", "la")]]
+                     [("less_attention", "la"), ("less_attention", "la")]]
+    assert m.stages[2].blocks[0].token_mixer.residual is None  # stage 2 (all A) carries no map
+    assert m.stages[3].blocks[0].token_mixer.inherit  # the LA-only stage inherits stage 3's
     # the default layout spelled out is the zoo model itself
-    assert mixerlab.get_model_info("lavit_tiny").resolve(layout=("AA", "AA", "VL", "VL")) == \
+    assert mixerlab.get_model_info("lavit_tiny").resolve(layout=("V", "VL", "V" + "L" * 10, "LL")) == \
         mixerlab.get_model_info("lavit_tiny").config
-    with pytest.raises(ValueError, match="put a V before it"):
+    with pytest.raises(ValueError, match="layout stage 2 = 'LV'.*no map to inherit.*stage 1 = 'AA'"):
         mixerlab.create_model("lavit_tiny", layout=("AA", "AA", "LV", "VL"))
+    with pytest.raises(ValueError, match="layout stage 0 = 'LV'.*first stage"):
+        mixerlab.create_model("lavit_tiny", layout=("LV", "AA", "VL", "VL"))
+    with pytest.raises(ValueError, match="layout stage 1 = 'AL'.*put a V before it"):
+        mixerlab.create_model("lavit_tiny", layout=("VV", "AL", "VL", "VL"))
     with pytest.raises(ValueError, match="letters AVL"):
         mixerlab.create_model("lavit_tiny", layout=("AA", "AX", "VL", "VL"))
+
+
+def test_lavit_input_size_the_ratios_cannot_divide():
+    # 96 px: grids 24/12/6/3, divisible by the ratios 8/4/2/1; 112 px: stage 0's 28 x 28 is not by 8
+    assert mixerlab.get_model_info("lavit_tiny").resolve(img_size=96).img_size == 96
+    with pytest.raises(ValueError, match=r"stage 0 \('V'\): its 28x28 token grid at img_size 112 is "
+                                         "not divisible by its reduction ratio 8"):
+        mixerlab.create_model("lavit_tiny", img_size=112)
+    # 40 px on lavit_micro: grids 20/10/5/2; stage 3 cannot receive stage 2's 5 x 5 map
+    with pytest.raises(ValueError, match=r"stage 3 \('LL'\): the 5x5 map of stage 2 .* cannot be carried"):
+        mixerlab.create_model("lavit_micro", img_size=40)
+    # the vanilla twin (PVT attention floors the reduced grid) builds at any size
+    assert mixerlab.get_model_info("lavit_tiny_vanilla").resolve(img_size=112).img_size == 112
 
 
 def test_misspelt_override_names_the_allowed_keys():

@@ -12,7 +12,8 @@ REQUIRED = """deit_tiny deit_small deit_base ffonly_tiny ffonly_base ffonly_larg
 convit_tiny_plus convit_small convit_small_plus convit_base convit_base_plus vit_depth16 vit_depth24
 vit_depth32 deepvit_depth16 deepvit_depth24 deepvit_depth32 deepvit_s deepvit_l poolformer_s12
 poolformer_s24 poolformer_s36 poolformer_m36 poolformer_m48 poolformer_v1_identity_s12
-poolformer_v1_random_s12 poolformer_hybrid_s12 lavit_tiny lavit_small lavit_base deit_micro ffonly_micro convit_micro
+poolformer_v1_random_s12 poolformer_hybrid_s12 lavit_tiny lavit_small lavit_base lavit_tiny_vanilla
+lavit_small_vanilla lavit_base_vanilla deit_micro ffonly_micro convit_micro
 deepvit_micro poolformer_micro identityformer_micro lavit_micro""".split()
 V2 = [f"{f}_{s}" for s in ("s12", "s24", "s36", "m36", "m48")
       for f in ("identityformer", "randformer", "poolformerv2")]
@@ -101,13 +102,51 @@ def test_poolformer_structure():
     assert not r.stages[2].blocks[0].token_mixer.as_parameter  # v1: a buffer, not counted
 
 
+# LaViT: (params, MACs at 224 px) of mixerlab's counter, pinned; the reported pairs (secondary
+# source) are 10.9M / 1.6G, 22.4M / 3.3G, 39.6M / 6.1G.
+LAVIT_COUNTS = {"lavit_tiny": (10_901_212, 1_628_615_584), "lavit_small": (21_626_080, 3_351_095_544),
+                "lavit_base": (38_894_064, 6_083_736_584),
+                "lavit_tiny_vanilla": (15_585_064, 1_984_098_432),
+                "lavit_small_vanilla": (32_308_968, 4_197_483_520),
+                "lavit_base_vanilla": (58_722_760, 7_682_663_424)}
+
+
+@pytest.mark.parametrize("name", ["lavit_tiny", "lavit_small", "lavit_base"])
+def test_lavit_counts_pinned_near_reported_and_below_the_vanilla_twin(name):
+    e = mixerlab.get_model_info(name)
+    m, twin = meta_model(name), meta_model(f"{name}_vanilla")
+    p, macs = count_params(m), count_macs(m)
+    assert (p, macs) == LAVIT_COUNTS[name]
+    assert (count_params(twin), count_macs(twin)) == LAVIT_COUNTS[f"{name}_vanilla"]
+    assert abs(p / 1e6 / e.reported["params"] - 1) <= 0.05
+    assert abs(macs / 1e9 / e.reported["gmacs"] - 1) <= 0.05
+    assert macs <= 0.85 * count_macs(twin)  # >= 15 % fewer MACs than the same skeleton all-vanilla
+    if name == "lavit_tiny":
+        assert macs <= 1.7e9
+
+
+def test_lavit_twin_is_the_same_skeleton():
+    for name in ("lavit_tiny", "lavit_small", "lavit_base"):
+        a, b = mixerlab.get_model_info(name).config, mixerlab.get_model_info(f"{name}_vanilla").config
+        assert [(st.dim, st.mlp_ratio, len(st.mixers)) for st in a.stages] == \
+            [(st.dim, st.mlp_ratio, len(st.mixers)) for st in b.stages]
+        assert all(mx[0] == "attention" for st in b.stages for mx in st.mixers)
+        sr = [mx[1]["sr_ratio"] for st in a.stages for mx in st.mixers]
+        assert sr == [mx[1]["sr_ratio"] for st in b.stages for mx in st.mixers]  # same key grids
+
+
 def test_lavit_structure():
     m = meta_model("lavit_small")
     modes = [[getattr(b.token_mixer, "mode", "attn") for b in st.blocks] for st in m.stages]
-    assert modes[0] == ["attn"] * 3 and modes[1] == ["attn"] * 4
-    assert modes[2] == ["va"] + ["la"] * 7 and modes[3] == ["va", "la", "la"]
-    assert m.stages[3].blocks[0].token_mixer.residual is not None  # attention residual 3 -> 4
-    assert m.stages[2].blocks[0].token_mixer.residual is None
+    assert modes == [["va"], ["va", "la"], ["va"] + ["la"] * 13, ["la", "la"]]
+    mixers = [st.blocks[0].token_mixer for st in m.stages]
+    assert mixers[0].residual is None
+    assert all(mx.residual is not None for mx in mixers[1:])  # the residual at every downsampling
+    assert mixers[3].inherit and mixers[3].residual.init == "mean"  # stage 4: LA only, inherits
+    assert [mx.key_grid for mx in mixers] == [(7, 7)] * 4  # PVT ratios 8/4/2/1 at 224 px
+    la = [st.blocks[-1].token_mixer for st in m.stages[1:]]
+    assert [x.psi_kind for x in la] == ["kron", "dense", "dense"]
+    assert mixers[1].residual.head_mix.shape == (2, 1) and mixers[3].residual.head_mix.shape == (8, 5)
 
 
 def test_list_models_pattern():

@@ -136,8 +136,9 @@ def collect(model: nn.Module, images: torch.Tensor, *, batch_size: int = 16, que
                 sums["head"][p] = sums["head"].get(p, 0) + M.head_similarity(a) * b
                 sums["nonloc"][p] = sums["nonloc"].get(p, 0) + M.nonlocality(a, meta["grid"], meta["num_prefix"]) * b
                 sums["entropy"][p] = sums["entropy"].get(p, 0) + M.entropy(a) * b
-                if model.get_submodule(p).monitor_diagonality:
-                    t = M.diagonality_terms(a)
+                mod = model.get_submodule(p)
+                if mod.monitor_diagonality:
+                    t = M.diagonality_terms(mod.diagonality_map(a))
                     acc = sums["dp"].setdefault(p, {k: 0.0 for k in t})
                     for k, v in t.items():
                         acc[k] += v * b

@@ -157,6 +157,11 @@ class TokenMixer(nn.Module):
         mixer returns at least ``gate`` (H,) (1 = positional / prior, 0 = content)."""
         return {}
 
+    def diagonality_map(self, attn: torch.Tensor) -> torch.Tensor:
+        """The square map the diagonality monitors read from this layer's recorded map (the map
+        itself by default; LaViT's reduced-key layers average query blocks)."""
+        return attn
+
     def build_norm(self, dim: int, norm_layer):
         """The norm the block puts in front of this mixer (the block's own by default)."""
         return norm_layer(dim)

@@ -5,49 +5,73 @@ not pin down follows mixerlab's own proposals, listed here.
 One mixer, two modes, chosen per block by configuration:
 
 * ``mode="va"`` (vanilla attention layer): logits L = q k^T / sqrt(d), A = softmax(L), out = proj(A v).
-  It stores the matrix to be reused in ``ctx.state`` for the following layers.
-* ``mode="la"`` (less-attention layer): no q or k. From the carried matrix M of the previous layer,
-  M_l = Psi(Theta(M)^T)^T = W_Psi M W_Theta^T + (W_Psi 1) b_Theta^T + b_Psi 1^T
-  (Theta mixes the key axis, Psi the query axis, both N x N Linear layers shared by all heads),
-  A = softmax(M_l), out = proj(A v_l) with the layer's own value projection. M_l (pre-softmax, as
-  Fig. 2 taps it) is carried on to the next layer.
+  With ``sr_ratio`` R > 1 the keys and values come from the grid reduced by a strided R x R conv +
+  LayerNorm (PVT's spatial-reduction attention, Wang et al., arXiv 2102.12122): L is N x N_k with
+  N_k = N / R^2. It stores the matrix to be reused in ``ctx.state`` for the following layers.
+* ``mode="la"`` (less-attention layer): no q or k. From the carried matrix M (B, H, N, N_k) of the
+  previous layer, M_l = Psi(Theta(M)^T)^T = W_Psi M W_Theta^T + (W_Psi 1) b_Theta^T + b_Psi 1^T
+  (Theta mixes the key axis, N_k x N_k; Psi the query axis, N x N; both shared by all heads),
+  A = softmax(M_l), Z = A v_l with the layer's own value projection of the reduced grid
+  (v_l = Linear(AvgPool_R(x))). M_l (pre-softmax, as Fig. 2 taps it) is carried on.
 
 Proposals adopted (PROPOSAL = not published in arXiv 2406.00427):
 
 1. What the VA layer hands on (``la_source``): default ``"logits"`` (q k^T / sqrt(d)): a softmax of
    probabilities degenerates toward uniform rows, and on logits the chain factors exactly (the
-   fused path below). ``"post_softmax"`` is the literal reading of the paper's Fig. 2 (the VA
+   low-rank path below). ``"post_softmax"`` is the literal reading of the paper's Fig. 2 (the VA
    layer hands on softmax(L)); LA layers always hand on their pre-softmax M_l.
 2. Psi/Theta init: identity weights, zero bias (``transform_init="identity"``), so an LA layer
    starts as an exact reuse of the previous map; ``"trunc_normal"`` (std 0.02) is the alternative.
 3. Psi/Theta shared across heads, with bias.
-4. The LA block is wrapped like the VA block (pre-norm, V, proj, drop path, MLP): the block does it.
-5. Attention residual across stages (``attn_residual=True``, first VA layer of a stage): the
-   previous stage's carried matrix (B, H', N', N') is averaged over heads, viewed as
-   (h', w', h', w'), and downsampled by a learnable single-channel f x f / stride-f filter on the
-   query grid and another on the key grid (f = the spatial downsampling factor, 2; both initialised
-   to averaging), broadcast to the H heads with a learnable per-head scale initialised to 0, and
-   added to this layer's logits before the softmax. Mixed head counts across stages are why it is
-   head-averaged. (The student reading, a 4x4/4 conv on the flattened matrix, is not implemented:
-   it groups consecutive raster indices, not 2x2 spatial blocks.)
-6. Diagonality-preserving loss (``dp_mode="corrected"``): on P = softmax(M_l), per LA layer,
-   dp_sym = mean_ij |P_ij - P_ji| and dp_diag = mean_i (1 - N P_ii) / (N - 1) (the printed
-   diagonal term with its sign corrected, normalised to [-1, 1/(N-1)]), averaged over batch and
-   heads. ``dp_mode="literal"`` sums the printed expression on the raw M_l (unbounded; for
-   paper-parity experiments only). Terms go to ``ctx.aux`` as ``dp_sym`` / ``dp_diag``; the model
-   sums them over layers (``model(x, return_aux=True)``) and the trainer adds lambda_DP times the sum.
-7. Placement (stage 1 plain attention with PVT spatial reduction, no LA there: an N x N Linear
-   at 56 x 56 tokens would cost 9.8M parameters) is model configuration, see ``zoo/lavit.py``.
+4. Keys on a reduced grid in LA layers too (``sr_ratio``): the paper's Psi and Theta are "N x N"
+   linear layers; at 56 x 56 tokens one such matrix has 9.8M parameters and costs N^3 per head.
+   With the PVT key grid (N_k = 49 at 224 px in every stage for ratios 8/4/2/1) Theta is 49 x 49
+   and the map is N x 49. The values of an LA layer are pooled (AvgPool R x R, then the value
+   Linear: no conv, the layer has no keys to reduce).
+5. Psi, the query-axis transform (``psi``): ``"dense"`` (N x N) or ``"kron"``, a Kronecker product
+   P_h (x) P_w of an h x h and a w x w matrix over the (h, w) query grid, applied as two small
+   products (H N N_k (h + w) MACs instead of H N^2 N_k; 2 h^2 parameters instead of N^2; full
+   N-vector bias). ``"auto"`` (default) is the cost model's per-layer choice: dense while its
+   MACs H N^2 N_k do not exceed the N C^2 of the query projection the layer drops
+   (H N N_k <= C^2), Kronecker beyond.
+6. No output projection in LA layers by default (``out_proj=False``): the paper's formula is
+   Z_l = Softmax(A_l) V_l, and Fig. 2's LA box has no projection after the MatMul; the value
+   Linear already maps the tokens. ``out_proj=True`` adds the VA layer's projection back (the
+   alternative, NC^2 MACs more per layer). The block around it is the VA block (pre-norm, drop
+   path, MLP): the block does it.
+7. Attention residual across stages (``attn_residual=True`` on the first VA layer of a stage after
+   a stage that carried a map; ``inherit=True`` on the first LA layer of a less-attention-only
+   stage, "some stages consist of less-attention layers only", which then starts from it): the
+   previous stage's carried matrix (B, H', N', N_k') is downsampled on the query axis by a
+   learnable single-channel f x f / stride-f filter over the (h, w) query grid (f = the spatial
+   downsampling factor, 2), on the key axis by another one where the key grid shrank (g x g; at
+   224 px the key grids are all 7 x 7 and g = 1), and mixed across heads by a learned H x H'
+   matrix (the heads differ between stages). Filters start as averaging; the head mix starts at 0
+   for a residual added to a VA layer's logits (LayerScale-like: the VA layer starts as plain
+   attention) and at 1/H' (head average) for an inherited map (the LA layer starts as a reuse).
+   Which matrix is carried: the last layer's of the stage, pre-softmax (what Fig. 2 passes on).
+   (The student reading, a 4x4/4 conv on the flattened matrix, is not implemented: it groups
+   consecutive raster indices, not 2x2 spatial blocks.)
+8. Diagonality-preserving loss (``dp_mode="corrected"``) on a square map: P = softmax(M_l) is
+   N x N_k; its query rows are averaged over the R x R blocks that share one key cell (rows stay
+   stochastic), giving a square N_k x N_k map per head. On it dp_sym = mean_ij |P_ij - P_ji| and
+   dp_diag = mean_i (1 - N_k P_ii) / (N_k - 1) (the printed diagonal term with its sign corrected:
+   minimising it raises the diagonal; normalised to [-1, 1/(N_k - 1)]), averaged over batch and
+   heads. ``dp_mode="literal"`` sums the printed expression on the raw (block-averaged) M_l
+   (unbounded; for paper-parity experiments only). Terms go to ``ctx.aux`` as ``dp_sym`` /
+   ``dp_diag``; the model sums them over layers (``model(x, return_aux=True)``) and the trainer
+   adds lambda_DP times the sum.
+9. Placement is model configuration, see ``zoo/lavit.py``.
 
-Two paths. The explicit one (the reference; used by ``attention_maps``) materialises every N x N
-matrix and applies the transforms to it: O(N^3) per head. The fused one (default, ``la_source=
-"logits"`` only) carries the logits in factored form, M = U V^T (+ the head-shared residual term),
-transforms the factors (Psi Q)(Theta K)^T with the rank-one bias terms as extra columns, and calls
-fused attention with q = U, k = V: O(N^2 r). Once the rank r is not small next to N (3r + 2 >= 2N,
-e.g. stage 4 at 224 px where N = 49 < the head width) the dense N x N transform is cheaper and is
-used instead. Diagonality-preserving terms are computed only when autograd is on (training); they
-need the dense M. The switch between the two paths is ``fused_attn`` (``mixerlab.fast_paths``).
-Measured costs: ``scripts/bench_lavit.py`` and ``docs/benchmarks.md``.
+Paths. The explicit one (the reference; used by ``attention_maps`` and by the MAC counter)
+materialises every N x N_k matrix and applies the transforms to it. With ``fused_attn`` on (the
+default) a VA layer calls fused attention and carries its logits in factored form M = U V^T (+ a
+dense residual part), and an LA layer transforms the factors, (Psi U)(Theta V)^T, with the
+rank-one bias terms as two extra columns, and calls fused attention with q = U, k = V -- when the
+cost model says that is cheaper than materialising M (small head width next to N and N_k; with a
+reduced key grid it rarely is); otherwise it materialises M and transforms it densely. Diagonality terms
+are computed only when autograd is on (training); they need the dense M. Measured costs:
+``scripts/bench_lavit.py`` and ``docs/benchmarks.md``.
 """
 from __future__ import annotations
 
@@ -57,74 +81,109 @@ from torch import nn
 
 from ..layers.drop import dropout
 from ..layers.linear import Linear
-from .base import AttentionMixer, MixerCost, TokenContext, attention_macs, register_mixer
+from .base import (AttentionMixer, MixerCost, TokenContext, map_to_tokens, register_mixer,
+                   tokens_to_map)
 
-CARRY = "less_attention.carry"  # (B, H, N, N) matrix handed to the next layer
-CARRY_GRID = "less_attention.grid"  # the (H, W) grid it was computed on
+CARRY = "less_attention.carry"  # (B, H, N, N_k) matrix handed to the next layer (or Factored)
+CARRY_GRID = "less_attention.grid"  # the (h, w) query grid it was computed on
+CARRY_KEY_GRID = "less_attention.key_grid"  # its (h_k, w_k) key grid
+
+
+def reduced_grid(grid, r: int) -> tuple[int, int]:
+    return (grid[0] // r, grid[1] // r)
+
+
+def _grid_factor(big, small, what: str) -> int:
+    f = big[0] // small[0] if small[0] else 0
+    if f < 1 or big[0] != f * small[0] or big[1] != f * small[1]:
+        raise ValueError(f"attention residual: the previous stage's {big[0]}x{big[1]} {what} grid is "
+                         f"not an integer multiple of this stage's {small[0]}x{small[1]}")
+    return f
 
 
 class AttentionResidual(nn.Module):
-    """Carries the previous stage's attention matrix to this stage's grid (proposal 5)."""
+    """Carries the previous stage's map (B, H', N', N_k') to this stage's (B, H, N, N_k) (proposal 7).
 
-    def __init__(self, num_heads: int, *, factor: int = 2):
+    Args:
+        prev_heads, num_heads: H' and H.
+        q_factor: f, the query-grid downsampling (previous query grid = f x this one).
+        k_factor: g, the key-grid downsampling (1: the key grids are equal).
+        init: ``"zero"`` (head mix 0: a residual added to logits) or ``"mean"`` (1/H': inherited).
+    """
+
+    def __init__(self, prev_heads: int, num_heads: int, *, q_factor: int = 2, k_factor: int = 1,
+                 init: str = "zero"):
         super().__init__()
-        self.factor = factor
-        self.filter_q = nn.Parameter(torch.full((1, 1, factor, factor), 1.0 / factor ** 2))
-        self.filter_k = nn.Parameter(torch.full((1, 1, factor, factor), 1.0 / factor ** 2))
-        self.scale = nn.Parameter(torch.zeros(num_heads))
+        if init not in ("zero", "mean"):
+            raise ValueError(f"attention residual: init={init!r}; allowed: ['zero', 'mean']")
+        self.q_factor, self.k_factor, self.init = q_factor, k_factor, init
+        self.prev_heads, self.num_heads = prev_heads, num_heads
+        self.filter_q = nn.Parameter(torch.empty(q_factor, q_factor))
+        self.filter_k = nn.Parameter(torch.empty(k_factor, k_factor)) if k_factor > 1 else None
+        self.head_mix = nn.Parameter(torch.empty(num_heads, prev_heads))
+        self.init_weights()
 
     def init_weights(self) -> None:
-        nn.init.constant_(self.filter_q, 1.0 / self.factor ** 2)
-        nn.init.constant_(self.filter_k, 1.0 / self.factor ** 2)
-        nn.init.zeros_(self.scale)
+        with torch.no_grad():
+            self.filter_q.fill_(1.0 / self.q_factor ** 2)
+            if self.filter_k is not None:
+                self.filter_k.fill_(1.0 / self.k_factor ** 2)
+            self.head_mix.fill_(0.0 if self.init == "zero" else 1.0 / self.prev_heads)
 
-    def downsample(self, prev: torch.Tensor, prev_grid: tuple[int, int], grid: tuple[int, int]):
-        """(B, H', N', N') -> head-averaged, downsampled (B, 1, N, N)."""
-        f = self.factor
-        hp, wp = prev_grid
-        if (hp, wp) != (grid[0] * f, grid[1] * f):
-            raise ValueError(f"attention residual: the previous stage's {hp}x{wp} grid is not "
-                             f"{f}x the current {grid[0]}x{grid[1]} grid")
-        b = prev.shape[0]
-        n_p, n = hp * wp, grid[0] * grid[1]
-        m = prev.mean(dim=1)  # (B, Np, Np): heads averaged
-        # Downsample the query axis: (B, Nq', Nk') -> (B * Nk', 1, h', w') -> (B, Nk', N)
-        m = m.transpose(1, 2).reshape(b * n_p, 1, hp, wp)
-        m = F.conv2d(m, self.filter_q.to(m.dtype), stride=f).reshape(b, n_p, n).transpose(1, 2)
-        # Downsample the key axis: (B, N, Nk') -> (B * N, 1, h', w') -> (B, N, N)
-        m = F.conv2d(m.reshape(b * n, 1, hp, wp), self.filter_k.to(m.dtype), stride=f)
-        return m.reshape(b, 1, n, n)
+    def macs(self, n: int, n_k: int) -> int:
+        """Per image, for this stage's N queries and N_k keys."""
+        hp, f, g = self.prev_heads, self.q_factor, self.k_factor
+        nkp = n_k * g * g
+        out = hp * n * nkp * f * f  # query filter
+        if g > 1:
+            out += hp * n * n_k * g * g  # key filter
+        return out + self.num_heads * hp * n * n_k  # head mix
 
-    def head_scale(self, dtype) -> torch.Tensor:
-        return self.scale.to(dtype).view(1, -1, 1, 1)  # (1, H, 1, 1)
-
-    def forward(self, prev: torch.Tensor, prev_grid: tuple[int, int], grid: tuple[int, int]):
-        """The term added to the logits: per-head scale x downsampled map, (B, H, N, N)."""
-        return self.head_scale(prev.dtype) * self.downsample(prev, prev_grid, grid)
+    def forward(self, prev: torch.Tensor, grid, key_grid) -> torch.Tensor:
+        """(B, H', N', N_k') on the f-times finer query grid -> (B, H, N, N_k)."""
+        b, hp = prev.shape[:2]
+        f, g = self.q_factor, self.k_factor
+        h, w = grid
+        kh, kw = key_grid
+        n, nkp = h * w, prev.shape[-1]
+        if prev.shape[-2] != n * f * f or nkp != kh * kw * g * g or hp != self.prev_heads:
+            raise ValueError(f"attention residual: expected a ({self.prev_heads} heads, "
+                             f"{n * f * f}, {kh * kw * g * g}) map from the previous stage, got "
+                             f"{tuple(prev.shape[1:])}")
+        m = prev.reshape(b, hp, h, f, w, f, nkp)
+        m = torch.einsum("bxiajck,ac->bxijk", m, self.filter_q.to(m.dtype)).reshape(b, hp, n, nkp)
+        if g > 1:
+            m = m.reshape(b, hp, n, kh, g, kw, g)
+            m = torch.einsum("bxnicjd,cd->bxnij", m, self.filter_k.to(m.dtype)).reshape(b, hp, n, kh * kw)
+        # head mix as a batched product (an einsum over one previous head would be a plain multiply)
+        out = torch.matmul(self.head_mix.to(m.dtype), m.reshape(b, hp, n * m.shape[-1]))
+        return out.reshape(b, self.num_heads, n, m.shape[-1])
 
 
 class Factored:
-    """A carried logit matrix kept in factored form: M = U V^T + s R.
+    """A carried logit matrix kept in factored form: M = U V^T + R.
 
-    U, V: (B, H, N, r); R: None or a head-shared dense part (B, 1, N, N) with per-head scale s
-    (1, H, 1, 1) (the attention residual). Less-attention transforms act on the factors:
+    U: (B, H, N, r); V: (B, H, N_k, r); R: None or a dense part (B, H, N, N_k) (the attention
+    residual). Less-attention transforms act on the factors:
     Psi M Theta^T + (Psi 1) b_Theta^T + b_Psi 1^T = [Psi U | Psi 1 | b_Psi] [Theta V | b_Theta | 1]^T
-    + s Psi R Theta^T, so the rank grows by 2 per layer and no N x N matrix is needed except R.
+    + Psi R Theta^T, so the rank grows by 2 per layer.
     """
 
-    def __init__(self, u, v, r=None, s=None):
-        self.u, self.v, self.r, self.s = u, v, r, s
+    def __init__(self, u, v, r=None):
+        self.u, self.v, self.r = u, v, r
 
     def dense(self) -> torch.Tensor:
-        m = self.u @ self.v.transpose(-2, -1)  # (B, H, N, N)
-        return m if self.r is None else m + self.s * self.r
-
-    def mask(self):
-        return None if self.r is None else self.s * self.r
+        m = self.u @ self.v.transpose(-2, -1)  # (B, H, N, N_k)
+        return m if self.r is None else m + self.r
 
 
 def as_dense(carry) -> torch.Tensor:
     return carry.dense() if isinstance(carry, Factored) else carry
+
+
+def choose_psi(n: int, n_k: int, dim: int, num_heads: int) -> str:
+    """Proposal 5's per-layer choice: ``"dense"`` while H N^2 N_k <= N C^2, else ``"kron"``."""
+    return "dense" if num_heads * n * n_k <= dim * dim else "kron"
 
 
 @register_mixer("less_attention")
@@ -134,10 +193,18 @@ class LessAttention(AttentionMixer):
     Args:
         dim: token width C.
         num_heads: heads H.
-        num_tokens: N, the tokens of this stage (fixes the size of Psi/Theta).
+        num_tokens: N, the tokens of this stage.
+        grid: the (h, w) query grid (needed for ``sr_ratio > 1``, ``psi="kron"`` and the
+            attention residual; default: square, or one row if N is not a square).
         mode: ``"va"`` computes attention, ``"la"`` transforms the carried one.
+        sr_ratio: R, keys (and values) from the R x R-reduced grid; must divide the grid.
+        psi: ``"auto"``, ``"dense"`` or ``"kron"`` (LA only, proposal 5).
+        out_proj: (LA only) output projection after the attention (proposal 6).
         la_source: what a VA layer carries: ``"logits"`` or ``"post_softmax"``.
         attn_residual: (VA only) add the previous stage's carried matrix, downsampled.
+        inherit: (LA only) start from the previous stage's carried matrix, downsampled.
+        prev_heads, prev_grid, prev_sr_ratio: the previous stage's heads, query grid and
+            reduction ratio (with ``attn_residual`` / ``inherit``).
         qkv_bias: bias on the q, k, v projections.
         attn_drop: dropout on the attention map.
         proj_drop: dropout after the output projection.
@@ -149,163 +216,305 @@ class LessAttention(AttentionMixer):
     supports_prefix_tokens = False
     uses_context_state = True
     monitor_diagonality = True
-    examples = ({"num_heads": 2, "mode": "va"}, {"num_heads": 2, "mode": "la"},
+    examples = ({"num_heads": 2, "mode": "va", "grid": (4, 4), "sr_ratio": 2},
+                {"num_heads": 2, "mode": "la", "grid": (4, 4), "sr_ratio": 2, "psi": "kron"},
+                {"num_heads": 2, "mode": "la", "grid": (4, 4), "sr_ratio": 2, "psi": "dense",
+                 "out_proj": True},
+                {"num_heads": 2, "mode": "va"}, {"num_heads": 2, "mode": "la"},
                 {"num_heads": 2, "mode": "va", "la_source": "post_softmax"},
                 {"num_heads": 2, "mode": "la", "la_source": "post_softmax"})
 
-    def __init__(self, dim: int, *, num_heads: int, num_tokens: int, mode: str = "la",
-                 la_source: str = "logits", attn_residual: bool = False, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0, transform_init: str = "identity",
-                 dp_mode: str = "corrected"):
+    def __init__(self, dim: int, *, num_heads: int, num_tokens: int, grid=None, mode: str = "la",
+                 sr_ratio: int = 1, psi: str = "auto", out_proj: bool | None = None,
+                 la_source: str = "logits", attn_residual: bool = False, inherit: bool = False,
+                 prev_heads: int | None = None, prev_grid=None, prev_sr_ratio: int | None = None,
+                 qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 transform_init: str = "identity", dp_mode: str = "corrected"):
         super().__init__()
         for name, val, allowed in (("mode", mode, ("va", "la")),
                                    ("la_source", la_source, ("logits", "post_softmax")),
+                                   ("psi", psi, ("auto", "dense", "kron")),
                                    ("transform_init", transform_init, ("identity", "trunc_normal")),
                                    ("dp_mode", dp_mode, ("corrected", "literal"))):
             if val not in allowed:
                 raise ValueError(f"less_attention: {name}={val!r}; allowed: {list(allowed)}")
         self.set_heads(dim, num_heads)
         if attn_residual and mode != "va":
-            raise ValueError("less_attention: attn_residual applies to mode='va' layers only")
-        self.num_tokens = num_tokens
-        self.mode = mode
-        self.la_source = la_source
-        self.transform_init = transform_init
-        self.dp_mode = dp_mode
-        self.fixed_num_tokens = mode == "la" or attn_residual
+            raise ValueError("less_attention: attn_residual applies to mode='va' layers only "
+                             "(an 'la' layer takes inherit=True)")
+        if inherit and mode != "la":
+            raise ValueError("less_attention: inherit applies to mode='la' layers only")
+        if grid is None:
+            s = int(round(num_tokens ** 0.5))
+            grid = (s, s) if s * s == num_tokens else (1, num_tokens)
+        grid = tuple(int(g) for g in grid)
+        if grid[0] * grid[1] != num_tokens:
+            raise ValueError(f"less_attention: grid {grid[0]}x{grid[1]} does not hold {num_tokens} tokens")
+        if sr_ratio < 1 or grid[0] % sr_ratio or grid[1] % sr_ratio:
+            raise ValueError(f"less_attention: the reduction ratio {sr_ratio} does not divide the "
+                             f"{grid[0]}x{grid[1]} token grid")
+        self.num_tokens, self.grid, self.sr_ratio = num_tokens, grid, sr_ratio
+        self.key_grid = reduced_grid(grid, sr_ratio)
+        self.num_keys = self.key_grid[0] * self.key_grid[1]
+        self.mode, self.la_source = mode, la_source
+        self.transform_init, self.dp_mode = transform_init, dp_mode
+        self.fixed_num_tokens = mode == "la" or attn_residual or inherit
+        self.inherit = inherit
+        n, nk = num_tokens, self.num_keys
         if mode == "va":
-            self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+            self.q = Linear(dim, dim, bias=qkv_bias)
+            self.kv = Linear(dim, dim * 2, bias=qkv_bias)
+            if sr_ratio > 1:
+                self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
+                self.sr_norm = nn.LayerNorm(dim, eps=1e-6)
+            self.psi_kind = None
+            out_proj = True if out_proj is None else out_proj
         else:
             self.v = Linear(dim, dim, bias=qkv_bias)
-            self.theta = Linear(num_tokens, num_tokens)  # mixes the key axis
-            self.psi = Linear(num_tokens, num_tokens)  # mixes the query axis
-        self.residual = AttentionResidual(num_heads) if attn_residual else None
+            self.theta = Linear(nk, nk)  # mixes the key axis
+            self.psi_kind = choose_psi(n, nk, dim, num_heads) if psi == "auto" else psi
+            if self.psi_kind == "dense":
+                self.psi = Linear(n, n)  # mixes the query axis
+            else:
+                self.psi_h = nn.Parameter(torch.empty(grid[0], grid[0]))
+                self.psi_w = nn.Parameter(torch.empty(grid[1], grid[1]))
+                self.psi_bias = nn.Parameter(torch.zeros(n))
+            out_proj = False if out_proj is None else out_proj
+        self.residual = None
+        if attn_residual or inherit:
+            if prev_heads is None or prev_grid is None or prev_sr_ratio is None:
+                raise ValueError("less_attention: attn_residual / inherit need prev_heads, prev_grid "
+                                 "and prev_sr_ratio (the previous stage's)")
+            prev_grid = tuple(int(g) for g in prev_grid)
+            qf = _grid_factor(prev_grid, grid, "query")
+            kf = _grid_factor(reduced_grid(prev_grid, prev_sr_ratio), self.key_grid, "key")
+            self.residual = AttentionResidual(prev_heads, num_heads, q_factor=qf, k_factor=kf,
+                                              init="mean" if inherit else "zero")
         self.attn_drop_p = attn_drop
         self.attn_drop = dropout(attn_drop)
-        self.proj = Linear(dim, dim)
+        self.has_proj = out_proj
+        self.proj = Linear(dim, dim) if out_proj else nn.Identity()
         self.proj_drop = dropout(proj_drop)
 
     def init_weights(self) -> None:
         if self.mode == "la":
-            for lin in (self.theta, self.psi):
-                if self.transform_init == "identity":
-                    with torch.no_grad():
-                        lin.weight.copy_(torch.eye(self.num_tokens))
-                else:
-                    nn.init.trunc_normal_(lin.weight, std=0.02)
-                nn.init.zeros_(lin.bias)
+            mats = [self.theta.weight] + ([self.psi.weight] if self.psi_kind == "dense"
+                                          else [self.psi_h, self.psi_w])
+            with torch.no_grad():
+                for w in mats:
+                    if self.transform_init == "identity":
+                        w.copy_(torch.eye(w.shape[0]))
+                    else:
+                        nn.init.trunc_normal_(w, std=0.02)
+                nn.init.zeros_(self.theta.bias)
+                nn.init.zeros_(self.psi.bias if self.psi_kind == "dense" else self.psi_bias)
         if self.residual is not None:
             self.residual.init_weights()
 
+    # -- cost --------------------------------------------------------------------------------------
+    def _psi_macs(self, n: int, width: int) -> int:
+        """Psi applied to (N, width) per head."""
+        if self.psi_kind == "dense":
+            return n * n * width
+        return n * width * (self.grid[0] + self.grid[1])
+
     def cost(self, num_tokens: int, grid: tuple[int, int], *, dim: int, batch: int = 1) -> MixerCost:
-        """VA: attention (4NC^2 + 2N^2 C), + N'^2 + N N' for the attention residual's two f x f
-        filters (N' = N f^2 tokens of the previous stage). LA (no q, k): v NC^2 + Theta and Psi
-        2HN^3 + A v N^2 C + proj NC^2. The explicit path's MACs (the fused one does less)."""
-        n, c, h = num_tokens, dim, self.num_heads
+        """MACs of the explicit path (N queries, N_k = N / R^2 keys, width C, H heads).
+
+        VA: q NC^2, reduction conv (R > 1) N_k C^2 R^2, kv 2 N_k C^2, q k^T and A v 2 N N_k C,
+        proj NC^2. LA: v N_k C^2, Theta H N N_k^2, Psi H N^2 N_k (dense) or H N N_k (h + w)
+        (Kronecker), A v N N_k C, proj NC^2 if ``out_proj``. Attention residual / inherited map:
+        H' N N_k' f^2 (query filter) + H' N N_k g^2 (key filter, g > 1) + H H' N N_k (head mix)."""
+        n, c, h, r = num_tokens, dim, self.num_heads, self.sr_ratio
+        nk = reduced_grid(grid, r)[0] * reduced_grid(grid, r)[1]
+        proj = n * c * c if self.has_proj else 0
         if self.mode == "la":
-            return MixerCost(2 * n * c * c + n * n * c + 2 * h * n ** 3)
-        extra = 0
+            macs = nk * c * c + h * n * nk * nk + h * self._psi_macs(n, nk) + n * nk * c + proj
+        else:
+            macs = n * c * c + 2 * nk * c * c + 2 * n * nk * c + proj
+            if r > 1:
+                macs += nk * c * c * r * r
         if self.residual is not None:
-            npv = n * self.residual.factor ** 2
-            extra = npv * npv + n * npv
-        return MixerCost(attention_macs(n, c) + extra)
+            macs += self.residual.macs(n, nk)
+        return MixerCost(macs)
 
     def describe(self) -> dict:
         d = {**super().describe(), "mode": self.mode}
+        if self.sr_ratio != 1:
+            d["sr_ratio"] = self.sr_ratio
+        if self.mode == "la":
+            if self.psi_kind != "dense":
+                d["psi"] = self.psi_kind
+            if self.has_proj:
+                d["out_proj"] = True
         if self.la_source != "logits":
             d["la_source"] = self.la_source
         if self.residual is not None:
-            d["attn_residual"] = True
+            d["inherit" if self.inherit else "attn_residual"] = True
         return d
 
+    # -- transforms --------------------------------------------------------------------------------
+    def apply_psi(self, t: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """W_Psi t (+ b_Psi 1^T) on the query axis of (B, H, N, X)."""
+        if self.psi_kind == "dense":
+            out = torch.matmul(self.psi.weight.to(t.dtype), t)
+            b_ = self.psi.bias
+        else:
+            bsz, hh, n, x = t.shape
+            gh, gw = self.grid
+            out = torch.matmul(self.psi_h.to(t.dtype), t.reshape(bsz, hh, gh, gw * x))  # rows
+            out = torch.matmul(self.psi_w.to(t.dtype), out.reshape(bsz, hh, gh, gw, x))  # columns
+            out = out.reshape(bsz, hh, n, x)
+            b_ = self.psi_bias
+        return out + b_.to(t.dtype)[:, None] if bias else out
+
+    def psi_matrix(self) -> torch.Tensor:
+        """The N x N query-axis matrix W_Psi (Kronecker product P_h (x) P_w for ``psi="kron"``)."""
+        return self.psi.weight if self.psi_kind == "dense" else torch.kron(self.psi_h, self.psi_w)
+
     def transform(self, m: torch.Tensor) -> torch.Tensor:
-        """Psi(Theta(M)^T)^T on (B, H, N, N): Theta on keys (last axis), Psi on queries."""
-        return self.psi(self.theta(m).transpose(-2, -1)).transpose(-2, -1)
+        """Psi(Theta(M)^T)^T on (B, H, N, N_k): Theta on keys (last axis), Psi on queries."""
+        return self.apply_psi(self.theta(m))
+
+    def transform_factored(self, c: Factored) -> Factored:
+        """The same transform on the factors (see ``Factored``)."""
+        wt, bt = self.theta.weight.to(c.u.dtype), self.theta.bias.to(c.u.dtype)
+        b, h, n, _ = c.u.shape
+        nk = c.v.shape[-2]
+        ones_q = c.u.new_ones(b, h, n, 1)
+        psi_one = self.apply_psi(c.u.new_ones(1, 1, n, 1), bias=False).expand(b, h, n, 1)
+        b_psi = (self.psi.bias if self.psi_kind == "dense" else self.psi_bias).to(c.u.dtype)
+        u = torch.cat([self.apply_psi(c.u, bias=False), psi_one, b_psi[:, None] * ones_q], dim=-1)
+        ones_k = c.u.new_ones(b, h, nk, 1)
+        v = torch.cat([torch.matmul(wt, c.v), bt[:, None] * ones_k, ones_k], dim=-1)
+        r = None if c.r is None else self.apply_psi(c.r @ wt.T, bias=False)
+        return Factored(u, v, r)
+
+    def factored_pays(self, c: Factored) -> bool:
+        """Cost model, per head: transforming the factors of rank r and attending with rank r + 2
+        against materialising M (N N_k r) and transforming it densely."""
+        n, nk, r = c.u.shape[-2], c.v.shape[-2], c.u.shape[-1]
+        dense = n * nk * r + n * nk * nk + self._psi_macs(n, nk)
+        fact = self._psi_macs(n, r) + nk * nk * r + n * nk * (r + 2)
+        if c.r is not None:
+            fact += n * nk * nk + self._psi_macs(n, nk)
+        return fact < dense
+
+    # -- diagonality -------------------------------------------------------------------------------
+    def square_map(self, p: torch.Tensor) -> torch.Tensor:
+        """(B, H, N, N_k) -> (B, H, N_k, N_k): query rows averaged over the R x R blocks that share
+        a key cell (proposal 8); unchanged when R = 1."""
+        r = self.sr_ratio
+        if r == 1:
+            return p
+        b, h = p.shape[:2]
+        kh, kw = self.key_grid
+        return p.reshape(b, h, kh, r, kw, r, p.shape[-1]).mean(dim=(3, 5)).reshape(b, h, kh * kw, -1)
+
+    def diagonality_map(self, p: torch.Tensor) -> torch.Tensor:
+        return self.square_map(p)
 
     def dp_terms(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(dp_sym, dp_diag) of one layer's pre-softmax matrix M (B, H, N, N)."""
-        n = m.shape[-1]
+        """(dp_sym, dp_diag) of one layer's pre-softmax matrix M (B, H, N, N_k)."""
         if self.dp_mode == "literal":
+            m = self.square_map(m)
+            n = m.shape[-1]
             sym = (m - m.transpose(-2, -1)).abs().sum(dim=(-2, -1)).mean()
             diag = m.diagonal(dim1=-2, dim2=-1)
             diag_term = ((n - 1) * diag - (m.sum(dim=-1) - diag)).sum(dim=-1).mean()
             return sym, diag_term
-        p = m.softmax(dim=-1)
+        p = self.square_map(m.softmax(dim=-1))
+        n = p.shape[-1]
         sym = (p - p.transpose(-2, -1)).abs().mean()
-        diag_term = ((1.0 - n * p.diagonal(dim1=-2, dim2=-1)) / (n - 1)).mean()
+        diag_term = ((1.0 - n * p.diagonal(dim1=-2, dim2=-1)) / max(n - 1, 1)).mean()
         return sym, diag_term
-
-    def transform_factored(self, c: Factored) -> Factored:
-        """The same transform on the factors (see ``Factored``)."""
-        wp, bp = self.psi.weight, self.psi.bias  # (N, N), (N,)
-        wt, bt = self.theta.weight, self.theta.bias
-        b, h, n, _ = c.u.shape
-        ones = c.u.new_ones(b, h, n, 1)
-        u = torch.cat([wp @ c.u, (wp.sum(dim=1)[:, None] * ones), bp[:, None] * ones], dim=-1)
-        v = torch.cat([wt @ c.v, bt[:, None] * ones, ones], dim=-1)
-        r = None if c.r is None else wp @ c.r @ wt.T
-        return Factored(u, v, r, c.s)
-
-    def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
-        self.check_tokens(x, ctx)
-        b, n, c = x.shape
-        if self.fixed_num_tokens and n != self.num_tokens:
-            raise ValueError(f"less_attention was built for {self.num_tokens} tokens, got {n}: its "
-                             "N x N transforms fix the input size")
-        # The factored (fused) path needs the carried matrix to be logits (softmax breaks it).
-        factored = self.fused_attn and self.la_source == "logits"
-        drop = self.attn_drop_p if self.training else 0.0
-        if self.mode == "va":
-            qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)  # (B, H, N, D)
-            res = None
-            if self.residual is not None:
-                prev = ctx.state.get(CARRY)
-                if prev is None:
-                    raise ValueError("less_attention: attn_residual=True but no earlier stage "
-                                     "carried an attention matrix")
-                res = self.residual.downsample(as_dense(prev), ctx.state[CARRY_GRID], ctx.grid)
-            if factored:
-                carry = Factored(q * self.scale, k, res,
-                                 None if res is None else self.residual.head_scale(x.dtype))
-                ctx.state[CARRY] = carry
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=carry.mask(), dropout_p=drop)
-            else:
-                logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
-                if res is not None:
-                    logits = logits + self.residual.head_scale(x.dtype) * res
-                attn = self.attn_probe(logits.softmax(dim=-1))
-                ctx.state[CARRY] = logits if self.la_source == "logits" else attn
-                out = self.attn_drop(attn) @ v
-        else:
-            prev = ctx.state.get(CARRY)
-            size = prev.u.shape[-2] if isinstance(prev, Factored) else (prev.shape[-1] if prev is not None else None)
-            if size != n:
-                raise ValueError("less_attention: an 'la' layer needs a preceding 'va' or 'la' "
-                                 f"layer in the same stage with {n} tokens")
-            v = self.v(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-            # Per head, the factored transform costs N^2 (2 r + r + 2) against 2 N^3 for the dense
-            # one: keep the factors while their rank r is small next to N (stage 3 at 224 px), switch
-            # to the dense matrix once it is not (stage 4: N = 49 < the head width).
-            if factored and isinstance(prev, Factored) and 3 * prev.u.shape[-1] + 2 < 2 * n:
-                carry = self.transform_factored(prev)
-                ctx.state[CARRY] = carry
-                if torch.is_grad_enabled():
-                    self.add_dp_terms(ctx, carry.dense())
-                out = F.scaled_dot_product_attention(carry.u, carry.v, v, attn_mask=carry.mask(),
-                                                     dropout_p=drop, scale=1.0)
-            else:
-                m = self.transform(as_dense(prev))  # (B, H, N, N) pre-softmax
-                ctx.state[CARRY] = m
-                if torch.is_grad_enabled():
-                    self.add_dp_terms(ctx, m)
-                attn = self.attn_probe(m.softmax(dim=-1))
-                out = self.attn_drop(attn) @ v
-        ctx.state[CARRY_GRID] = ctx.grid
-        out = out.transpose(1, 2).reshape(b, n, c)
-        return self.proj_drop(self.proj(out))
 
     def add_dp_terms(self, ctx: TokenContext, m: torch.Tensor) -> None:
         sym, diag = self.dp_terms(m)
         ctx.add_aux("dp_sym", sym)
         ctx.add_aux("dp_diag", diag)
+
+    # -- forward -----------------------------------------------------------------------------------
+    def _inherited(self, ctx: TokenContext) -> torch.Tensor:
+        """The previous stage's carried map brought to this stage (residual / inherit)."""
+        prev = ctx.state.get(CARRY)
+        if prev is None or tuple(ctx.state.get(CARRY_GRID, ())) == tuple(self.grid):
+            raise ValueError("less_attention: attn_residual / inherit need the previous stage to "
+                             "carry an attention matrix (a 'va' or 'la' layer there)")
+        return self.residual(as_dense(prev), self.grid, self.key_grid)
+
+    def _values(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, N_k, D) values of an LA layer: the value Linear of the pooled grid."""
+        b = x.shape[0]
+        if self.sr_ratio > 1:
+            x = map_to_tokens(F.avg_pool2d(tokens_to_map(x, self.grid), self.sr_ratio))
+        return self.v(x).reshape(b, self.num_keys, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
+        self.check_tokens(x, ctx)
+        b, n, c = x.shape
+        if tuple(ctx.grid) != self.grid and (self.fixed_num_tokens or self.sr_ratio > 1):
+            raise ValueError(f"less_attention was built for a {self.grid[0]}x{self.grid[1]} grid, got "
+                             f"{ctx.grid[0]}x{ctx.grid[1]}: its transforms and key grid fix the input size")
+        # The factored path needs the carried matrix to be logits (softmax breaks it).
+        factored = self.fused_attn and self.la_source == "logits"
+        drop = self.attn_drop_p if self.training else 0.0
+        nk = self.num_keys
+        if self.mode == "va":
+            q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+            xk = x
+            if self.sr_ratio > 1:
+                xk = self.sr_norm(map_to_tokens(self.sr(tokens_to_map(x, self.grid))))
+            kv = self.kv(xk).reshape(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            k, v = kv.unbind(0)  # (B, H, N_k, D)
+            res = self._inherited(ctx) if self.residual is not None else None
+            if factored:
+                ctx.state[CARRY] = Factored(q * self.scale, k, res)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=res, dropout_p=drop)
+            else:
+                logits = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N_k)
+                if res is not None:
+                    logits = logits + res
+                attn = self.attn_probe(logits.softmax(dim=-1))
+                ctx.state[CARRY] = logits if self.la_source == "logits" else attn
+                out = self.attn_drop(attn) @ v
+        else:
+            if self.inherit:
+                prev = self._inherited(ctx)
+            else:
+                prev = ctx.state.get(CARRY)
+                shape = None
+                if prev is not None:
+                    shape = (prev.u.shape[-2], prev.v.shape[-2]) if isinstance(prev, Factored) else \
+                        tuple(prev.shape[-2:])
+                if shape != (n, nk) or tuple(ctx.state.get(CARRY_GRID, ())) != self.grid:
+                    raise ValueError("less_attention: an 'la' layer needs a preceding 'va' or 'la' "
+                                     f"layer in the same stage with {n} queries and {nk} keys (or "
+                                     "inherit=True as the first layer of a less-attention-only stage)")
+            v = self._values(x)
+            if factored and isinstance(prev, Factored) and self.factored_pays(prev):
+                carry = self.transform_factored(prev)
+                ctx.state[CARRY] = carry
+                if torch.is_grad_enabled():
+                    self.add_dp_terms(ctx, carry.dense())
+                out = F.scaled_dot_product_attention(carry.u, carry.v, v, attn_mask=carry.r,
+                                                     dropout_p=drop, scale=1.0)
+            else:
+                m = self.transform(as_dense(prev))  # (B, H, N, N_k) pre-softmax
+                ctx.state[CARRY] = m
+                if torch.is_grad_enabled():
+                    self.add_dp_terms(ctx, m)
+                # (Fused attention with M as an additive mask and zero q, k computes the same, but
+                # is 2-3x slower on the CPU than softmax and a batched product: not used.)
+                attn = self.attn_probe(m.softmax(dim=-1))
+                out = self.attn_drop(attn) @ v
+        ctx.state[CARRY_GRID] = self.grid
+        ctx.state[CARRY_KEY_GRID] = self.key_grid
+        out = out.transpose(1, 2)  # (B, N, H, D); a view of fused attention's own (B, N, H, D) output
+        if torch.compiler.is_compiling():
+            # A traced reshape of it becomes a view, which fails once the ONNX exporter decomposes
+            # fused attention into ops with other output strides ("Cannot view [2,16,3,32] as
+            # (2,16,96)"); an explicit contiguous copy keeps the graph valid for every lowering.
+            out = out.clone(memory_format=torch.contiguous_format)
+        out = out.reshape(b, n, c)
+        return self.proj_drop(self.proj(out))

@@ -26,10 +26,10 @@ from .base import Experiment, RunSpec, Section, register_experiment
 
 NO_DP = {"aux_weights": {"dp_sym": 0.0, "dp_diag": 0.0}}
 
-# label: (layout, or None for the zoo model's own ("A", "VL", "VL", "VL"); TrainConfig overrides)
+# label: (layout, or None for the zoo model's own ("V", "VL", "VL", "LL"); TrainConfig overrides)
 VARIANTS = {
-    "vanilla": (("A", "VV", "VV", "VV"), NO_DP),  # every layer computes its attention (mode "va")
-    "la_last": (("A", "VV", "VV", "VL"), {}),  # less attention in stage 4 only
+    "vanilla": (("A", "AA", "AA", "AA"), NO_DP),  # the vanilla twin: plain attention everywhere
+    "la_last": (("V", "VV", "VV", "VL"), {}),  # less attention in stage 4 only
     "la_all": (None, {}),  # one VA layer per stage, the rest LA (the zoo model)
     "la_all_no_dp": (None, NO_DP),  # same without the diagonality-preserving loss
 }
