@@ -12,7 +12,7 @@ gradient (measurements: docs/benchmarks.md, "CPU ... current (oneDNN linear laye
 the oneDNN path where it is exact, supported and pays off: fp32 CPU tensors and a contiguous
 weight; no autocast; not while ``torch.compile`` traces (the compiler picks its own kernels); no
 tensor subclasses; no active Python dispatch mode (``FlopCounterMode`` and other tracing tools see
-the reference ``addmm``); in training only calls of at least ``MIN_MACS`` multiply-adds (batch-1
+the reference ``addmm``); no ``torch.func`` transform; in training only calls of at least ``MIN_MACS`` multiply-adds (batch-1
 training keeps ``addmm``), in inference every call. Training goes through an autograd function:
 input gradient ``g W`` by oneDNN, weight gradient ``g^T x`` by ``mm``, bias gradient ``sum(g)``;
 under ``create_graph`` the backward uses differentiable ops, so double backward works.
@@ -47,6 +47,8 @@ _LINEAR_POINTWISE = _find_op()
 # --batch 1 --reps 20).
 MIN_MACS = 1 << 27
 _dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
+# torch.func transforms (grad, vmap, jvp) wrap tensors; F.linear has their rules, the oneDNN op not
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
 def onednn_linear_available() -> bool:
@@ -60,7 +62,8 @@ def fast_path_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and weight.dtype == torch.float32 and x.numel() > 0 and weight.is_contiguous()
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
             and not torch.overrides.has_torch_function((x, weight))
-            and not _dispatch_modes())  # FlopCounterMode & co. see the reference ops
+            and not _dispatch_modes()  # FlopCounterMode & co. see the reference ops
+            and not _functorch_active())
 
 
 def _onednn(x2d: torch.Tensor, weight: torch.Tensor, bias, act: str = "none") -> torch.Tensor:
@@ -70,11 +73,16 @@ def _onednn(x2d: torch.Tensor, weight: torch.Tensor, bias, act: str = "none") ->
 
 
 class _OneDNNLinear(torch.autograd.Function):
+    # forward without ctx + setup_context: the form torch.func (grad, vmap, jvp) can transform
     @staticmethod
-    def forward(ctx, x2d, weight, bias):
+    def forward(x2d, weight, bias):
+        return _onednn(x2d, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x2d, weight, bias = inputs
         ctx.save_for_backward(x2d, weight)
         ctx.has_bias = bias is not None
-        return _onednn(x2d, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):

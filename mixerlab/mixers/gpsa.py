@@ -108,8 +108,13 @@ class GPSA(AttentionMixer):
 
         In eval mode without autograd the map is cached; the key holds the grid, device, dtype and
         the version counters of ``pos_proj``'s parameters, so a resolution change or any update of
-        the weights (optimizer step, ``load_state_dict``) invalidates it.
+        the weights (optimizer step, ``load_state_dict``) invalidates it. Under ``torch.compile``
+        neither the cache nor the relative-position buffer is used (reading version counters and
+        data pointers would break the graph): the table is built inside the graph instead.
         """
+        if torch.compiler.is_compiling():  # a constant of the graph: the compiler folds it
+            scores = self.pos_proj(relative_positions(grid, device).to(dtype))
+            return scores.permute(2, 0, 1).softmax(dim=-1)
         use_cache = not self.training and not torch.is_grad_enabled()
         if use_cache:
             w, b = self.pos_proj.weight, self.pos_proj.bias
