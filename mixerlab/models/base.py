@@ -235,7 +235,7 @@ class MixerModel(nn.Module):
         auxiliary loss term the layers report (LaViT: ``dp_sym``, ``dp_diag``) to its sum over
         layers (empty for models without such terms). Returned, never stored on the module,
         so it goes through DDP and ``torch.compile`` like the logits."""
-        if not return_aux:
+        if return_aux is not True:  # an identity test: torch.fx passes a Proxy here, `is` is not traced
             return self.forward_head(self.forward_features(x))
         ctx = TokenContext()
         logits = self.forward_head(self.forward_features(x, ctx))

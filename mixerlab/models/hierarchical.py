@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.fx
 from torch import nn
 
 from ..layers import drop_path_rates, dropout, get_norm_layer, resample_pos_embed
@@ -20,6 +21,8 @@ from ..mixers.base import TokenContext, map_to_tokens
 from .base import MixerModel, mixer_factory
 from .block import MetaFormerBlock
 from .config import HierarchicalConfig
+
+torch.fx.wrap("resample_pos_embed")  # a leaf for torch.fx (it branches on the grid)
 
 
 class ConvEmbed(nn.Module):

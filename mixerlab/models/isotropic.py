@@ -10,6 +10,7 @@ the mixer under ``blocks.i.token_mixer``.
 from __future__ import annotations
 
 import torch
+import torch.fx
 from torch import nn
 
 from ..layers import ConvStem, Linear, PatchEmbed, drop_path_rates, dropout, resample_pos_embed
@@ -17,6 +18,8 @@ from ..mixers.base import TokenContext
 from .base import MixerModel, mixer_factory
 from .block import MetaFormerBlock
 from .config import IsotropicConfig
+
+torch.fx.wrap("resample_pos_embed")  # a leaf for torch.fx (it branches on the grid)
 
 
 class IsotropicModel(MixerModel):
