@@ -36,6 +36,19 @@ HEAVY_TESTS = ("test_model_forward", "test_model_backward", "test_model_forward_
                "test_model_forward_fx_torchscript")
 
 
+# Expected failures, strict (CI says so when one starts to pass). TorchScript: no mixerlab model
+# scripts, and making one would cost the clarity of every forward: ``forward(x, *, return_aux=...)``
+# has a keyword-only argument, the block loops are generators (``_blocks`` / ``_stages``), every
+# block takes a ``TokenContext`` (a plain Python object carrying the grid, aux terms and LaViT's
+# state), and the fast paths dispatch on tensor properties at run time. torch.jit is deprecated
+# in PyTorch 2.x; torch.export and torch.compile (tests/test_export.py) cover its uses.
+NOT_SCRIPTABLE = ("keyword-only forward argument, generator block loops, TokenContext through "
+                  "every block: see scripts/timm_contract/conftest.py")
+SCRIPT_TESTS = ("test_model_forward_torchscript", "test_model_forward_fx_torchscript")
+FX_TESTS = ("test_model_forward_fx", "test_model_backward_fx")
+LAVIT_FX = "issue 14: less_attention branches on the token count (not traceable by torch.fx)"
+
+
 def _hierarchical(name: str) -> bool:
     return hasattr(get_model_info(name).config, "stages")
 
@@ -67,12 +80,17 @@ timm.list_pretrained = timm.models.list_pretrained = list_pretrained
 
 
 def pytest_collection_modifyitems(config, items):
+    import pytest
     keep, drop = [], []
     for item in items:
         name = getattr(getattr(item, "callspec", None), "params", {}).get("model_name")
         ok = isinstance(name, str) and name in MODELS
         if ok and item.originalname in HEAVY_TESTS:
             ok = any(fnmatch.fnmatch(name, p) for p in HEAVY)
+        if ok and item.originalname in SCRIPT_TESTS:
+            item.add_marker(pytest.mark.xfail(reason=NOT_SCRIPTABLE, strict=True))
+        elif ok and item.originalname in FX_TESTS and name.startswith("mixerlab_lavit"):
+            item.add_marker(pytest.mark.xfail(reason=LAVIT_FX, strict=True))
         (keep if ok else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
