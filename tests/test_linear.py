@@ -1,6 +1,8 @@
 """The oneDNN linear fast path equals ``F.linear`` (fp32, 1e-5 relative) and steps aside where it must."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -200,3 +202,36 @@ def test_model_training_step_fast_linear_equals_reference(name, monkeypatch):
             assert len(calls) >= 2 * len(linears) - 1  # forwards and input gradients (not the stem's)
     for a, b in zip(*res):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+@pytest.mark.parametrize("broken", ["differs", "raises", "no_dispatch_probe"])
+def test_private_op_checked_once_then_off_with_one_warning(broken, monkeypatch):
+    """The private oneDNN op is compared once with F.linear; a wrong or failing op, or no way to
+    see dispatch modes, turns the fast path off with one warning (the reference path is used)."""
+    real = linear_mod._LINEAR_POINTWISE
+    if broken == "differs":
+        monkeypatch.setattr(linear_mod, "_LINEAR_POINTWISE", lambda *a: real(*a) + 1.0)
+    elif broken == "raises":
+        def bad(*a):
+            raise RuntimeError("signature changed")
+        monkeypatch.setattr(linear_mod, "_LINEAR_POINTWISE", bad)
+    else:
+        monkeypatch.setattr(linear_mod, "_dispatch_modes", None)
+    monkeypatch.setattr(linear_mod, "_op_checked", None)
+    x, w, b = torch.randn(64, 16), torch.randn(8, 16), torch.randn(8)
+    with pytest.warns(UserWarning, match="fast path off"):
+        assert not linear_mod.fast_path_ok(x, w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # checked once: no second warning
+        assert not linear_mod.fast_path_ok(x, w)
+        with torch.no_grad():
+            torch.testing.assert_close(linear_mod.linear(x, w, b), torch.nn.functional.linear(x, w, b))
+    monkeypatch.setattr(linear_mod, "_op_checked", None)
+
+
+@needs_onednn
+def test_private_op_passes_its_check():
+    linear_mod._op_checked = None
+    assert linear_mod.onednn_linear_available()
+    assert linear_mod.fast_path_ok(torch.randn(4, 8), torch.randn(3, 8))

@@ -52,9 +52,12 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.double() - b.double()).abs().max().item()
 
 
-def _tokens(features: torch.Tensor) -> torch.Tensor:
-    """timm's MetaFormer returns (B, C, H, W) maps; mixerlab (B, N, C) tokens."""
-    return features.flatten(2).transpose(1, 2) if features.ndim == 4 else features
+def _tokens(features: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """(B, N, C) tokens of a feature tensor: timm's MetaFormer returns (B, C, H, W) maps,
+    mixerlab's hierarchical models (B, H, W, C) (``channels_last``), ViTs (B, N, C) tokens."""
+    if features.ndim != 4:
+        return features
+    return features.flatten(1, 2) if channels_last else features.flatten(2).transpose(1, 2)
 
 
 @torch.no_grad()
@@ -71,8 +74,6 @@ def check_pair(timm_name: str, *, batch: int = 1, seed: int = 0, img_size: int =
     (randomised mixerlab weights exported into timm), ``roundtrip_exact`` (mixerlab -> timm ->
     mixerlab gives bit-identical tensors), ``seconds``.
     """
-    import timm
-
     t0 = time.perf_counter()
     args = dict(model_args or {})
     tm = randomize_parameters(_timm_model(timm_name, args), seed).eval()
@@ -83,7 +84,8 @@ def check_pair(timm_name: str, *, batch: int = 1, seed: int = 0, img_size: int =
                     dtype=torch.float64).to(dtype)
     out = dict(timm_name=timm_name, mixerlab_name=TIMM_PAIRS[timm_name], img_size=img_size,
                dtype=str(dtype).removeprefix("torch."))
-    out["features"] = max_abs_diff(_tokens(tm.forward_features(x)), model.forward_features(x))
+    out["features"] = max_abs_diff(_tokens(tm.forward_features(x)),
+                                   _tokens(model.forward_features(x), channels_last=True))
     out["logits"] = max_abs_diff(tm(x), model(x))
     # mixerlab -> timm: new random weights on the mixerlab side, exported into timm.
     randomize_parameters(model, seed + 2)

@@ -5,6 +5,7 @@ Every embedding returns tokens (B, N, C) and the grid (H, W) they lie on (raster
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -70,6 +71,7 @@ class ConvStem(nn.Module):
         return x.flatten(2).transpose(1, 2), grid
 
 
+@torch.fx.wrap  # a leaf for torch.fx: it branches on the grid, a shape
 def resample_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int], *,
                        num_prefix: int = 0, mode: str = "bicubic") -> torch.Tensor:
     """Resample a (1, num_prefix + H*W, C) position table to another grid.

@@ -12,7 +12,7 @@ gradient (measurements: docs/benchmarks.md, "CPU ... current (oneDNN linear laye
 the oneDNN path where it is exact, supported and pays off: fp32 CPU tensors and a contiguous
 weight; no autocast; not while ``torch.compile`` traces (the compiler picks its own kernels); no
 tensor subclasses; no active Python dispatch mode (``FlopCounterMode`` and other tracing tools see
-the reference ``addmm``); in training only calls of at least ``MIN_MACS`` multiply-adds (batch-1
+the reference ``addmm``); no ``torch.func`` transform; in training only calls of at least ``MIN_MACS`` multiply-adds (batch-1
 training keeps ``addmm``), in inference every call. Training goes through an autograd function:
 input gradient ``g W`` by oneDNN, weight gradient ``g^T x`` by ``mm``, bias gradient ``sum(g)``;
 under ``create_graph`` the backward uses differentiable ops, so double backward works.
@@ -22,7 +22,10 @@ compare the two (fp32, 1e-5 relative).
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -46,12 +49,49 @@ _LINEAR_POINTWISE = _find_op()
 # oneDNN, batch 1 included (scripts/profile_model.py MODEL --paths --only onednn_linear --mode infer
 # --batch 1 --reps 20).
 MIN_MACS = 1 << 27
-_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
+# Without this probe a Python dispatch mode (FlopCounterMode) cannot be seen: the fast path is off.
+_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
+# torch.func transforms (grad, vmap, jvp) wrap tensors; F.linear has their rules, the oneDNN op not
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+_op_checked: bool | None = None  # the once-per-process check of the private op (None: not yet)
+
+
+def _check_op() -> bool:
+    """``torch.ops.mkldnn._linear_pointwise`` is private (no compatibility promise): compare it
+    once, on a small case, with ``F.linear`` (plain and with GELU); off with one warning when it
+    is missing, raises or differs, or when dispatch modes cannot be detected."""
+    if _LINEAR_POINTWISE is None:
+        return False
+    why = None
+    if _dispatch_modes is None:
+        why = "torch._C._len_torch_dispatch_stack is missing (FlopCounterMode could not be detected)"
+    else:
+        try:
+            g = torch.Generator().manual_seed(0)
+            x, w, b = (torch.randn(*s, generator=g) for s in ((5, 7), (3, 7), (3,)))
+            with torch.no_grad():
+                ref = F.linear(x, w, b)
+                ok = (torch.allclose(_onednn(x, w, b), ref, rtol=1e-5, atol=1e-5)
+                      and torch.allclose(_onednn(x, w, b, "gelu"), F.gelu(ref), rtol=1e-5, atol=1e-5))
+            if not ok:
+                why = "it differs from F.linear on a test case"
+        except Exception as e:  # a changed signature or a broken kernel: the reference path
+            why = f"it raised {type(e).__name__}: {e}"
+    if why is not None:
+        warnings.warn(f"mixerlab: oneDNN linear fast path off: {why}; using F.linear", stacklevel=3)
+        return False
+    return True
 
 
 def onednn_linear_available() -> bool:
-    """Whether this PyTorch build has the oneDNN linear kernel the fast path calls."""
-    return _LINEAR_POINTWISE is not None
+    """Whether this PyTorch build has the oneDNN linear kernel the fast path calls, and it passed
+    its once-per-process check against ``F.linear``."""
+    global _op_checked
+    if _op_checked is None:
+        _op_checked = _check_op()
+    return _op_checked
 
 
 def fast_path_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -60,7 +100,9 @@ def fast_path_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and weight.dtype == torch.float32 and x.numel() > 0 and weight.is_contiguous()
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
             and not torch.overrides.has_torch_function((x, weight))
-            and not _dispatch_modes())  # FlopCounterMode & co. see the reference ops
+            and onednn_linear_available()  # checked (at import): also False without the probe
+            and not _dispatch_modes()  # FlopCounterMode & co. see the reference ops
+            and not _functorch_active())
 
 
 def _onednn(x2d: torch.Tensor, weight: torch.Tensor, bias, act: str = "none") -> torch.Tensor:
@@ -70,11 +112,16 @@ def _onednn(x2d: torch.Tensor, weight: torch.Tensor, bias, act: str = "none") ->
 
 
 class _OneDNNLinear(torch.autograd.Function):
+    # forward without ctx + setup_context: the form torch.func (grad, vmap, jvp) can transform
     @staticmethod
-    def forward(ctx, x2d, weight, bias):
+    def forward(x2d, weight, bias):
+        return _onednn(x2d, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x2d, weight, bias = inputs
         ctx.save_for_backward(x2d, weight)
         ctx.has_bias = bias is not None
-        return _onednn(x2d, weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
@@ -93,6 +140,7 @@ class _OneDNNLinear(torch.autograd.Function):
         return gx, gw, gb
 
 
+@torch.fx.wrap  # a leaf for torch.fx: the kernel choice reads the tensors' properties
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
            act: str = "none", fast: bool = True) -> torch.Tensor:
     """``act(x @ weight.T + bias)`` over the last axis; ``act`` is ``"none"`` or ``"gelu"`` (exact).
@@ -130,3 +178,6 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias, fast=self.onednn_linear)
+
+
+onednn_linear_available()  # the check runs at import, outside any dispatch mode

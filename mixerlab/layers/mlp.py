@@ -2,10 +2,13 @@
 the MetaFormer baselines."""
 from __future__ import annotations
 
+import torch.fx
 from torch import nn
 
 from .drop import dropout
 from .linear import Linear, linear
+
+torch.fx.wrap("linear")  # a leaf for torch.fx (its kernel choice reads the tensors' properties)
 
 
 class Mlp(nn.Module):

@@ -18,6 +18,7 @@ import math
 from functools import partial
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -55,19 +56,25 @@ class GroupNorm1(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        h = _split(n)
-        if h is None:  # no 2-D factorisation: normalise over (N, C), then the per-channel affine
-            y = F.layer_norm(x, (n, c), eps=self.eps) * self.weight
-            return y + self.bias if self.bias is not None else y
-        # The statistics do not depend on where the tokens sit, so view the (B, N, C) tokens as a
-        # channels-last (B, C, h, N / h) map: PyTorch's channels-last GroupNorm kernel then runs
-        # with the affine fused and returns channels-last memory, i.e. (B, N, C) tokens again, with
-        # no copy (faster forward + backward than layer_norm + affine on the CPU, see
-        # docs/benchmarks.md, and one activation less kept for backward).
-        m = x.reshape(b, h, n // h, c).permute(0, 3, 1, 2)  # (B, C, h, w), channels-last
-        y = F.group_norm(m, 1, self.weight, self.bias, self.eps)
-        return y.permute(0, 2, 3, 1).reshape(b, n, c)
+        return group_norm1(x, self.weight, self.bias, self.eps)
+
+
+@torch.fx.wrap  # a leaf for torch.fx: the kernel choice depends on the token count, a shape
+def group_norm1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """GroupNorm(1, C) of (B, N, C) tokens with a per-channel affine."""
+    b, n, c = x.shape
+    h = _split(n)
+    if h is None:  # no 2-D factorisation: normalise over (N, C), then the per-channel affine
+        y = F.layer_norm(x, (n, c), eps=eps) * weight
+        return y + bias if bias is not None else y
+    # The statistics do not depend on where the tokens sit, so view the (B, N, C) tokens as a
+    # channels-last (B, C, h, N / h) map: PyTorch's channels-last GroupNorm kernel then runs
+    # with the affine fused and returns channels-last memory, i.e. (B, N, C) tokens again, with
+    # no copy (faster forward + backward than layer_norm + affine on the CPU, see
+    # docs/benchmarks.md, and one activation less kept for backward).
+    m = x.reshape(b, h, n // h, c).permute(0, 3, 1, 2)  # (B, C, h, w), channels-last
+    y = F.group_norm(m, 1, weight, bias, eps)
+    return y.permute(0, 2, 3, 1).reshape(b, n, c)
 
 
 def _split(n: int) -> int | None:
@@ -90,11 +97,9 @@ class TokenLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_tokens))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.num_tokens:
-            raise ValueError(
-                f"TokenLayerNorm was built for {self.num_tokens} tokens but got {x.shape[1]}: "
-                "a token-axis norm only works at the sequence length it was built for"
-            )
+        # torch._assert, not `if`: traceable by torch.fx (the model's input check names the sizes)
+        torch._assert(x.shape[1] == self.num_tokens, "TokenLayerNorm got another token count than "
+                      "it was built for: a token-axis norm only works at that sequence length")
         x = x.transpose(1, 2)  # (B, C, N)
         x = F.layer_norm(x, (self.num_tokens,), self.weight, self.bias, self.eps)
         return x.transpose(1, 2)  # (B, N, C)

@@ -304,8 +304,7 @@ def tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Grid tokens (B, N, C) -> (B, C, H, W) view in channels-last memory (no copy)."""
     b, n, c = x.shape
     h, w = grid
-    if n != h * w:
-        raise ValueError(f"{n} tokens do not fill a {h}x{w} grid")
+    torch._assert(n == h * w, "the tokens do not fill the grid")  # traceable by torch.fx
     return x.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 

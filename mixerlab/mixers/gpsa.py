@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -39,6 +40,10 @@ def relative_positions(grid: tuple[int, int], device=None) -> torch.Tensor:
     dx = (cols[None, :] - cols[:, None]).float()  # (N, N)
     dy = (rows[None, :] - rows[:, None]).float()
     return torch.stack([dx, dy, dx * dx + dy * dy], dim=-1)
+
+
+_fx_tracing = getattr(torch.fx._symbolic_trace, "is_fx_tracing_symbolic_tracing",
+                      torch.fx._symbolic_trace.is_fx_tracing)
 
 
 @register_mixer("gpsa")
@@ -110,8 +115,14 @@ class GPSA(AttentionMixer):
         autocast state (under autocast ``pos_proj`` returns the autocast dtype, whatever ``dtype``
         is) and the version counters of ``pos_proj``'s parameters, so a resolution change, a
         forward with autocast on or off, or any update of the weights (optimizer step,
-        ``load_state_dict``) invalidates it.
+        ``load_state_dict``) invalidates it. Under ``torch.compile`` neither the cache nor the
+        relative-position buffer is used (reading version counters and data pointers would break
+        the graph): the table is built inside the graph instead.
         """
+        if torch.compiler.is_compiling() or _fx_tracing():
+            # built in the graph (the compiler folds it): no buffer or cache to check
+            scores = self.pos_proj(relative_positions(grid, device).to(dtype))
+            return scores.permute(2, 0, 1).softmax(dim=-1)
         use_cache = not self.training and not torch.is_grad_enabled()
         if use_cache:
             w, b = self.pos_proj.weight, self.pos_proj.bias

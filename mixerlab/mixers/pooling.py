@@ -45,6 +45,6 @@ class Pooling(TokenMixer):
         k = self.pool_size
         pooled = F.avg_pool2d(m, k, 1, k // 2, count_include_pad=False)
         out = map_to_tokens(pooled) - tokens  # (B, N, C)
-        if prefix.shape[1]:
+        if ctx.num_prefix_tokens:
             out = torch.cat([torch.zeros_like(prefix), out], dim=1)
         return out

@@ -61,9 +61,9 @@ class TokenFF(TokenMixer):
         return {"num_tokens": self.num_tokens, "hidden": self.mlp.fc1.out_features}
 
     def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
-        if x.shape[1] != self.num_tokens:
-            raise ValueError(f"token_ff was built for {self.num_tokens} tokens, got {x.shape[1]}: "
-                             "the feed-forward over the token axis has a fixed token count")
+        # torch._assert, not `if`: traceable by torch.fx (the model's input check names the sizes)
+        torch._assert(x.shape[1] == self.num_tokens, "token_ff got another token count than it was "
+                      "built for: the feed-forward over the token axis has a fixed token count")
         if self.token_major and not (self.training and self.drop > 0):
             return self._forward_token_major(x)
         return self.mlp(x.transpose(1, 2)).transpose(1, 2)  # (B, D, T) -> (B, T, D)

@@ -18,6 +18,7 @@ import dataclasses
 import re
 
 import torch
+import torch.fx
 from torch import nn
 
 from ..layers import drop_path_rates, dropout, get_act_layer, get_norm_layer, resample_pos_embed
@@ -28,6 +29,8 @@ from ..mixers.base import TokenContext, map_to_tokens
 from .base import MixerModel, mixer_factory
 from .block import MetaFormerBlock
 from .config import HierarchicalConfig
+
+torch.fx.wrap("resample_pos_embed")  # a leaf for torch.fx (it branches on the grid)
 
 
 class ConvEmbed(nn.Module):
@@ -89,7 +92,13 @@ class Stage(nn.Module):
 
 
 class HierarchicalModel(MixerModel):
-    """A multi-stage model built from a ``HierarchicalConfig``."""
+    """A multi-stage model built from a ``HierarchicalConfig``.
+
+    ``forward_features`` returns the last stage as a channels-last map (B, H, W, C): timm's
+    ``output_fmt = "NHWC"`` (a view of the (B, N, C) tokens, no copy).
+    """
+
+    output_fmt = "NHWC"
 
     def __init__(self, cfg: HierarchicalConfig):
         super().__init__()
@@ -138,6 +147,7 @@ class HierarchicalModel(MixerModel):
         self.stages = nn.ModuleList(stages)
         self.num_features = self.head_hidden_size = dims[-1]
         self.head_norm_first = cfg.head_norm_first
+        self.global_pool = "avg"
         # timm's PoolFormer pools, then applies a channel LayerNorm (eps 1e-6) to the vector.
         self.norm = (get_norm_layer(cfg.head_norm)(dims[-1]) if cfg.head_norm_first
                      else LayerNorm(dims[-1], eps=1e-6))
@@ -187,6 +197,13 @@ class HierarchicalModel(MixerModel):
         self.head_norm_first = value
         self.cfg = dataclasses.replace(self.cfg, head_norm_first=value)
 
+    def set_global_pool(self, global_pool: str) -> None:
+        """``avg`` (mean over the map) or ``''`` (none: ``forward`` returns (B, H, W, classes or
+        dim))."""
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool={global_pool!r}; allowed: ['', 'avg']")
+        self.global_pool = global_pool
+
     def no_weight_decay(self) -> set[str]:
         return {f"stages.{i}.pos_embed" for i, st in enumerate(self.stages) if st.pos_embed is not None}
 
@@ -197,8 +214,7 @@ class HierarchicalModel(MixerModel):
     # -- forward --------------------------------------------------------------------------------
     def _stages(self, x: torch.Tensor, upto: int | None = None, ctx: TokenContext | None = None):
         """Run the stages, yielding (index, tokens (B, N, C), grid) after each."""
-        self.check_input(x)
-        x, grid = self.stem(x)
+        x, grid = self.stem(self.check_input(x))
         ctx = ctx if ctx is not None else TokenContext()
         ctx.grid = grid
         for i, stage in enumerate(self.stages):
@@ -213,14 +229,15 @@ class HierarchicalModel(MixerModel):
                 break
 
     def forward_features(self, x: torch.Tensor, ctx: TokenContext | None = None) -> torch.Tensor:
-        """Images -> last-stage tokens (B, N, C), normed when the head norms before pooling.
-        ``ctx`` (optional) receives what the layers report (auxiliary loss terms)."""
-        for _, x, _ in self._stages(x, ctx=ctx):
+        """Images -> the last stage's map (B, H, W, C), normed when the head norms before
+        pooling. ``ctx`` (optional) receives what the layers report (auxiliary loss terms)."""
+        for _, x, grid in self._stages(x, ctx=ctx):
             pass
-        return self.norm(x) if self.head_norm_first else x
+        return self._to_fmt(self.norm(x) if self.head_norm_first else x, grid, 0, "NHWC")
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.mean(dim=1)  # global average over tokens
+        if self.global_pool == "avg":
+            x = x.mean(dim=(1, 2))  # global average over the (B, H, W, C) map
         if not self.head_norm_first:
             x = self.norm(x)
         x = self.head_drop(x)
@@ -229,26 +246,39 @@ class HierarchicalModel(MixerModel):
     def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW",
                               intermediates_only: bool = False):
-        """Stage outputs as (B, C, H, W) maps (or NLC tokens), for dense prediction.
+        """Stage outputs as (B, C, H, W) maps (``NHWC``: (B, H, W, C); ``NLC``: tokens), for
+        dense prediction; the final output is ``forward_features``'s.
 
         ``norm`` applies the final norm to the last stage's output only (the other stages have
         other widths).
         """
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt={output_fmt!r}; allowed: ['NCHW', 'NLC']")
+        if output_fmt not in ("NCHW", "NHWC", "NLC"):
+            raise ValueError(f"output_fmt={output_fmt!r}; allowed: ['NCHW', 'NHWC', 'NLC']")
         take = self._resolve_indices(indices, len(self.stages))
         upto = max(take) if (stop_early or intermediates_only) else None
         feats, last = [], len(self.stages) - 1
         for i, x, grid in self._stages(x, upto):
             if i in take:
                 y = self.norm(x) if (norm and i == last and self.head_norm_first) else x
-                if output_fmt == "NCHW":
-                    b, n, c = y.shape
-                    y = y.transpose(1, 2).reshape(b, c, *grid)
-                feats.append(y)
+                feats.append(self._to_fmt(y, grid, 0, output_fmt))
         if intermediates_only:
             return feats
-        return (self.norm(x) if self.head_norm_first else x), feats
+        return self._to_fmt(self.norm(x) if self.head_norm_first else x, grid, 0, "NHWC"), feats
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last of ``indices`` (and the final norm, the head), as
+        timm's ``FeatureGetterNet(prune=True)`` asks; returns the stage indices to take."""
+        take = self._resolve_indices(indices, len(self.stages))
+        last = max(take)
+        self.stages = self.stages[:last + 1]
+        self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
+        self.feature_info = self.feature_info[:last + 1]
+        width = getattr(getattr(self.norm, "weight", None), "shape", (self.num_features,))[0]
+        if prune_norm or width != self.num_features:  # the final norm fits the last stage only
+            self.norm = nn.Identity()
+        self._prune_head(prune_head or getattr(self.head, "in_features", self.num_features) != self.num_features)
+        return take
 
 
 _V2_KEY = re.compile(r"^stages\.\d+\.blocks\.\d+\.mlp\.act\.scale$")  # StarReLU channel MLP

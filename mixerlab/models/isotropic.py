@@ -10,6 +10,7 @@ the mixer under ``blocks.i.token_mixer``.
 from __future__ import annotations
 
 import torch
+import torch.fx
 from torch import nn
 
 from ..layers import (ConvStem, Linear, PatchEmbed, drop_path_rates, dropout, get_act_layer,
@@ -18,6 +19,8 @@ from ..mixers.base import TokenContext
 from .base import MixerModel, mixer_factory
 from .block import MetaFormerBlock
 from .config import IsotropicConfig
+
+torch.fx.wrap("resample_pos_embed")  # a leaf for torch.fx (it branches on the grid)
 
 
 class IsotropicModel(MixerModel):
@@ -29,8 +32,8 @@ class IsotropicModel(MixerModel):
         depth = len(cfg.mixers)
         if depth == 0:
             raise ValueError("an isotropic model needs at least one block (mixers is empty)")
-        if cfg.global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool={cfg.global_pool!r}; allowed: ['avg', 'token']")
+        if cfg.global_pool not in ("token", "avg", ""):
+            raise ValueError(f"global_pool={cfg.global_pool!r}; allowed: ['', 'avg', 'token']")
         if cfg.class_token and not 0 <= cfg.cls_token_at < depth:
             raise ValueError(f"cls_token_at={cfg.cls_token_at} must be in 0..{depth - 1}")
         if cfg.pos_embed_cls_slot and cfg.class_token and cfg.cls_token_at != 0:
@@ -48,6 +51,7 @@ class IsotropicModel(MixerModel):
         if self.img_size[0] % self.patch_embed.patch_size or self.img_size[1] % self.patch_embed.patch_size:
             raise ValueError(f"img_size {self.img_size} is not a multiple of the patch size "
                              f"{self.patch_embed.patch_size}")
+        self.input_multiple = self.patch_embed.patch_size
         self.grid = self.patch_embed.output_grid(self.img_size)
         n_patches = self.grid[0] * self.grid[1]
 
@@ -98,8 +102,10 @@ class IsotropicModel(MixerModel):
                     blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 
     def set_global_pool(self, global_pool: str) -> None:
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool={global_pool!r}; allowed: ['avg', 'token']")
+        """``token`` (the class token), ``avg`` (mean of the patch tokens) or ``''`` (none: the
+        head sees every token, ``forward`` returns (B, prefix + N, classes or dim))."""
+        if global_pool not in ("token", "avg", ""):
+            raise ValueError(f"global_pool={global_pool!r}; allowed: ['', 'avg', 'token']")
         if global_pool == "token" and self.cls_token is None:
             raise ValueError("global_pool='token' needs a class token")
         self.global_pool = global_pool
@@ -110,11 +116,7 @@ class IsotropicModel(MixerModel):
                                   mode=self.cfg.pos_interp)
 
     def _embed(self, x: torch.Tensor, ctx: TokenContext | None = None) -> tuple[torch.Tensor, TokenContext]:
-        self.check_input(x)
-        p = self.patch_embed.patch_size
-        if x.shape[-2] % p or x.shape[-1] % p:
-            raise ValueError(f"image size {tuple(x.shape[-2:])} is not a multiple of the patch "
-                             f"size {p}")
+        x = self.check_input(x)
         x, grid = self.patch_embed(x)  # (B, N, C)
         ctx = ctx if ctx is not None else TokenContext()
         ctx.grid, ctx.num_prefix_tokens = grid, 0
@@ -147,7 +149,7 @@ class IsotropicModel(MixerModel):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "token":
             x = x[:, 0]
-        else:
+        elif self.global_pool == "avg":
             x = x[:, self.num_prefix_tokens:].mean(dim=1)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
@@ -161,11 +163,12 @@ class IsotropicModel(MixerModel):
             indices: None (all blocks), an int n (the last n) or a list of block indices.
             norm: apply the final norm to each intermediate.
             stop_early: stop after the last requested block (only with ``intermediates_only``).
-            output_fmt: ``NCHW`` (patch tokens as maps) or ``NLC`` (tokens incl. class token).
+            output_fmt: ``NCHW``/``NHWC`` (patch tokens as maps) or ``NLC`` (tokens incl. the
+                class token).
             intermediates_only: return only the list.
         """
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt={output_fmt!r}; allowed: ['NCHW', 'NLC']")
+        if output_fmt not in ("NCHW", "NHWC", "NLC"):
+            raise ValueError(f"output_fmt={output_fmt!r}; allowed: ['NCHW', 'NHWC', 'NLC']")
         take = self._resolve_indices(indices, len(self.blocks))
         x, ctx = self._embed(x)
         upto = max(take) if (stop_early or intermediates_only) else None
@@ -173,11 +176,24 @@ class IsotropicModel(MixerModel):
         for i, x in self._blocks(x, ctx, upto):
             if i in take:
                 y = self.norm(x) if norm else x
-                if output_fmt == "NCHW":
-                    y = y[:, ctx.num_prefix_tokens:]
-                    b, n, c = y.shape
-                    y = y.transpose(1, 2).reshape(b, c, *ctx.grid)  # (B, C, H, W)
-                feats.append(y)
+                feats.append(self._to_fmt(y, ctx.grid, ctx.num_prefix_tokens, output_fmt))
         if intermediates_only:
             return feats
         return self.norm(x), feats
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the blocks after the last of ``indices`` (and the final norm, the head), as
+        timm's ``FeatureGetterNet(prune=True)`` asks; returns the block indices to take."""
+        take = self._resolve_indices(indices, len(self.blocks))
+        last = max(take)
+        if self.cls_token is not None and self.cls_token_at > last:
+            # the class token would never be inserted: pool the patch tokens instead
+            self.cls_token, self.num_prefix_tokens = None, 0
+            if self.global_pool == "token":
+                self.global_pool = "avg"
+        self.blocks = self.blocks[:last + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        self._prune_head(prune_head)
+        return take
