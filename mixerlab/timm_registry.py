@@ -20,7 +20,8 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, resolve_pretrained_cfg
 
 from .factory import create_model
-from .models.base import timm_pretrained_cfg
+from .models.base import config_fixed_input_size, timm_pretrained_cfg
+from .models.factory import build_model
 from .zoo.registry import get_model_info, list_models
 
 __all__: list[str] = []
@@ -72,8 +73,17 @@ def _entrypoint(zoo_name: str):
     return fn
 
 
+def _pretrained_cfg(name: str) -> dict:
+    cfg = get_model_info(name).config
+    fixed = config_fixed_input_size(cfg)
+    if fixed is None:  # mixers sized to the real grid (LaViT): ask a model built on the meta device
+        with torch.device("meta"):
+            fixed = bool(build_model(cfg).fixed_input_size)
+    return timm_pretrained_cfg(cfg, fixed_input_size=fixed)
+
+
 default_cfgs = generate_default_cfgs({
-    f"mixerlab_{name}": dict(timm_pretrained_cfg(get_model_info(name).config), license="apache-2.0")
+    f"mixerlab_{name}": dict(_pretrained_cfg(name), license="apache-2.0")
     for name in list_models()})
 
 

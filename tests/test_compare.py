@@ -465,7 +465,7 @@ def test_validation_split_is_fixed_balanced_and_disjoint():
 
 def test_training_never_sees_the_validation_images():
     from mixerlab.data import build_data
-    from mixerlab.engine.recipes import recipe_config
+    from mixerlab.engine.config import recipe_config
     cfg = recipe_config("small", data="synthetic", synthetic_size=80, val_images=20, train_fraction=0.5)
     b = build_data(cfg)
     assert len(b.val) == 20 and len(b.train) == 30 and b.test is not b.val

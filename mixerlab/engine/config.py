@@ -26,6 +26,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from .recipes import RECIPES, default_recipe, recipe_values
+
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
 
 
@@ -162,8 +164,12 @@ class TrainConfig:
 
 
 def _recipe_names() -> list[str]:
-    from .recipes import RECIPES
     return list(RECIPES)
+
+
+def recipe_config(name: str, **overrides) -> TrainConfig:
+    """``TrainConfig`` of recipe ``name`` (:mod:`.recipes`) with ``overrides``."""
+    return dataclasses.replace(TrainConfig(), **{**recipe_values(name), **overrides})
 
 
 def _field_types() -> dict[str, Any]:
@@ -284,7 +290,6 @@ def load_config(
         _check_keys([key], "overrides")
         values[key] = _convert(key, value) if isinstance(value, str) else value
     if base is None:
-        from .recipes import default_recipe, recipe_config
         name = values.get("recipe") or default_recipe(values.get("data", TrainConfig.data))
         base = recipe_config(name)
         values["recipe"] = name

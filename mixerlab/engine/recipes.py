@@ -8,19 +8,15 @@ config (``config.yaml``, every checkpoint, ``summary.json``) records the recipe'
   ``main.py``): AdamW, wd 0.05, warm-up + cosine, label smoothing 0.1, RandAugment m9, Mixup 0.8,
   CutMix 1.0, random erasing 0.25, drop path 0.1, EMA. These are ``TrainConfig``'s field defaults.
   Meant for ImageNet-scale data and long schedules: on 3,000 Fashion-MNIST images for 3 epochs it
-  reaches about 24 % (issue 13), the strong regularisation has nothing to regularise yet.
+  reaches about 24 %: the strong regularisation has nothing to regularise yet.
 * ``small``: for the 28-32 px sets (Fashion-MNIST, CIFAR) and budgets of minutes: the light end of
   the same recipe. AdamW + warm-up + cosine, label smoothing 0.1, weight decay 0.05, random shifts
   of up to 2 px (pad 2 + crop) and horizontal flips; no RandAugment, Mixup, CutMix, random erasing,
-  drop path or EMA. Issue 13 measured this recipe on a 4-block width-64 ViT with 16 tokens: 81.4 %
+  drop path or EMA. Measured with this recipe on a 4-block width-64 ViT with 16 tokens: 81.4 %
   after 203k images (120 s on one thread). Its learning rate is a default; ``mixerlab compare``
-  replaces it per family with the value its validation sweep chose (``compare/lr_table.json``).
+  replaces it per family with the value its validation sweep chose (``compare/lr_table_quick.json`` for quick).
 """
 from __future__ import annotations
-
-import dataclasses
-
-from .config import TrainConfig
 
 RECIPES: dict[str, dict] = {
     "deit": {},  # TrainConfig's defaults are DeiT's recipe
@@ -46,11 +42,6 @@ def recipe_values(name: str) -> dict:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
     return {**RECIPES[name], "recipe": name}
-
-
-def recipe_config(name: str, **overrides) -> TrainConfig:
-    """``TrainConfig`` of recipe ``name`` with ``overrides``."""
-    return dataclasses.replace(TrainConfig(), **{**recipe_values(name), **overrides})
 
 
 def default_recipe(data: str) -> str:

@@ -87,9 +87,10 @@ def config_mixer_specs(cfg) -> list:
 _FIXED_CACHE: dict = {}
 
 
-def config_fixed_input_size(cfg) -> bool:
+def config_fixed_input_size(cfg) -> bool | None:
     """Whether a mixer of the config fixes the sequence length (``fixed_num_tokens``), asked of
-    one instance per distinct spec, built on the meta device (no memory, no init)."""
+    one instance per distinct spec, built on the meta device (no memory, no init); None when a
+    mixer can only be built on its real token grid (then build the model and ask it)."""
     dims = ([st.dim for st in cfg.stages for _ in st.mixers] if hasattr(cfg, "stages")
             else [cfg.dim] * len(cfg.mixers))
     for dim, spec in zip(dims, config_mixer_specs(cfg)):
@@ -102,11 +103,9 @@ def config_fixed_input_size(cfg) -> bool:
                 with torch.device("meta"):
                     m = mixer_factory(spec, num_tokens=4, drop=0.0)(dim)
             except (ValueError, TypeError):
-                # A mixer whose construction needs the real token grid (LaViT's): build the whole
-                # model on the meta device once and ask it.
-                from .factory import build_model
-                with torch.device("meta"):
-                    return bool(build_model(cfg).fixed_input_size)
+                # A mixer whose construction needs the real token grid (LaViT's): only a whole
+                # model (built by the caller) can tell.
+                return None
             _FIXED_CACHE[key] = bool(getattr(m, "fixed_num_tokens", False))
         if _FIXED_CACHE[key]:
             return True
