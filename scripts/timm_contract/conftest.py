@@ -45,7 +45,7 @@ NOT_SCRIPTABLE = ("keyword-only forward argument, generator block loops, TokenCo
                   "every block: see scripts/timm_contract/conftest.py")
 SCRIPT_TESTS = ("test_model_forward_torchscript", "test_model_forward_fx_torchscript")
 FX_TESTS = ("test_model_forward_fx", "test_model_backward_fx")
-LAVIT_FX = "issue 14: less_attention branches on the token count (not traceable by torch.fx)"
+LAVIT_FX = "LaViT: less_attention branches on the token count (not traceable by torch.fx)"
 
 
 def _hierarchical(name: str) -> bool:
