@@ -11,7 +11,7 @@ the test split is read once per run, after training, for the reported numbers.
 Throughput behind the arithmetic (images/s of one training step, one thread, batch 64, measured
 alternately in one process with ``scripts/bench_compare_scale.py`` on the shared 2-core machine at
 load ~6, so only the ratios are trusted): deit 205, ffonly 128, convit 182, deepvit 151,
-poolformer 79, identityformer 113, lavit 106. Absolute figures come from the orientation run of
+poolformer 79, identityformer 113, lavit 106. Absolute figures come from an orientation run
 on a quiet core, the CPU-scale DeiT seeing 203k images in 120 s (1,690 images/s with data
 loading); scaled by the ratios: ffonly ~1,050, convit ~1,500, deepvit ~1,250, poolformer ~650,
 identityformer ~930, lavit ~870 images/s. The variants of E3-E5 are estimated from their
