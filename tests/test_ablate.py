@@ -143,3 +143,17 @@ def test_cli_refuses_a_checkpoint_of_an_unsupported_architecture(tmp_path):
     save_weights({"conv1.weight": torch.zeros(8, 3, 7, 7), "fc.weight": torch.zeros(10, 8)}, f)
     r = _cli(str(f), "--data", "synthetic", "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert r.returncode == 2 and "not a mixerlab run folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_validation_images_of_a_run_are_the_ones_it_held_out():
+    """With the run's (val_images, seed) the split is taken from the held-out images only, and the
+    fine-tune images are the run's own training pool (``mixerlab.data.validation_split``)."""
+    from mixerlab.data import build_sources
+    from mixerlab.data.datasets import validation_split
+    m = _tiny()
+    d = build_ablate_data(m, "synthetic", None, 16, 0, synthetic_size=256, held_out=(40, 3))
+    train, _ = build_sources("synthetic", None, size=256, num_classes=4, in_chans=1, img_size=16)
+    rest, pool = validation_split(np.asarray(train.targets), 40, 3)
+    val_idx = set(int(i) for i in d.val.ds.indices)
+    assert len(val_idx) == 16 and val_idx <= set(pool.tolist())
+    assert set(int(i) for i in d.tune.ds.indices) == set(rest.tolist())

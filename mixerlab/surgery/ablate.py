@@ -48,6 +48,7 @@ from torch import nn
 
 from ..bench.flops import model_breakdown
 from ..data import STATS, build_sources
+from ..data.datasets import validation_split
 from ..data.loader import TransformedDataset
 from ..data.transforms import eval_transform
 from ..mixers.base import attention_maps
@@ -107,6 +108,12 @@ def parse_blocks(text: str | None, n: int) -> list[int] | None:
 
 
 # -- the model and the data ---------------------------------------------------------------------
+def _held_out(train_cfg: dict) -> list[int] | None:
+    """(val_images, seed) of the validation split a training run held out, if any."""
+    n = int(train_cfg.get("val_images") or 0)
+    return [n, int(train_cfg.get("subset_seed", 0))] if n > 0 else None
+
+
 def load_subject(source: str | os.PathLike) -> tuple[nn.Module, dict]:
     """The trained model of a run folder, a training checkpoint, a mixerlab weight file or a
     timm checkpoint of a covered architecture; returns (model, info)."""
@@ -121,7 +128,8 @@ def load_subject(source: str | os.PathLike) -> tuple[nn.Module, dict]:
         raise FileNotFoundError(f"checkpoint not found: {p}")
     if p.is_dir():
         model, ckpt = build_from_checkpoint(p)
-        return model, {"kind": "run folder", "data": ckpt.config.get("data"), "path": str(ckpt.path)}
+        return model, {"kind": "run folder", "data": ckpt.config.get("data"), "path": str(ckpt.path),
+                       "held_out": _held_out(ckpt.config)}
     try:
         ckpt = load_checkpoint(p)
     except CheckpointError as e:
@@ -129,7 +137,8 @@ def load_subject(source: str | os.PathLike) -> tuple[nn.Module, dict]:
             raise
     else:
         model, _ = build_from_checkpoint(ckpt)
-        return model, {"kind": "training checkpoint", "data": ckpt.config.get("data"), "path": str(p)}
+        return model, {"kind": "training checkpoint", "data": ckpt.config.get("data"), "path": str(p),
+                       "held_out": _held_out(ckpt.config)}
     sd, meta = read_weights(p)
     if "model_config" in meta:
         return model_from_weights(p), {"kind": "mixerlab weights", "data": None, "path": str(p)}
@@ -140,21 +149,13 @@ def load_subject(source: str | os.PathLike) -> tuple[nn.Module, dict]:
 
 
 def validation_indices(targets: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """A fixed class-balanced set of ``size`` indices (classes as equal as ``size`` allows)."""
+    """A fixed class-balanced set of ``size`` indices (``mixerlab.data.validation_split``)."""
     classes = np.unique(targets)
     if size < len(classes):
         raise ValueError(f"val_size {size} is smaller than the number of classes ({len(classes)})")
     if size >= len(targets):
         raise ValueError(f"val_size {size} leaves no training images (the training split has {len(targets)})")
-    rng = np.random.default_rng(seed)
-    per = [size // len(classes) + (1 if k < size % len(classes) else 0) for k in range(len(classes))]
-    keep = []
-    for c, k in zip(classes, per):
-        idx = np.flatnonzero(targets == c)
-        if k > len(idx):
-            raise ValueError(f"val_size {size} needs {k} images of class {c}, the training split has {len(idx)}")
-        keep.append(rng.permutation(idx)[:k])
-    return np.sort(np.concatenate(keep))
+    return validation_split(targets, size, seed)[1]
 
 
 class _Cached:
@@ -184,7 +185,10 @@ class AblateData:
 
 
 def build_ablate_data(model: nn.Module, data: str, data_dir: str | None, val_size: int, seed: int,
-                      synthetic_size: int = 512) -> AblateData:
+                      synthetic_size: int = 512, held_out: tuple[int, int] | None = None) -> AblateData:
+    """The fine-tune, validation and test images. ``held_out = (val_images, seed)`` of the run the
+    model was trained in: the validation split is then taken from the images that run held out
+    (never trained on) and the fine-tune images are that run's training pool."""
     img = model.img_size
     if img[0] != img[1]:
         raise ValueError(f"ablate evaluates square images; this model takes {img[0]}x{img[1]}")
@@ -195,8 +199,13 @@ def build_ablate_data(model: nn.Module, data: str, data_dir: str | None, val_siz
                          f"{data} has {train.in_chans} channel(s) and {len(train.classes)} classes")
     mean, std = STATS.get(data, STATS["synthetic"])
     t = eval_transform(img[0], tuple(mean[: train.in_chans]), tuple(std[: train.in_chans]))
-    val = validation_indices(np.asarray(train.targets), val_size, seed)
-    rest = np.setdiff1d(np.arange(len(train.targets)), val)
+    targets = np.asarray(train.targets)
+    if held_out and held_out[0] > 0:
+        rest, pool = validation_split(targets, held_out[0], held_out[1])
+        val = pool if val_size >= len(pool) else pool[validation_indices(targets[pool], val_size, seed)]
+    else:
+        val = validation_indices(targets, val_size, seed)
+        rest = np.setdiff1d(np.arange(len(targets)), val)
     return AblateData(_Cached(TransformedDataset(train, t, rest)), _Cached(TransformedDataset(train, t, val)),
                       _Cached(TransformedDataset(test, t, None)), model.num_classes)
 
@@ -468,7 +477,10 @@ def ablate(source: str | os.PathLike, *, data: str | None = None, data_dir: str 
                     errs.append(str(e))
             if len(errs) == len(replace):
                 raise ValueError(errs[0])
-    ad = build_ablate_data(model, data, data_dir, val_size, seed, synthetic_size)
+    held = info.get("held_out") if data == info.get("data") else None
+    ad = build_ablate_data(model, data, data_dir, val_size, seed, synthetic_size, held_out=held)
+    info["validation"] = ("held out by the training run (never trained on)" if held else
+                          "carved out of the training set here: the model may have been trained on these images")
     from ..engine.runlock import run_folder_lock
     (out / "cells").mkdir(parents=True, exist_ok=True)
     with run_folder_lock(out, what="ablate folder"):

@@ -64,8 +64,9 @@ def write_ablate_report(result: dict, out: Path) -> dict[str, str]:
     lines = ["# Mixer surgery: which blocks need attention?", "",
              f"Model: {result['source']['kind']} `{result['source']['path']}`; "
              f"{len(result['blocks'])} blocks ({', '.join(b['mixer'] for b in result['blocks'])}).",
-             f"Validation split: {st['val_size']} class-balanced images carved out of the {st['data']} training set "
-             f"(seed {st['seed']}); every choice below is made on it. Original validation accuracy "
+             f"Validation split: {len(base['val_correct'])} class-balanced {st['data']} training-set images, "
+             f"{result['source'].get('validation', 'carved out of the training set')}; every choice below is made "
+             f"on it. Original validation accuracy "
              f"**{base['acc']:.2f} %**, {base['macs'] / 1e6:.2f} MMACs per image.",
              f"Fine-tune per cell: {st['finetune_steps']} AdamW steps (lr {st['finetune_lr']}, batch "
              f"{st['batch_size']}) of the replaced blocks' mixer parameters and norms only.", "",
