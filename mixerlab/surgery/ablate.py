@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from ..data import STATS, build_sources
 from ..data.datasets import validation_split
 from ..data.loader import TransformedDataset
 from ..data.transforms import eval_transform
+from ..engine.checkpoint import atomic_write_text
 from ..mixers.base import attention_maps
 from .blocks import (REPLACEMENTS, BlockSlot, block_slots, check_runs, replacement_spec, trainable_parameters,
                      transplant, with_mixers)
@@ -291,17 +291,7 @@ def _macs(model: nn.Module) -> int:
 
 
 def _write_json(path: Path, data) -> None:
-    """Atomic: a temporary file in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=1))
 
 
 # -- cells --------------------------------------------------------------------------------------
