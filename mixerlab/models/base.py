@@ -131,7 +131,8 @@ def timm_pretrained_cfg(cfg, *, fixed_input_size: bool | None = None) -> dict:
         "interpolation": "bicubic",
         "crop_pct": 0.9,
         "first_conv": first_conv,
-        "classifier": "head",
+        # the last linear: a ConvFormer / CAFormer MLP head ends in head.fc2 (timm: head.fc.fc2)
+        "classifier": "head.fc2" if getattr(cfg, "head", "linear") == "mlp" else "head",
     }
     if cfg.in_chans == 1:  # one-channel images: mean/std of the first channel are meaningless
         out["mean"], out["std"] = (0.5,), (0.5,)

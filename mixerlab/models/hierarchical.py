@@ -155,8 +155,6 @@ class HierarchicalModel(MixerModel):
         self.head_drop = dropout(cfg.drop_rate) if cfg.head == "linear" else nn.Identity()
         self.head = self._make_head(cfg.num_classes)
         self._finish(conv_trunc_normal=cfg.conv_init == "trunc_normal")
-        if cfg.head == "mlp":
-            self.pretrained_cfg["classifier"] = "head.fc2"  # the last linear (timm: head.fc.fc2)
 
     def _make_head(self, num_classes: int) -> nn.Module:
         if num_classes <= 0:
@@ -172,11 +170,13 @@ class HierarchicalModel(MixerModel):
         if global_pool is not None:
             self.set_global_pool(global_pool)
         self.num_classes = num_classes
-        self.head = self._make_head(num_classes)
+        ref = next(self.parameters())  # the new head on the model's device and dtype, in its mode
+        self.head = self._make_head(num_classes).to(device=ref.device, dtype=ref.dtype)
         for m in self.head.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
+        self.head.train(self.training)
 
     def set_head_hidden_norm_eps(self, eps: float) -> None:
         """Set the eps of the MLP head's LayerNorm in place (official 1e-5, timm 1e-6); ``cfg``
