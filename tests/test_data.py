@@ -9,9 +9,10 @@ from PIL import Image
 
 from conftest_train import HAVE_FMNIST, tiny_config
 from mixerlab.data import (
-    FASHION_MNIST_DIR, FitTo, ResumableSampler, ShardSampler, TransformedDataset, balanced_subset, build_data,
+    FASHION_MNIST_DIR, FitTo, ResumableSampler, sample_seed, ShardSampler, TransformedDataset, balanced_subset, build_data,
     build_mixup, fashion_mnist, synthetic, train_loader, train_transform,
 )
+from mixerlab.data.transforms import ArrayTransform, eval_transform
 
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason=f"Fashion-MNIST not installed in {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)")
 
@@ -136,3 +137,57 @@ def test_image_folder_tree(tmp_path):
     (tmp_path / "train" / "cat" / "0.png").write_bytes(b"broken")
     with pytest.raises(ValueError, match="corrupt or unreadable"):
         bundle.train_plain[0]
+
+
+def _reference(src, i, size, pad, top, left, flip, mean, std):
+    """torchvision's per-image kernels for a given shift and flip (the pipeline the batched
+    transform replaces): centred zero padding to ``size``, pad ``pad``, crop, flip, normalise."""
+    from torchvision.transforms import v2
+    img = FitTo(size)(src.load(i))
+    img = v2.functional.crop(v2.functional.pad(img, [pad] * 4, fill=0), int(top), int(left), size, size)
+    if flip:
+        img = v2.functional.horizontal_flip(img)
+    return v2.Compose([v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])(img)
+
+
+@pytest.mark.parametrize("chans,src_size,size", [(1, 28, 28), (1, 28, 32), (3, 32, 32)])
+def test_array_transform_matches_torchvision_per_image(chans, src_size, size):
+    src = synthetic("train", size=64, num_classes=4, in_chans=chans, img_size=src_size)
+    mean, std = (0.3,) * chans, (0.2,) * chans
+    bt = ArrayTransform.for_pipeline(size, mean, std, train=True, padding=2, hflip=0.5)
+    seeds = [sample_seed(3, 1, i) for i in range(64)]
+    out = bt(torch.from_numpy(src.array), seeds)
+    top, left, flip = bt.params(seeds)
+    assert 0.25 < flip.float().mean() < 0.75 and set(top.tolist()) == set(range(5)) == set(left.tolist())
+    assert out.shape == (64, chans, size, size) and out.dtype == torch.float32
+    for i in range(64):
+        ref = _reference(src, i, size, 2, top[i], left[i], bool(flip[i]), mean, std)
+        torch.testing.assert_close(out[i], ref, rtol=0, atol=1e-6)
+    # eval: no shift, no flip, exactly the eval pipeline
+    ev = ArrayTransform.for_pipeline(size, mean, std, train=False)(torch.from_numpy(src.array[:8]))
+    t = eval_transform(size, mean, std)
+    for i in range(8):
+        torch.testing.assert_close(ev[i], t(src.load(i)), rtol=0, atol=1e-6)
+
+
+def test_array_transform_only_for_pipelines_it_can_batch():
+    assert ArrayTransform.for_pipeline(32, (0.5,), (0.2,), train=True, randaugment=9) is None
+    assert ArrayTransform.for_pipeline(32, (0.5,), (0.2,), train=True, random_erasing=0.25) is None
+    assert ArrayTransform.for_pipeline(32, (0.5,), (0.2,), train=True, crop="rrc") is None
+    # images larger than the output are resized by the per-image path, never by this one
+    src = synthetic("train", size=8, num_classes=2, in_chans=1, img_size=40)
+    ds = TransformedDataset(src, eval_transform(32, (0.5,), (0.2,)), None,
+                            ArrayTransform.for_pipeline(32, (0.5,), (0.2,), train=False))
+    assert ds.batch_transform is None and ds[0][0].shape == (1, 32, 32)
+
+
+def test_batched_loading_is_seeded_and_leaves_the_rng_alone():
+    bundle = build_data(tiny_config(synthetic_size=64, train_fraction=1.0))
+    ds = bundle.train
+    assert isinstance(ds.batch_transform, ArrayTransform)  # the small recipe on an in-memory source
+    before = torch.get_rng_state()
+    a = ds.__getitems__([(5, 1234), (6, 99)])
+    assert torch.equal(torch.get_rng_state(), before)
+    b = ds.__getitems__([(6, 99), (5, 1234)])
+    assert torch.equal(a[0][0], b[1][0]) and torch.equal(a[1][0], b[0][0]) and a[0][1] == b[1][1]
+    assert bundle.val.batch_transform is not None and bundle.train_plain.batch_transform is not None

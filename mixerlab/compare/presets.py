@@ -67,6 +67,7 @@ CPU_SCALE: dict[str, dict] = {
     "deepvit_micro": dict(img_size=28, patch_size=7, dim=64, num_heads=4, depth=4),
     "poolformer_micro": dict(img_size=28, depths=(2, 2, 4, 2), dims=(16, 32, 64, 96)),
     "identityformer_micro": dict(img_size=28, depths=(2, 2, 4, 2), dims=(16, 32, 64, 96)),
+    "poolformerv2_micro": dict(img_size=28, depths=(2, 2, 4, 2), dims=(16, 32, 64, 96)),
     "lavit_micro": dict(img_size=32, dims=(16, 32, 64, 96), num_heads=(1, 1, 2, 3)),
 }
 

@@ -54,6 +54,7 @@ class ImageSource:
     targets: np.ndarray  # (N,) int64
     classes: tuple[str, ...]
     in_chans: int
+    array: np.ndarray | None = None  # every image as one uint8 (N, H, W[, C]) array, when in memory
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -67,6 +68,7 @@ def _array_source(images: np.ndarray, targets: Sequence[int], classes: Sequence[
         targets=np.asarray(targets, dtype=np.int64),
         classes=tuple(classes),
         in_chans=1 if images.ndim == 3 else images.shape[-1],
+        array=images,
     )
 
 

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
 from .datasets import STATS, ImageSource, balanced_subset, build_sources, validation_split
-from .transforms import eval_transform, train_transform
+from .transforms import ArrayTransform, eval_transform, train_transform
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -33,12 +33,19 @@ class TransformedDataset(Dataset):
     """``source`` restricted to ``indices`` with ``transform``; items are ``(image, target)``.
 
     A key is an int (no seeding: eval transforms are deterministic) or ``(int, seed)``.
+    ``batch_transform`` (an :class:`~mixerlab.data.transforms.ArrayTransform`, the batched form of
+    ``transform``) is used instead of ``transform`` when the source holds its images in one array
+    that it fits; the transform's docstring says what it preserves.
     """
 
-    def __init__(self, source: ImageSource, transform: Callable, indices: np.ndarray | None = None):
+    def __init__(self, source: ImageSource, transform: Callable, indices: np.ndarray | None = None,
+                 batch_transform: ArrayTransform | None = None):
         self.source = source
         self.transform = transform
         self.indices = np.arange(len(source)) if indices is None else np.asarray(indices)
+        arr = source.array
+        self.batch_transform = (batch_transform if batch_transform is not None and arr is not None
+                                and batch_transform.fits(arr.shape[1], arr.shape[2]) else None)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -58,8 +65,15 @@ class TransformedDataset(Dataset):
         return self.__getitems__([key])[0]
 
     def __getitems__(self, keys: list) -> list:
-        """Batched fetch (used by DataLoader): one RNG save/restore per batch in the main process."""
+        """Batched fetch (used by DataLoader): the batched transform when there is one, else one
+        RNG save/restore per batch in the main process."""
         seeded = any(isinstance(k, (tuple, list)) for k in keys)
+        if self.batch_transform is not None:
+            idx = [int(k[0]) if isinstance(k, (tuple, list)) else int(k) for k in keys]
+            seeds = [int(k[1]) for k in keys] if seeded else None
+            j = self.indices[idx]
+            images = self.batch_transform(torch.from_numpy(self.source.array[j]), seeds)
+            return list(zip(images.unbind(0), (int(t) for t in self.source.targets[j])))
         if not seeded or get_worker_info() is not None:
             return [self._load(k) for k in keys]
         state = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
@@ -183,11 +197,17 @@ def build_data(cfg) -> DataBundle:
         padding=getattr(cfg, "crop_padding", None),
     )
     t_eval = eval_transform(cfg.img_size, mean, std)
-    test = TransformedDataset(val_src, t_eval, test_subset)
+    # the batched forms, for sources held in one array (Fashion-MNIST, CIFAR, synthetic)
+    b_train = ArrayTransform.for_pipeline(
+        cfg.img_size, mean, std, train=True, crop=cfg.train_crop, hflip=cfg.hflip,
+        randaugment=cfg.randaugment, random_erasing=cfg.random_erasing,
+        padding=getattr(cfg, "crop_padding", None))
+    b_eval = ArrayTransform.for_pipeline(cfg.img_size, mean, std, train=False)
+    test = TransformedDataset(val_src, t_eval, test_subset, b_eval)
     return DataBundle(
-        train=TransformedDataset(train_src, t_train, subset),
-        train_plain=TransformedDataset(train_src, t_eval, subset),
-        val=TransformedDataset(train_src, t_eval, held_out) if n_val else test,
+        train=TransformedDataset(train_src, t_train, subset, b_train),
+        train_plain=TransformedDataset(train_src, t_eval, subset, b_eval),
+        val=TransformedDataset(train_src, t_eval, held_out, b_eval) if n_val else test,
         num_classes=len(train_src.classes),
         in_chans=train_src.in_chans,
         classes=train_src.classes,

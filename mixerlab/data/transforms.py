@@ -98,3 +98,79 @@ def train_transform(
     if random_erasing > 0:
         ops.append(RandomErasing(random_erasing, mode="pixel", max_count=1, device="cpu"))
     return v2.Compose(ops)
+
+
+class ArrayTransform:
+    """The batched form of the light pipelines, on uint8 image arrays held in memory.
+
+    For the 28-32 px sets (Fashion-MNIST, CIFAR: every image already in one array) the per-image
+    torchvision pipeline costs more than a small model's training step. When a pipeline is only
+    fit-to-size by zero padding, a random shift (``pad-crop``), a horizontal flip and the
+    normalisation (the ``small`` recipe, and every eval pipeline), this does the same operations on
+    a whole batch at once: the same pixels as the per-image pipeline for the same shift and flip
+    (``tests/test_data.py`` checks this against torchvision's kernels).
+
+    The shift and flip of a training image come from its per-sample seed (the ``(index, seed)``
+    keys of the training sampler), so a run is reproducible and resumes exactly; the global RNGs
+    are not read. Keys without a seed (eval) get no shift or flip.
+    """
+
+    def __init__(self, img_size: int, mean: Sequence[float], std: Sequence[float], *,
+                 padding: int = 0, hflip: float = 0.0):
+        self.size = int(img_size)
+        self.padding = int(padding)
+        self.hflip = float(hflip)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    @classmethod
+    def for_pipeline(cls, img_size: int, mean, std, *, train: bool, crop: str = "pad-crop",
+                     hflip: float = 0.5, randaugment: int | None = None, random_erasing: float = 0.0,
+                     padding: int | None = None) -> "ArrayTransform | None":
+        """The batched equivalent of ``train_transform`` / ``eval_transform`` with these
+        arguments, or None when the pipeline has an op without one (RandAugment, random erasing,
+        RandomResizedCrop)."""
+        if not train:
+            return cls(img_size, mean, std)
+        if randaugment is not None or random_erasing > 0 or crop not in ("pad-crop", "none"):
+            return None
+        pad = (img_size // 8 if padding is None else padding) if crop == "pad-crop" else 0
+        return cls(img_size, mean, std, padding=pad, hflip=hflip)
+
+    def params(self, seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(top, left, flip) per image from its seed: top/left in [0, 2 * padding] of the padded
+        image, flip with probability ``hflip`` (12 bits of the seed)."""
+        s = torch.tensor([int(v) & 0xFFFFFFFF for v in seeds], dtype=torch.int64)
+        # the flip from the high bits of a multiplicative hash (independent of the low bits)
+        f = torch.tensor([((int(v) & 0xFFFFFFFF) * 0x9E3779B1 >> 20) & 0xFFF for v in seeds])
+        k = 2 * self.padding + 1
+        top, left = s % k, (s // k) % k
+        flip = f.to(torch.float32) / 4096.0 < self.hflip
+        return top, left, flip
+
+    def fits(self, height: int, width: int) -> bool:
+        """Whether images of this size take the batched path (no larger than the output)."""
+        return height <= self.size and width <= self.size
+
+    def __call__(self, images: torch.Tensor, seeds: Sequence[int] | None = None) -> torch.Tensor:
+        """``images``: uint8 (B, H, W) or (B, H, W, C), H, W <= img_size; out: float32
+        (B, C, img_size, img_size), normalised."""
+        x = images if images.ndim == 4 else images.unsqueeze(-1)
+        x = x.permute(0, 3, 1, 2)  # (B, C, H, W)
+        b, _, h, w = x.shape
+        s = self.size
+        # fit to size (centred zero padding) and the shift padding, in one pad
+        left0, top0 = (s - w) // 2, (s - h) // 2
+        p = self.padding if seeds is not None else 0
+        x = torch.nn.functional.pad(x, (left0 + p, s - w - left0 + p, top0 + p, s - h - top0 + p))
+        if seeds is not None and (p > 0 or self.hflip > 0):
+            top, left, flip = self.params(seeds)
+            ar = torch.arange(s)
+            rows = (top[:, None] + ar)  # (B, s)
+            cols = left[:, None] + torch.where(flip[:, None], s - 1 - ar, ar)  # (B, s)
+            bi = torch.arange(b)[:, None, None]
+            x = x.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        return (x.to(torch.float32).div_(255.0) - self.mean) / self.std
+
+    def __repr__(self) -> str:
+        return f"ArrayTransform(size={self.size}, padding={self.padding}, hflip={self.hflip})"

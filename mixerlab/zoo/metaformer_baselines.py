@@ -106,6 +106,12 @@ def _entries():
             dict(base, mixers=("sepconv", "sepconv", ATTN, ATTN)), PAPER,
             dict(params=round(ap / 1e6, 3), params_exact=ap, top1=at, gmacs=ag,
                  params_source="official (timm caformer, same modules)")))
+    # mixerlab's small v2 backbone (PoolFormerV2 at the *_micro scale of the v1 models: the same
+    # depths, widths and stem); compare's E4 varies its ``mixers`` for the v2 row set
+    out.append(ZooEntry(
+        "poolformerv2_micro", "poolformerv2", metaformer_v2,
+        dict(depths=(2, 2, 4, 2), dims=(24, 48, 96, 176), img_size=32, num_classes=10, stem=(3, 2, 1)),
+        PAPER, dict(target_params=1.0, note="mixerlab micro variant; not in the paper"), param_tolerance=0.15))
     return out
 
 
