@@ -52,6 +52,7 @@ def test_smoke_writes_report_with_every_experiment(smoke):
     assert {("E1", n) for n in ("deit", "ffonly", "convit", "deepvit", "poolformer", "identityformer",
                                  "lavit")} <= labels
     assert {("E4", n) for n in ("attention", "pooling", "random", "identity", "hybrid")} <= labels
+    assert {("E4", f"v2 {n}") for n in ("identity", "random", "caformer")} <= labels  # smoke's v2 rows
     assert sum(a["experiment"] == "E2" for a in agg) == 4  # 2 models x 2 fractions
     assert sum(a["experiment"] == "E3" for a in agg) == 4  # 2 mixers x 2 depths
     assert all(a["top1"] is not None and 0 <= a["top1"] <= 100 for a in agg)
@@ -258,7 +259,7 @@ def test_e4_variants_are_one_mixer_spec_per_stage():
         "identity": [("identity", {})] * 4,
         "hybrid": [("pooling", {}), ("pooling", {}), att(4), att(4)],
     }
-    specs = _plan_of("smoke", "E4")
+    specs = [s for s in _plan_of("smoke", "E4") if not s.label.startswith("v2 ")]
     assert [s.label for s in specs] == list(expected)
     for s in specs:
         cfg = _resolved(s)
@@ -270,6 +271,29 @@ def test_e4_variants_are_one_mixer_spec_per_stage():
     assert (by["identity"].model, by["identity"].model_args) == ("identityformer_micro", {})
     assert by["hybrid"].model_args == {"mixers": ["pooling", "pooling", ["attention", {"num_heads": 4}],
                                                   ["attention", {"num_heads": 4}]]}
+
+
+def test_e4_v2_rows_change_only_the_mixers_of_the_v2_backbone():
+    zoo = get_model_info("poolformerv2_micro").config
+    att = ("attention", {"head_dim": 16, "qkv_bias": False, "proj_bias": False})
+    rnd = ("random", {"as_parameter": True})
+    expected = {
+        "v2 identity": [("identity", {})] * 4,
+        "v2 random": [("identity", {}), ("identity", {}), rnd, rnd],
+        "v2 pooling": [("pooling", {})] * 4,
+        "v2 sepconv": [("sepconv", {})] * 4,
+        "v2 caformer": [("sepconv", {}), ("sepconv", {}), att, att],
+    }
+    specs = [s for s in _plan_of("full", "E4") if s.label.startswith("v2 ")]
+    assert [s.label for s in specs] == list(expected)
+    for s in specs:
+        cfg = _resolved(s)
+        assert [st.mixers for st in cfg.stages] == [(m,) * len(z.mixers)
+                                                    for m, z in zip(expected[s.label], zoo.stages)], s.label
+        same_mixers = tuple(dataclasses.replace(st, mixers=z.mixers) for st, z in zip(cfg.stages, zoo.stages))
+        assert dataclasses.replace(cfg, stages=same_mixers) == zoo, s.label
+    with pytest.raises(ValueError, match="unknown v2 variant"):
+        dataclasses.replace(get_experiment("E4"), v2_variants=("gpsa",)).plan(get_preset("full"))
 
 
 def test_e5_variants_are_layouts_and_aux_weights():
@@ -297,6 +321,10 @@ def test_e5_variants_are_layouts_and_aux_weights():
     assert specs[0].model_args == {"layout": ("A", "AA", "AA", "AA")}
 
 
+# E4's v2 rows per preset (added after the knobs moved; quick leaves them out for its budget)
+_V2_ROWS = {"smoke": ("identity", "random", "caformer"), "quick": (),
+            "standard": ("identity", "random", "pooling", "sepconv", "caformer"),
+            "full": ("identity", "random", "pooling", "sepconv", "caformer")}
 # Each preset's values before the knobs moved into the experiment modules.
 _OLD_PRESET_KNOBS = {  # E2 fractions, E3 depths, E5 variants
     "smoke": ((0.5, 1.0), (2, 3), ("vanilla", "la_all", "la_all_no_dp")),
@@ -321,6 +349,7 @@ def test_presets_plan_the_runs_they_planned_before(name):
         + [("E3", label, "deepvit_micro", d) for d in depths for label in ("vit", "deepvit")]
         + [("E4", k, "identityformer_micro" if k == "identity" else "poolformer_micro", None)
            for k in ("attention", "pooling", "random", "identity", "hybrid")]
+        + [("E4", f"v2 {k}", "poolformerv2_micro", None) for k in _V2_ROWS[name]]
         + [("E5", v, "lavit_micro", _LA_LAYERS[v]) for v in variants])
     for s in specs:  # every run resolves to a valid model config and training config
         _resolved(s)

@@ -20,11 +20,15 @@ TIMM_NAMES = {
 }
 
 
+SAME_NAME_FAMILIES = ("convit_", "poolformer_", "poolformerv2_", "convformer_", "caformer_")
+
+
 def timm_counterpart(name: str) -> str | None:
-    """timm's name for zoo model ``name`` (deit_*, convit_*, poolformer_s*/m*), or None."""
+    """timm's name for zoo model ``name`` (deit_*, convit_*, poolformer_s*/m*, the v2
+    poolformerv2_* / convformer_* / caformer_*: timm's names are the official ones), or None."""
     import timm
     cand = TIMM_NAMES.get(name)
-    if cand is None and (name.startswith("convit_") or name.startswith("poolformer_")) and not name.endswith("_micro"):
+    if cand is None and name.startswith(SAME_NAME_FAMILIES) and not name.endswith("_micro"):
         cand = name
     if cand is not None and timm.is_model(cand):
         return cand
@@ -35,7 +39,7 @@ def _build_timm(tname: str, model) -> tuple[torch.nn.Module, str]:
     """timm's model shaped like ``model``; weights converted from mixerlab when the converter exists."""
     import timm
     kw = dict(pretrained=False, num_classes=model.num_classes, in_chans=model.in_chans)
-    if not tname.startswith("poolformer"):
+    if not tname.startswith(("poolformer", "convformer", "caformer")):  # timm's MetaFormers take no img_size
         kw["img_size"] = model.img_size
     tm = timm.create_model(tname, **kw)
     try:

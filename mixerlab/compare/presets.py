@@ -102,13 +102,14 @@ PRESETS = {
         warmup_epochs=0.0, analysis_images=8,
         train_overrides=dict(synthetic_size=64, bn_calibration_batches=2, num_threads=1),
         knobs={"E2": {"fractions": (0.5, 1.0)}, "E3": {"depths": (2, 3)},
+               "E4": {"v2_variants": ("identity", "random", "caformer")},
                "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}}),
     "quick": Preset(
         "quick", train_fraction=0.5, val_fraction=1.0, val_images=5000, epochs=2, batch_size=64,
         warmup_epochs=0.1, scale=CPU_SCALE, lr_table="lr_table_quick.json", analysis_images=64,
         sweep_lrs=(1e-3, 2e-3, 4e-3), sweep_fraction=0.05, sweep_epochs=1,  # what made the table
         train_overrides=dict(eval_every=1, bn_calibration_batches=10),
-        knobs={"E2": {"fractions": (0.05, 0.5)}, "E3": {"depths": (4, 8)},
+        knobs={"E2": {"fractions": (0.05, 0.5)}, "E3": {"depths": (4, 8)}, "E4": {"v2_variants": ()},
                "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}}),
     "standard": Preset(
         "standard", train_fraction=1.0, val_fraction=1.0, val_images=5000, epochs=7, batch_size=64,
