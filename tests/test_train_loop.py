@@ -28,6 +28,13 @@ def test_training_reduces_loss_and_writes_run_folder(tmp_path):
     ckpt = load_checkpoint(run / "last.safetensors")
     assert ckpt.config["model"] == "deit_micro" and ckpt.state["step"] == 3 * 16 and ckpt.has_ema
     json.loads((run / "summary.json").read_text())["machine"]["cpu_count"]
+    # summary.csv: one row per epoch with the scalar fields of metrics.jsonl, as timm's train.py
+    import csv
+    with open(run / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [float(r["val_top1"]) for r in rows] == [r["val_top1"] for r in m]
+    assert float(rows[-1]["train_loss"]) == pytest.approx(m[-1]["train_loss"], rel=1e-12)
 
 
 def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):

@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mixerlab",
         description="mixerlab: token mixers of ViT/DeiT, FF-only, ConViT, DeepViT, LaViT, PoolFormer.",
     )
+    from ..version import __version__
+    parser.add_argument("--version", action="version",
+                        version=f"mixerlab {__version__} (torch {_torch_version()}, timm {_timm_version()})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
@@ -31,6 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = mod.add_parser(sub)
         p.set_defaults(_run=mod.run)
     return parser
+
+
+def _torch_version() -> str:
+    import torch
+    return torch.__version__
+
+
+def _timm_version() -> str:
+    import timm
+    return timm.__version__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,41 +8,47 @@ Every preset holds a fixed, class-balanced validation split of ``val_images`` tr
 (the same images for every run); the loop evaluates on it (validation curves, the LR sweep), and
 the test split is read once per run, after training, for the reported numbers.
 
-Throughput behind the arithmetic (images/s of one training step, one thread, batch 64, measured
-alternately in one process with ``scripts/bench_compare_scale.py`` on the shared 2-core machine at
-load ~6, so only the ratios are trusted): deit 205, ffonly 128, convit 182, deepvit 151,
-poolformer 79, identityformer 113, lavit 106. Absolute figures come from an orientation run
-on a quiet core, the CPU-scale DeiT seeing 203k images in 120 s (1,690 images/s with data
-loading); scaled by the ratios: ffonly ~1,050, convit ~1,500, deepvit ~1,250, poolformer ~650,
-identityformer ~930, lavit ~870 images/s. The variants of E3-E5 are estimated from their
-depth / mixers: ViT/DeepViT at 8 blocks ~620, E4's attention backbone ~500 (196-token attention in
-stage 1), its random and hybrid backbones ~600, E5's vanilla LaViT ~800 images/s.
+Throughput behind the arithmetic: images/s of one training run, one thread (what each ``--jobs``
+worker gets), measured in the committed quick run (``docs/results/compare-quick/results.json``,
+``train_img_s``: the training loop with data loading, 2 runs side by side on the 2-core machine,
+no other jobs): deit 1,246, ffonly 984, convit 1,339, deepvit 1,280, poolformer 636,
+identityformer 888, lavit 801; E3's 4-block ViT 1,859, 8-block ViT 1,008 and DeepViT 783; E4's
+attention backbone 468, random 858, hybrid 607; E5's vanilla LaViT 847, LaViT without the DP loss
+700. (The model step alone, ``scripts/bench_compare_scale.py``, is 1.0-1.2x these: the batched
+data path, ``mixerlab.data.transforms.ArrayTransform``, costs ~1/40 of a step; the per-image
+torchvision pipeline it replaced cost more than the step itself, 100-390 images/s per run in the
+previous quick run.) E4's v2 rows, model step only: identity 824, random 766, pooling 634,
+sepconv 382, CAFormer 471.
 
 Sizes (2 CPU cores, ``--jobs 2``: two runs side by side, one thread each):
 
 * ``smoke``: synthetic data, seconds; for tests.
-* ``quick`` (budget 900 s): the CPU scale (``CPU_SCALE``), 27,500 training images (half the
-  pool of 55,000 left after the 5,000 validation images) x 2 epochs = 55,000 images seen per run
-  (859 steps of 64), two validation points per run, the whole 10,000-image test split. 17 distinct
-  runs (E1's seven families; E2 at 5 % and 50 %, sharing 50 % with E1; E3 ViT/DeepViT at 4 and 8
-  blocks, DeepViT-4 shared with E1; E4 attention/random/hybrid, pooling/identity shared with E1;
-  E5 vanilla and no-DP, LA-everywhere shared with E1). Time = images seen / images/s summed over
-  runs: E1 55,000 x (1/1690 + 1/1050 + 1/1500 + 1/1250 + 1/650 + 1/930 + 1/870) = 372 s; E2's
-  5 % runs 5,500 images each, 7 s; E3 55,000 x (1/1250 + 2/620) = 222 s; E4 55,000 x (1/500 +
-  2/600) = 294 s; E5 55,000 x (1/800 + 1/870) = 132 s; total 1,027 s of one core, 514 s on two,
-  plus evaluation (15,000 validation + 10,000 test images per run at ~3x the training rate, ~60 s
-  on two cores), start-up and analysis (~60 s): about 650 s. Learning rates: the committed table
-  ``lr_table_quick.json`` from ``python scripts/sweep_lr.py --preset quick`` (3 LRs per model, on
-  5 % of the pool for one epoch; about 21 x 2,750 / 1,000 / 2 = 30 s of training on a quiet
-  machine, then 21 validation passes). Whether every E1 family reaches 70 % at 55,000 images is
-  not measured yet: the orientation run reached 81.4 % at 203k images (DeiT scale).
-* ``standard`` (budget 90 min): the CPU scale, the whole pool (55,000) x 7 epochs = 385,000 images
-  per run, an LR sweep inside the preset (3 LRs per model on half the pool for one epoch),
-  E2 at 2 %, 10 % and 100 %. Time: E1 385,000 x 0.006763 s = 2,604 s; E2's small runs 46,200
-  images x 2 models, 58 s; E3 385,000 x 0.00403 = 1,551 s; E4 385,000 x 0.00533 = 2,053 s; E5
-  385,000 x 0.00240 = 922 s; the sweep 21 runs x 27,500 images, 558 s; total 7,746 s of one core,
-  3,873 s on two, plus evaluation (~300 s): about 70 min. The targets (every E1 family >= 85 %,
-  the best >= 90 %) are not measured yet.
+* ``quick`` (budget 900 s; measured 614 s): the CPU scale (``CPU_SCALE``), 27,500 training images
+  (half the pool of 55,000 left after the 5,000 validation images) x 2 epochs = 54,912 images
+  seen per run (858 steps of 64), two validation points per run, the whole 10,000-image test split.
+  17 distinct runs (E1's seven families; E2 at 5 % and 50 %, sharing 50 % with E1; E3 ViT/DeepViT
+  at 4 and 8 blocks, DeepViT-4 shared with E1; E4 attention/random/hybrid, pooling/identity shared
+  with E1; E5 vanilla and no-DP, LA-everywhere shared with E1). Time = images seen / images/s
+  summed over runs: E1 54,912 x (1/1246 + 1/984 + 1/1339 + 1/1280 + 1/636 + 1/888 + 1/801) = 403 s;
+  E2's 5 % runs 5,376 images each, 7 s; E3 54,912 x (1/1859 + 1/1008 + 1/783) = 154 s; E4 54,912 x
+  (1/468 + 1/858 + 1/607) = 272 s; E5 54,912 x (1/847 + 1/700) = 143 s; total 979 s of one core
+  (the measured sum of the runs' training loops, evaluation included), 490 s on two; plus start-up,
+  the test predictions and the analyses: 614 s of wall time measured (``time mixerlab compare
+  --preset quick``). E4's v2 rows are left out (``knobs``): five more runs of ~54,912 x (1/824 +
+  1/766 + 1/634 + 1/382 + 1/471) = 485 s of one core, ~250 s on two, would bring quick to ~870 s,
+  too close to its budget; ``standard`` and ``full`` run them. Learning rates: the committed
+  table ``lr_table_quick.json`` from ``python scripts/sweep_lr.py --preset quick`` (3 LRs per
+  model, on 5 % of the pool for one epoch). Measured: every E1 family 73.3-81.0 % top-1 on the
+  10,000 test images (target >= 70 %).
+* ``standard`` (budget 90 min; not run yet): the CPU scale, the whole pool (55,000) x 6 epochs =
+  330,000 images per run, an LR sweep inside the preset (3 LRs per model on half the pool for one
+  epoch), E2 at 2 %, 10 % and 100 %, E4's v2 rows. Time from the quick run's per-image costs
+  (seconds of one core per image seen, summed over an experiment's runs): E1 0.00734 x 330,000 =
+  2,422 s; E2's small runs 39,600 images x 2 models, ~60 s; E3 0.00280 x 330,000 = 924 s; E4
+  0.00495 x 330,000 = 1,635 s; E4 v2 0.00883 x 330,000 = 2,914 s (model-step rates: an upper
+  bound on speed); E5 0.00260 x 330,000 = 858 s; the sweep 24 runs x 27,500 images x ~0.00115 s =
+  760 s; total ~9,570 s of one core, ~4,790 s on two, plus evaluation and analyses (~300 s): about
+  85 min. The targets (every E1 family >= 85 %, the best >= 90 %) are not measured.
 * ``full``: sized for one GPU: the *_micro models as the zoo defines them (32 px), the full pool,
   30 epochs, three seeds, an LR sweep inside. No GPU result exists yet.
 """
@@ -112,7 +118,7 @@ PRESETS = {
         knobs={"E2": {"fractions": (0.05, 0.5)}, "E3": {"depths": (4, 8)}, "E4": {"v2_variants": ()},
                "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}}),
     "standard": Preset(
-        "standard", train_fraction=1.0, val_fraction=1.0, val_images=5000, epochs=7, batch_size=64,
+        "standard", train_fraction=1.0, val_fraction=1.0, val_images=5000, epochs=6, batch_size=64,
         warmup_epochs=0.3, scale=CPU_SCALE, sweep_lrs=(1e-3, 2e-3, 4e-3), sweep_fraction=0.5,
         sweep_epochs=1, analysis_images=128,
         train_overrides=dict(eval_every=1, bn_calibration_batches=20),

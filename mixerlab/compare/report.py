@@ -438,7 +438,7 @@ def write_report(out: Path, preset, data: str, rows: list[dict], agg: list[dict]
               f"validation split of {preset.val_images:,} images), batch {preset.batch_size}, warm-up "
               f"{preset.warmup_epochs:g} epochs + cosine, seeds {list(preset.seeds)}; every choice "
               "(learning rate) made on the validation split; the test split "
-              f"({preset.val_fraction:g} of it) read once per run after training, for the reported numbers."
+              f"({'all' if preset.val_fraction >= 1 else f'{preset.val_fraction:g}'} of it) read once per run after training, for the reported numbers."
               + (" Model scale: the CPU scale of `mixerlab/compare/presets.py` (builder arguments of the "
                  "`*_micro` entries)." if preset.scale else " Models: the `*_micro` zoo entries as they are.")
               + " Overrides: " + (", ".join(f"{k}={v}" for k, v in preset.train_overrides.items()) or "none") + ".",

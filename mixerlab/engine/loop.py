@@ -10,7 +10,8 @@ DP loss come in through :mod:`.bn` and :mod:`.task`. The engine never sees the C
 Run folder (one writer: :func:`~.runlock.run_folder_lock`). The epoch end is one transition:
 ``last.safetensors`` is written first and is the commit point (its state carries the epoch's
 metrics record and the best epoch); then ``best.safetensors`` (a copy of that very
-file), ``metrics.jsonl`` (rewritten atomically: the earlier lines plus this record) and, after
+file), ``metrics.jsonl`` (rewritten atomically: the earlier lines plus this record; its CSV view
+``summary.csv``, one row per epoch as timm's ``train.py`` writes, follows it) and, after
 the final epoch, ``summary.json``. SIGINT/SIGTERM arriving during the transition wait until it is
 complete; after ``kill -9`` or a full disk in the middle of it, resume first completes it from
 ``last`` (:func:`_complete_epoch_end`), so the folder is always before or after an epoch end.
@@ -56,7 +57,7 @@ RESUMABLE_CHANGES = ("epochs", "data_dir", "num_workers", "eval_every", "eval_ba
 
 # Files that make a folder a run (config.yaml alone does not: a run that failed before its first
 # checkpoint left nothing to continue, and may be started again in the same folder).
-RUN_FILES = ("last.safetensors", "best.safetensors", "metrics.jsonl", "summary.json")
+RUN_FILES = ("last.safetensors", "best.safetensors", "metrics.jsonl", "summary.csv", "summary.json")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -279,6 +280,32 @@ def _write_metrics(run_dir: Path, record: dict | None, epoch: int, pause: int | 
     text = "".join(line + "\n" for line in lines)
     if text != old:
         atomic_write_text(path, text, pause=("metrics", pause) if pause is not None else None)
+    _write_summary_csv(run_dir, [json.loads(line) for line in lines])
+
+
+def summary_csv_text(records: list[dict]) -> str:
+    """``summary.csv`` (timm's ``train.py`` convention): one row per epoch, the scalar fields of
+    the ``metrics.jsonl`` records as columns (in first-seen order; a field an epoch lacks is empty)."""
+    import csv
+    import io
+    cols: list[str] = []
+    for r in records:
+        cols += [k for k, v in r.items() if k not in cols and (v is None or isinstance(v, (int, float, str, bool)))]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in records:
+        w.writerow({k: r.get(k) for k in cols})
+    return buf.getvalue()
+
+
+def _write_summary_csv(run_dir: Path, records: list[dict]) -> None:
+    """``summary.csv`` from the records of ``metrics.jsonl`` (derived from it, so always consistent
+    with it; written atomically, unchanged files are not rewritten)."""
+    path = run_dir / "summary.csv"
+    text = summary_csv_text(records)
+    if not path.exists() or path.read_text() != text:
+        atomic_write_text(path, text)
 
 
 def _complete_epoch_end(run_dir: Path, state: dict) -> list[str]:
