@@ -161,3 +161,19 @@ def test_mixerlab_train_is_callable(tmp_path):
 
     assert callable(mixerlab.train)  # the package forwards calls to mixerlab.engine.train
     assert mixerlab.train(tiny_config(epochs=1, synthetic_size=32), out_dir=tmp_path / "run")["steps"] == 2
+
+
+def test_evaluation_reports_progress_and_the_total():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mixerlab.engine.evaluate import evaluate_model
+    x, y = torch.randn(10, 4), torch.arange(10) % 3
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    calls = []
+    res = evaluate_model(torch.nn.Linear(4, 3), loader, device=torch.device("cpu"), num_classes=3,
+                         progress=lambda d, n: calls.append((d, n)), progress_every_s=0.0)
+    assert calls[:3] == [(4, 10), (8, 10), (10, 10)] and calls[-1] == (10, 10) and res["n"] == 10
+    calls.clear()
+    evaluate_model(torch.nn.Linear(4, 3), loader, device=torch.device("cpu"), num_classes=3,
+                   progress=lambda d, n: calls.append((d, n)))  # throttled: only the final call
+    assert calls == [(10, 10)]

@@ -260,3 +260,23 @@ def test_list_shows_v1_and_v2_with_their_papers():
     for n in ("poolformerv2_s12", "identityformer_s12", "randformer_s12", "convformer_s18", "caformer_s18"):
         assert rows[n]["arch"] == "MetaFormer v2" and "2210.13452" in rows[n]["paper"], n
     assert rows["poolformer_v1_identity_s12"]["arch"] == "MetaFormer v1"
+
+
+def test_list_counts_macs_once_and_reports_progress(tmp_path, monkeypatch):
+    from mixerlab.bench.complexity import count_macs
+    from mixerlab.cli import list_cmd
+    monkeypatch.setenv("MIXERLAB_CACHE", str(tmp_path))
+    seen = []
+    rows = list_cmd.zoo_records("deit_micro", progress=lambda i, n, name: seen.append((i, n, name)))
+    assert seen == [(0, 1, "deit_micro")]
+    assert rows[0]["gmacs"] == round(count_macs(meta_model("deit_micro")) / 1e9, 3)
+    assert (tmp_path / "zoo_macs.json").exists()
+    # the second call reads the kept count: counting again would fail here
+    monkeypatch.setattr("mixerlab.bench.complexity.count_macs", lambda m: (_ for _ in ()).throw(AssertionError))
+    seen.clear()
+    assert list_cmd.zoo_records("deit_micro", progress=lambda *a: seen.append(a)) == rows and seen == []
+    # a damaged cache file is counted again, not an error
+    (tmp_path / "zoo_macs.json").write_text("{not json")
+    monkeypatch.undo()
+    monkeypatch.setenv("MIXERLAB_CACHE", str(tmp_path))
+    assert list_cmd.zoo_records("deit_micro")[0]["gmacs"] == rows[0]["gmacs"]

@@ -18,15 +18,27 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="a .safetensors checkpoint, or a run folder (uses best, else last)")
     p.add_argument("--data", choices=DATASETS, default=None, help="dataset (default: the one it was trained on)")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="dataset folder")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="images per evaluation batch (>= 1)")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     p.add_argument("--bn-calibration", choices=("auto", "on", "off"), default="auto",
                    help="recalibrate BatchNorm statistics on un-augmented training images first (auto: if the model has BN)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: <checkpoint folder>/eval)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to run (auto: cuda when available, else cpu)")
+    p.add_argument("--num-workers", type=int, default=0,
+                   help="DataLoader worker processes (0: load in the main process)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     return p
+
+
+def _progress(done: int, total: int | None) -> None:
+    """Progress on stderr: one rewritten line on a terminal, plain lines otherwise."""
+    import sys
+    msg = f"mixerlab eval: {done}/{total or '?'} images"
+    if sys.stderr.isatty():
+        print("\r" + msg, end="\n" if done == total else "", file=sys.stderr, flush=True)
+    else:
+        print(msg, file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if args.num_workers < 0:
         raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
     res = evaluate(args.checkpoint, data=args.data, data_dir=args.data_dir, batch_size=args.batch_size, ema=args.ema,
-                   bn_calibration=args.bn_calibration, out_dir=args.out, device=args.device, num_workers=args.num_workers)
+                   bn_calibration=args.bn_calibration, out_dir=args.out, device=args.device, num_workers=args.num_workers,
+                   progress=_progress)
     if args.json:
         print(json.dumps({k: v for k, v in res.items() if k != "confusion"}, indent=2))
         return 0

@@ -3,8 +3,11 @@
 2111.11418; v2: MetaFormer Baselines, arXiv 2210.13452), whose tables sit next to each other."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
+from pathlib import Path
 
 
 def add_parser(sub):
@@ -12,15 +15,43 @@ def add_parser(sub):
     p.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'convit_*'")
     p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    p.add_argument("--no-macs", action="store_true", help="skip the MAC count (faster)")
+    p.add_argument("--no-macs", action="store_true",
+                   help="leave the GMACs column empty (no counting; counts are otherwise cached in "
+                        "$MIXERLAB_CACHE/zoo_macs.json, default ~/.cache/mixerlab)")
     return p
 
 
-def zoo_records(pattern: str = "*", *, macs: bool = True) -> list[dict]:
-    """One record per zoo model: our params/MACs (at the native input size) and reported ones."""
+def macs_cache_path() -> Path:
+    """Where counted MACs are kept: ``$MIXERLAB_CACHE/zoo_macs.json`` (default ``~/.cache/mixerlab``)."""
+    return Path(os.environ.get("MIXERLAB_CACHE") or Path.home() / ".cache" / "mixerlab") / "zoo_macs.json"
+
+
+def _config_key(model) -> str:
+    """The cache key of a model's MAC count: its resolved config and the torch version (the
+    counter is torch's ``FlopCounterMode``)."""
+    import torch
+    text = json.dumps(model.cfg.to_dict(), sort_keys=True, default=str) + torch.__version__
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _load_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):  # absent, unreadable or damaged: count again
+        return {}
+
+
+def zoo_records(pattern: str = "*", *, macs: bool = True, progress=None) -> list[dict]:
+    """One record per zoo model: our params/MACs (at the native input size) and reported ones.
+
+    MAC counts (a traced forward per model, ~1 s each) are kept in :func:`macs_cache_path`, keyed
+    by the resolved config and the torch version, so only new or changed models are counted;
+    ``progress(done, total, name)`` is called before each count."""
     import torch
 
     from ..bench.complexity import count_macs, count_params
+    from ..engine.checkpoint import atomic_write_text
     from ..factory import create_model
     from ..models.hierarchical import metaformer_version
     from ..zoo import get_model_info, list_models
@@ -28,24 +59,48 @@ def zoo_records(pattern: str = "*", *, macs: bool = True) -> list[dict]:
     names = list_models(pattern)
     if not names:
         raise ValueError(f"no model matches {pattern!r}; try 'mixerlab list' for all names")
+    cache_path = macs_cache_path()
+    cache = _load_cache(cache_path) if macs else {}
+    models = {}
+    for name in names:
+        with torch.device("meta"):  # shapes only: no memory, no arithmetic
+            models[name] = create_model(name)
+    todo = [n for n in names if macs and cache.get(n, {}).get("key") != _config_key(models[n])]
+    for i, name in enumerate(todo):
+        if progress is not None:
+            progress(i, len(todo), name)
+        cache[name] = dict(key=_config_key(models[name]), gmacs=round(count_macs(models[name]) / 1e9, 3))
+    if todo:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cache_path, json.dumps(cache, indent=1, sort_keys=True))
+        except OSError:  # a read-only home: the counts are simply not kept
+            pass
     rows = []
     for name in names:
-        e = get_model_info(name)
-        with torch.device("meta"):  # shapes only: no memory, no arithmetic
-            model = create_model(name)
+        e, model = get_model_info(name), models[name]
         c, h, w = model.pretrained_cfg["input_size"]
         rows.append(dict(
             name=name, family=e.family,
             arch=(f"MetaFormer v{v}" if (v := metaformer_version(model.state_dict())) else None),
             params_m=round(count_params(model) / 1e6, 3),
-            gmacs=round(count_macs(model) / 1e9, 3) if macs else None, input=f"{h}x{w}",
+            gmacs=cache[name]["gmacs"] if macs else None, input=f"{h}x{w}",
             reported_params_m=e.reported.get("params"), reported_gmacs=e.reported.get("gmacs"),
             reported_top1=e.reported.get("top1"), paper=e.paper, note=e.reported.get("note", "")))
     return rows
 
 
+def _progress(done: int, total: int, name: str) -> None:
+    """Progress on stderr: one rewritten line on a terminal, plain lines otherwise."""
+    msg = f"mixerlab list: counting MACs {done + 1}/{total} ({name}; kept for the next call)"
+    if sys.stderr.isatty():
+        print("\r" + msg.ljust(100), end="" if done + 1 < total else "\n", file=sys.stderr, flush=True)
+    else:
+        print(msg, file=sys.stderr, flush=True)
+
+
 def run(args) -> int:
-    rows = zoo_records(args.pattern, macs=not args.no_macs)
+    rows = zoo_records(args.pattern, macs=not args.no_macs, progress=_progress)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

@@ -27,9 +27,16 @@ from .factory import build_from_checkpoint
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, loader, *, device: torch.device, num_classes: int,
-                   autocast=contextlib.nullcontext, channels_last: bool = False) -> dict[str, Any]:
-    """Loss (plain cross-entropy), top-1, top-5 and the (K, K) confusion matrix on ``loader``."""
+                   autocast=contextlib.nullcontext, channels_last: bool = False,
+                   progress=None, progress_every_s: float = 5.0) -> dict[str, Any]:
+    """Loss (plain cross-entropy), top-1, top-5 and the (K, K) confusion matrix on ``loader``.
+
+    ``progress(images_done, images_total)`` (optional) is called at most every
+    ``progress_every_s`` seconds and once at the end, so long evaluations are never silent."""
+    import time
     was_training = model.training
+    total = len(getattr(loader, "sampler", None) or []) or None
+    done, last = 0, time.monotonic()
     model.eval()
     k = min(5, num_classes)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, top-k hits
@@ -44,6 +51,12 @@ def evaluate_model(model: nn.Module, loader, *, device: torch.device, num_classe
         topk = logits.topk(k, dim=1).indices  # (B, k)
         sums[1] += (topk == y[:, None]).any(dim=1).sum()
         confusion += torch.bincount(y * num_classes + topk[:, 0], minlength=num_classes * num_classes)
+        done += len(y)
+        if progress is not None and time.monotonic() - last >= progress_every_s:
+            progress(done, total)
+            last = time.monotonic()
+    if progress is not None:
+        progress(done, total)
     model.train(was_training)
     all_reduce_sum(sums)
     all_reduce_sum(confusion)
@@ -117,8 +130,10 @@ def evaluate(
     out_dir: str | Path | None = None,
     device: str = "auto",
     num_workers: int = 0,
+    progress=None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint: top-1/top-5/loss, per-class accuracy, confusion-matrix PNG.
+    ``progress(images_done, images_total)``: called every few seconds (``mixerlab eval`` prints it).
 
     Args:
         checkpoint: a ``.safetensors`` checkpoint or a run folder (its ``best``, else ``last``).
@@ -168,7 +183,8 @@ def evaluate(
         # the test split, also for runs that held a validation split out of the training set
         test = bundle.test if bundle.test is not None else bundle.val
         loader = eval_loader(test, batch_size=batch_size, rank=di.rank, world=di.world, workers=num_workers, pin=pin)
-        result = evaluate_model(model, loader, device=di.device, num_classes=bundle.num_classes)
+        result = evaluate_model(model, loader, device=di.device, num_classes=bundle.num_classes,
+                                progress=progress if di.is_main else None)
         result["bn_calibration_batches"] = calibrated
         result.update(checkpoint=str(path), model=cfg.model, data=cfg.data, weights="ema" if ema else "model",
                       epoch=ckpt.state.get("epoch"), step=ckpt.state.get("step"))

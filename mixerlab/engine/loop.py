@@ -538,7 +538,9 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
                         calibrate_batchnorm(net, calib_loader, device=device, max_batches=cfg.bn_calibration_batches,
                                             autocast=autocast, channels_last=cfg.channels_last)
                     res = evaluate_model(net, val_loader, device=device, num_classes=data.num_classes,
-                                         autocast=autocast, channels_last=cfg.channels_last)
+                                         autocast=autocast, channels_last=cfg.channels_last,
+                                         progress=lambda d, n, p=prefix: reporter.log(
+                                             f"epoch {epoch + 1} {p}: evaluated {d}/{n or '?'} images"))
                     record.update({f"{prefix}_loss": res["loss"], f"{prefix}_top1": res["top1"], f"{prefix}_top5": res["top5"]})
             record.update({"images_per_s": meter.images / max(meter.seconds, 1e-9), "epoch_time_s": epoch_time,
                            "peak_mem_mb": _peak_memory_mb(device)})
