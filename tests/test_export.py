@@ -22,6 +22,16 @@ FULL = ["deit_tiny", "ffonly_tiny", "convit_tiny", "deepvit_s", "poolformer_s12"
 FAST = {"deit_micro", "convit_micro", "poolformer_micro"}  # jvp / vmap in the default run; rest slow
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles from a clean dynamo cache: the models share their block code, and after
+    torch._dynamo.config.recompile_limit (8) recompilations of one frame a ``fullgraph=True``
+    compile raises instead of tracing again."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 def _cases(names, xfail=None):
     out = []
     for n in names:

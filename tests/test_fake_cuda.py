@@ -61,7 +61,7 @@ import mixerlab
 from mixerlab.analysis import metrics as M
 from mixerlab.analysis.analyze import collect
 from mixerlab.data.mixup import build_mixup
-from mixerlab.engine.ema import ModelEma
+from mixerlab.engine.loop import make_ema
 from mixerlab.engine.task import ClassificationTask
 from mixerlab.mixers import (AttentionMixer, LessAttention, MixerCost, TokenContext, TokenMixer, attention_maps, get_mixer,
                              list_mixers, register_mixer, unregister_mixer)
@@ -301,11 +301,15 @@ def test_mixup_objective_on_fake_cuda():
         assert_on_cuda(out["loss"], out["output"])
 
 
-def test_ema_on_fake_cuda():
+def test_ema_on_fake_cuda(monkeypatch):
     model = build("deepvit")  # BatchNorm running statistics are copied, parameters averaged
+    # timm's ModelEmaV3 makes a stochastic-rounding generator on the model's device even when
+    # rounding is off (as here); a CUDA generator needs a driver: give it a CPU one (never used)
+    cpu_generator = torch.Generator
+    monkeypatch.setattr(torch, "Generator", lambda device=None: cpu_generator())
     with fake_cuda():
         to_fake_cuda(model)
-        ema = ModelEma(model, decay=0.99)
+        ema = make_ema(model, decay=0.99)
         ema.update(model)
         for t in ema.state_dict().values():
             assert_on_cuda(t)

@@ -7,7 +7,7 @@ from torch import nn
 
 import mixerlab
 from mixerlab.engine.bn import calibrate_batchnorm
-from mixerlab.engine.ema import ModelEma
+from mixerlab.engine.loop import make_ema
 from mixerlab.engine.optim import lr_at, no_decay_names, param_groups
 
 
@@ -27,6 +27,30 @@ def test_lr_schedule_shape():
 def test_lr_schedule_without_warmup():
     assert lr_at(0, base_lr=2.0, total_steps=4) == 2.0
     assert lr_at(2, base_lr=2.0, total_steps=4) == pytest.approx(1.0 + math.cos(math.pi / 2))
+
+
+@pytest.mark.parametrize("total,warmup", [(100, 10), (57, 0), (30, 29)])
+def test_lr_schedule_equals_timms_cosine_scheduler_per_step(total, warmup):
+    """``lr_at`` is timm's ``CosineLRScheduler`` (warm-up prefix, per-step updates) as a pure
+    function of the step: kept so that a resume needs no scheduler state."""
+    from timm.scheduler import CosineLRScheduler
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2e-3)
+    ref = CosineLRScheduler(opt, t_initial=max(total - warmup, 1), lr_min=1e-5, warmup_t=warmup,
+                            warmup_lr_init=1e-6, warmup_prefix=True, t_in_epochs=False)
+    for step in range(total + 3):
+        ref.step_update(step)
+        ours = lr_at(step, base_lr=2e-3, total_steps=total, warmup_steps=warmup, warmup_lr=1e-6, min_lr=1e-5)
+        assert ours == pytest.approx(opt.param_groups[0]["lr"], rel=1e-13, abs=1e-18), step
+
+
+def test_param_groups_are_timms_no_decay_groups():
+    from timm.optim import param_groups_weight_decay
+    model = mixerlab.create_model("convit_micro")
+    ours = param_groups(model, 0.05)
+    ref = {g["weight_decay"]: g["params"] for g in
+           param_groups_weight_decay(model, 0.05, no_weight_decay_list=model.no_weight_decay())}
+    assert [id(p) for p in ours[0]["params"]] == [id(p) for p in ref[0.05]]
+    assert [id(p) for p in ours[1]["params"]] == [id(p) for p in ref[0.0]]
 
 
 def test_no_weight_decay_rule_on_deit():
@@ -58,7 +82,7 @@ def test_no_weight_decay_prefix_match():
 
 def test_ema_update_is_a_lerp():
     model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))
-    ema = ModelEma(model, decay=0.9)
+    ema = make_ema(model, decay=0.9)
     before = ema.module[0].weight.clone()
     with torch.no_grad():
         model[0].weight.add_(1.0)

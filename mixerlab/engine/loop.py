@@ -35,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data import build_data, build_mixup, eval_loader, train_loader
@@ -43,7 +44,6 @@ from .bn import batchnorms, calibrate_batchnorm
 from .checkpoint import (CheckpointError, atomic_write_text, best_is_stale, capture_rng, clean_stale_temps, copy_atomic,
                          load_checkpoint, pause_for_tests, read_config, read_state, restore_rng, save_checkpoint)
 from .config import TrainConfig, config_from_dict, config_to_yaml
-from .ema import ModelEma
 from .evaluate import evaluate_model
 from .factory import build_from_checkpoint, model_for_run
 from .optim import build_optimizer, lr_at
@@ -256,6 +256,16 @@ def _discard_unstarted(run_dir: Path, lock_path: Path | None, created: bool) -> 
             run_dir.rmdir()  # only if empty
 
 
+def make_ema(model: torch.nn.Module, decay: float) -> ModelEmaV3:
+    """The run's weight EMA (DeiT / DeepViT keep one): timm's ``ModelEmaV3`` with parameters
+    averaged and buffers copied (``exclude_buffers``: BN statistics are recalibrated before
+    evaluation anyway), deterministic (no stochastic rounding), so a resumed run is bit-identical;
+    a frozen copy (no gradients)."""
+    ema = ModelEmaV3(model, decay=decay, exclude_buffers=True, stochastic_rounding=False)
+    ema.module.requires_grad_(False)
+    return ema
+
+
 def _write_metrics(run_dir: Path, record: dict | None, epoch: int, pause: int | None = None) -> None:
     """``metrics.jsonl`` := the lines of epochs before ``epoch`` (torn or later lines dropped) +
     ``record`` (the epoch-``epoch`` line), written atomically; unchanged files are not rewritten."""
@@ -360,7 +370,7 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
         model = model_for_run(cfg, num_classes=data.num_classes, in_chans=data.in_chans).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+    ema = make_ema(model, cfg.ema_decay) if cfg.ema_decay is not None else None
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     autocast = _autocast(cfg.amp, device)

@@ -2,10 +2,13 @@
 
 Sources:
     * AdamW: Loshchilov & Hutter, arXiv:1711.05101.
-    * No-decay rule as in DeiT / timm ``param_groups_weight_decay``: parameters with ndim <= 1,
+    * No-decay rule: timm's ``param_groups_weight_decay`` (DeiT's): parameters with ndim <= 1,
       names ending in ``.bias`` and names listed by ``model.no_weight_decay()`` get wd 0. We also
       match a listed name as a prefix of a dotted path (``"pos_embed"`` covers
       ``"pos_embed.weight"``), so renamed sub-parameters do not silently lose the exemption.
+    * ``lr_at`` equals timm's ``CosineLRScheduler`` (warm-up prefix, ``t_in_epochs=False``) to
+      ~3e-19 (``tests/test_train_optim.py``); kept as a pure function of the step so that a resumed
+      run needs no scheduler state.
     * Schedule: linear warm-up from ``warmup_lr`` then half-cosine down to ``min_lr``
       (SGDR, arXiv:1608.03983), evaluated **per optimiser step** (DeiT steps per epoch).
 """
@@ -38,18 +41,18 @@ def lr_at(step: int, *, base_lr: float, total_steps: int, warmup_steps: int = 0,
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decayed weights and exempt parameters (see module docstring)."""
+    """Two AdamW groups, decayed weights first, then the exempt parameters: timm's
+    ``param_groups_weight_decay`` with ``model.no_weight_decay()`` widened to the dotted paths under
+    each listed name (see module docstring). The order [decay, no decay] is that of the
+    optimiser states in existing checkpoints."""
+    from timm.optim import param_groups_weight_decay
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        exempt = p.ndim <= 1 or name.endswith(".bias") or name in skip or any(name.startswith(s + ".") for s in skip)
-        (no_decay if exempt else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    names = [n for n, _ in model.named_parameters()]
+    skip |= {n for n in names if any(n.startswith(s + ".") for s in skip)}
+    # timm's split, asked with decay 1.0 so that its two groups are told apart by their value
+    split = {g["weight_decay"]: g["params"] for g in param_groups_weight_decay(model, 1.0, no_weight_decay_list=skip)}
+    return [{"params": split.get(1.0, []), "weight_decay": weight_decay},
+            {"params": split.get(0.0, []), "weight_decay": 0.0}]
 
 
 def no_decay_names(model: nn.Module) -> list[str]:
