@@ -105,3 +105,17 @@ def test_lazy_top_level_api():
     assert callable(mixerlab.evaluate) and callable(mixerlab.load_timm_weights)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         mixerlab.nope
+
+
+def test_cli_version_and_dry_run_checks_the_model(capsys):
+    from mixerlab.cli.main import main
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith(f"mixerlab {mixerlab.__version__}")
+    assert main(["train", "--model", "deit_mirco", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "deit_micro" in err and "Traceback" not in err  # names the close match
+    assert main(["train", "--model", "deit_micro", "--set", "model_args={dpeth: 3}", "--dry-run"]) == 2
+    assert "dpeth" in capsys.readouterr().err
+    assert main(["train", "--model", "deit_micro", "--dry-run"]) == 0
+    assert "model: deit_micro" in capsys.readouterr().out

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 def add_parser(sub):
     from ..compare.presets import PRESETS
-    p = sub.add_parser("compare", help="re-run the papers' central experiments and write a report")
+    p = sub.add_parser(
+        "compare", help="re-run the papers' central experiments and write a report",
+        description="Train the models of the papers' central experiments (E1 every mixer at matched size, "
+                    "E2 ConViT vs DeiT with less data, E3 DeepViT vs ViT in depth, E4 mixers in one "
+                    "MetaFormer backbone, E5 LaViT's less attention) on one recipe, with learning rates "
+                    "chosen on a validation split, then write OUT/report.md (paired 95 %% intervals and a "
+                    "verdict per claim: agrees / does not agree / inconclusive), results.json/.csv and "
+                    "figures. Finished runs are cached in OUT/runs and reused.")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS),
-                   help="quick: <= 15 min on 2 CPU cores; standard: ~2 h CPU; full: one GPU; smoke: tests")
+                   help="quick: <= 15 min on 2 CPU cores; standard: <= 90 min on 2 CPU cores; full: one GPU; "
+                        "smoke: seconds, for tests")
     p.add_argument("--data", default=None,
                    help="fashion-mnist (default) | cifar10 | cifar100 | imagefolder | synthetic")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the Debian package's)")

@@ -33,7 +33,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<model>-<data>-<time>); must be new")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly from its last checkpoint")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="generic config override (repeatable)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--dry-run", action="store_true", help="check the model name and its options, print the resolved config and exit")
     defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -76,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, overrides)
     if args.dry_run:
+        from ..zoo.registry import get_model_info
+        get_model_info(cfg.model).resolve(**cfg.model_args)  # an unknown model or override: one line, exit 2
         sys.stdout.write(config_to_yaml(cfg))
         return 0
     try:
