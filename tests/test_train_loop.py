@@ -172,8 +172,8 @@ def test_evaluation_reports_progress_and_the_total():
     calls = []
     res = evaluate_model(torch.nn.Linear(4, 3), loader, device=torch.device("cpu"), num_classes=3,
                          progress=lambda d, n: calls.append((d, n)), progress_every_s=0.0)
-    assert calls[:3] == [(4, 10), (8, 10), (10, 10)] and calls[-1] == (10, 10) and res["n"] == 10
+    assert calls == [(4, 10), (8, 10), (10, 10)] and res["n"] == 10
     calls.clear()
     evaluate_model(torch.nn.Linear(4, 3), loader, device=torch.device("cpu"), num_classes=3,
-                   progress=lambda d, n: calls.append((d, n)))  # throttled: only the final call
-    assert calls == [(10, 10)]
+                   progress=lambda d, n: calls.append((d, n)))  # a short evaluation prints nothing
+    assert calls == []

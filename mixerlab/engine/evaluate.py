@@ -32,11 +32,12 @@ def evaluate_model(model: nn.Module, loader, *, device: torch.device, num_classe
     """Loss (plain cross-entropy), top-1, top-5 and the (K, K) confusion matrix on ``loader``.
 
     ``progress(images_done, images_total)`` (optional) is called at most every
-    ``progress_every_s`` seconds and once at the end, so long evaluations are never silent."""
+    ``progress_every_s`` seconds, and at the end when it was called before: long evaluations are
+    never silent, short ones print nothing."""
     import time
     was_training = model.training
     total = len(getattr(loader, "sampler", None) or []) or None
-    done, last = 0, time.monotonic()
+    done, reported, last = 0, 0, time.monotonic()
     model.eval()
     k = min(5, num_classes)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, top-k hits
@@ -54,8 +55,8 @@ def evaluate_model(model: nn.Module, loader, *, device: torch.device, num_classe
         done += len(y)
         if progress is not None and time.monotonic() - last >= progress_every_s:
             progress(done, total)
-            last = time.monotonic()
-    if progress is not None:
+            last, reported = time.monotonic(), done
+    if progress is not None and 0 < reported < done:
         progress(done, total)
     model.train(was_training)
     all_reduce_sum(sums)
@@ -119,6 +120,26 @@ def write_report(result: dict[str, Any], classes, out_dir: Path, stem: str, titl
     return {"json": json_path, "png": png}
 
 
+def _check_writable(folder: Path) -> None:
+    """Refuse an output folder that cannot be created or written, before any evaluation runs."""
+    import errno
+    import os
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(existing))
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        code = errno.EROFS if _read_only_fs(existing) else errno.EACCES
+        raise OSError(code, os.strerror(code), str(folder))
+
+
+def _read_only_fs(path: Path) -> bool:
+    import os
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
 def evaluate(
     checkpoint: str | Path,
     *,
@@ -162,6 +183,7 @@ def evaluate(
     if data is not None and data != ckpt.config["data"] and data_dir is None:
         changes["data_dir"] = None  # the stored folder belongs to the other dataset
     cfg = dataclasses.replace(config_from_dict(ckpt.config), **changes, num_workers=num_workers)
+    _check_writable(Path(out_dir) if out_dir is not None else path.parent / "eval")  # before the work
     di = distributed.setup(device)
     try:
         bundle = build_data(cfg)
