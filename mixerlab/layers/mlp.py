@@ -67,8 +67,10 @@ class MlpHead(nn.Module):
         self.fc1 = Linear(dim, hidden)
         self.act = SquaredReLU()
         self.norm = nn.LayerNorm(hidden, eps=norm_eps)
-        self.drop = dropout(drop)
+        # not "drop": torchvision's feature-extraction tracer (timm's FX tests) reads "head.drop"
+        # as a regex that also matches the model's own "head_drop" and then fails
+        self.dropout = dropout(drop)
         self.fc2 = Linear(hidden, num_classes)
 
     def forward(self, x):
-        return self.fc2(self.drop(self.norm(self.act(self.fc1(x)))))
+        return self.fc2(self.dropout(self.norm(self.act(self.fc1(x)))))
