@@ -98,12 +98,17 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
     run = tmp_path / "run"
     args = [a if a != "64" else "512" for a in TINY]  # 32 steps: long enough to interrupt
     args = [a if a != "none" else "plain" for a in args] + ["--log-every", "1", "--out", str(run)]
+    # the run stops after step 3 (the test-pause hook) until released, so the Ctrl-C lands mid-epoch
+    # however fast the machine trains
+    release = tmp_path / "release"
     proc = subprocess.Popen([sys.executable, "-m", "mixerlab", "train", *args], cwd=ROOT, stderr=subprocess.PIPE,
-                            text=True, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+                            text=True, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+                                            "MIXERLAB_TEST_PAUSE": "step@3", "MIXERLAB_TEST_RELEASE": str(release)})
     for line in proc.stderr:
-        if line.startswith("step 3/"):
+        if line.startswith("mixerlab-test-pause"):
             break
     proc.send_signal(signal.SIGINT)
+    release.touch()
     err = proc.stderr.read()
     assert proc.wait(60) == 130, err
     assert "resume with: mixerlab train --resume" in err
