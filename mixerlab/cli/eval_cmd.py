@@ -32,13 +32,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def _progress(done: int, total: int | None) -> None:
-    """Progress on stderr: one rewritten line on a terminal, plain lines otherwise."""
-    import sys
-    msg = f"mixerlab eval: {done}/{total or '?'} images"
-    if sys.stderr.isatty():
-        print("\r" + msg, end="\n" if done == total else "", file=sys.stderr, flush=True)
-    else:
-        print(msg, file=sys.stderr, flush=True)
+    from .main import progress_line
+    progress_line(f"mixerlab eval: {done}/{total or '?'} images", last=done == total)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -65,11 +65,12 @@ def zoo_records(pattern: str = "*", *, macs: bool = True, progress=None) -> list
     for name in names:
         with torch.device("meta"):  # shapes only: no memory, no arithmetic
             models[name] = create_model(name)
-    todo = [n for n in names if macs and cache.get(n, {}).get("key") != _config_key(models[n])]
+    keys = {n: _config_key(models[n]) for n in names} if macs else {}
+    todo = [n for n in keys if cache.get(n, {}).get("key") != keys[n]]
     for i, name in enumerate(todo):
         if progress is not None:
             progress(i, len(todo), name)
-        cache[name] = dict(key=_config_key(models[name]), gmacs=round(count_macs(models[name]) / 1e9, 3))
+        cache[name] = dict(key=keys[name], gmacs=round(count_macs(models[name]) / 1e9, 3))
     if todo:
         try:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,12 +92,9 @@ def zoo_records(pattern: str = "*", *, macs: bool = True, progress=None) -> list
 
 
 def _progress(done: int, total: int, name: str) -> None:
-    """Progress on stderr: one rewritten line on a terminal, plain lines otherwise."""
-    msg = f"mixerlab list: counting MACs {done + 1}/{total} ({name}; kept for the next call)"
-    if sys.stderr.isatty():
-        print("\r" + msg.ljust(100), end="" if done + 1 < total else "\n", file=sys.stderr, flush=True)
-    else:
-        print(msg, file=sys.stderr, flush=True)
+    from .main import progress_line
+    progress_line(f"mixerlab list: counting MACs {done + 1}/{total} ({name}; kept for the next call)",
+                  last=done + 1 == total)
 
 
 def run(args) -> int:

@@ -19,9 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mixerlab",
         description="mixerlab: token mixers of ViT/DeiT, FF-only, ConViT, DeepViT, LaViT, PoolFormer.",
     )
-    from ..version import __version__
-    parser.add_argument("--version", action="version",
-                        version=f"mixerlab {__version__} (torch {_torch_version()}, timm {_timm_version()})")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the versions of mixerlab, torch and timm")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
@@ -36,14 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _torch_version() -> str:
-    import torch
-    return torch.__version__
+class _Version(argparse.Action):
+    """``--version``: torch and timm are imported only when it is asked for (not for every command)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import timm
+        import torch
+
+        from ..version import __version__
+        print(f"mixerlab {__version__} (torch {torch.__version__}, timm {timm.__version__})")
+        parser.exit()
 
 
-def _timm_version() -> str:
-    import timm
-    return timm.__version__
+def progress_line(text: str, *, last: bool) -> None:
+    """A progress message on stderr: one rewritten line on a terminal, plain lines otherwise."""
+    if sys.stderr.isatty():
+        print("\r" + text.ljust(100), end="\n" if last else "", file=sys.stderr, flush=True)
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

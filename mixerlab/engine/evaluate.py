@@ -120,26 +120,6 @@ def write_report(result: dict[str, Any], classes, out_dir: Path, stem: str, titl
     return {"json": json_path, "png": png}
 
 
-def _check_writable(folder: Path) -> None:
-    """Refuse an output folder that cannot be created or written, before any evaluation runs."""
-    import errno
-    import os
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(existing))
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        code = errno.EROFS if _read_only_fs(existing) else errno.EACCES
-        raise OSError(code, os.strerror(code), str(folder))
-
-
-def _read_only_fs(path: Path) -> bool:
-    import os
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):
-        return False
-
-
 def evaluate(
     checkpoint: str | Path,
     *,
@@ -183,7 +163,8 @@ def evaluate(
     if data is not None and data != ckpt.config["data"] and data_dir is None:
         changes["data_dir"] = None  # the stored folder belongs to the other dataset
     cfg = dataclasses.replace(config_from_dict(ckpt.config), **changes, num_workers=num_workers)
-    _check_writable(Path(out_dir) if out_dir is not None else path.parent / "eval")  # before the work
+    out = Path(out_dir) if out_dir is not None else path.parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)  # an unwritable place fails here, before the evaluation
     di = distributed.setup(device)
     try:
         bundle = build_data(cfg)
@@ -211,7 +192,6 @@ def evaluate(
         result.update(checkpoint=str(path), model=cfg.model, data=cfg.data, weights="ema" if ema else "model",
                       epoch=ckpt.state.get("epoch"), step=ckpt.state.get("step"))
         if di.is_main:
-            out = Path(out_dir) if out_dir is not None else path.parent / "eval"
             stem = f"eval_{cfg.data}_{path.stem}{'_ema' if ema else ''}"
             title = f"{cfg.model} on {cfg.data} ({path.name}{', EMA' if ema else ''}): top-1 {result['top1']:.2f}%"
             result["files"] = {k: str(v) for k, v in write_report(result, bundle.classes, out, stem, title).items()}

@@ -282,15 +282,16 @@ def _write_metrics(run_dir: Path, record: dict | None, epoch: int, pause: int | 
             kept.append(r)
     if record is not None:
         kept.append(record)
-    seen, lines = set(), []
+    seen, records = set(), []
     for r in kept:  # one line per epoch (an older mixerlab could append an epoch twice)
         if r["epoch"] not in seen:
             seen.add(r["epoch"])
-            lines.append(json.dumps(r))
+            records.append(r)
+    lines = [json.dumps(r) for r in records]
     text = "".join(line + "\n" for line in lines)
     if text != old:
         atomic_write_text(path, text, pause=("metrics", pause) if pause is not None else None)
-    _write_summary_csv(run_dir, [json.loads(line) for line in lines])
+    _write_summary_csv(run_dir, records)
 
 
 def summary_csv_text(records: list[dict]) -> str:
