@@ -7,12 +7,13 @@ For each input size it builds ``MODEL`` and ``MODEL_vanilla`` at that size and m
 * inference time (eval, no grad, batch ``--batch``): per stage from forward hooks, and in total;
 * training-step time (forward with the auxiliary terms in the loss, backward; batch
   ``--train-batch``), in total.
-The two models are measured alternately in one process (LaViT, twin, LaViT, twin, ...) after
-``--warmup`` rounds; the table reports medians over ``--reps`` rounds and the twin/LaViT ratio of
-the medians. CPU timings are wall-clock: on a shared machine report the load with the numbers.
+The two models are measured alternately in one process (each round runs both, back to back, the
+order swapping every round) after ``--warmup`` rounds; the table reports medians over ``--reps``
+rounds and the twin/LaViT ratio of the medians, and for the totals the median of the per-round
+(paired) ratios with a bootstrap 95 % interval. CPU timings are wall-clock: on a shared machine report the load with the numbers.
 
 Usage: python scripts/bench_lavit.py [--model lavit_tiny] [--sizes 224 448] [--batch 32]
-       [--train-batch 16] [--reps 3] [--warmup 1] [--threads 2] [--out FILE.json]
+       [--train-batch 16] [--reps 11] [--warmup 1] [--threads 2] [--out FILE.json]
 """
 from __future__ import annotations
 
@@ -87,6 +88,16 @@ def train_once(model, x) -> float:
     return time.perf_counter() - t
 
 
+def paired_ratio_ci(num: list[float], den: list[float], n_boot: int = 2000, seed: int = 0):
+    """Median of the per-round ratios num_i / den_i (the two models of a round ran back to back,
+    so slow spells of a shared machine hit both) and a bootstrap 95 % interval of that median."""
+    import random
+    r = [a / b for a, b in zip(num, den)]
+    rng = random.Random(seed)
+    boots = sorted(statistics.median(rng.choices(r, k=len(r))) for _ in range(n_boot))
+    return statistics.median(r), boots[int(0.025 * n_boot)], boots[int(0.975 * n_boot) - 1]
+
+
 def med(rows: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
@@ -97,7 +108,7 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 448])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--train-batch", type=int, default=16)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=11)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-train", action="store_true", help="inference only")
@@ -115,7 +126,7 @@ def main():
         x = torch.randn(a.batch, 3, size, size)
         timers = {n: StageTimer(m.eval()) for n, m in models.items()}
         for r in range(a.warmup + a.reps):  # alternately: LaViT, twin, LaViT, twin, ...
-            for n, m in models.items():
+            for n, m in (list(models.items()) if r % 2 == 0 else list(models.items())[::-1]):
                 t = infer_once(m, x, timers[n])
                 if r >= a.warmup:
                     rec[n]["infer"].append(t)
@@ -126,15 +137,23 @@ def main():
             for m in models.values():
                 m.train()
             for r in range(a.warmup + a.reps):
-                for n, m in models.items():
+                for n, m in (list(models.items()) if r % 2 == 0 else list(models.items())[::-1]):
                     t = train_once(m, xt)
                     if r >= a.warmup:
                         rec[n]["train"].append(t)
         for n in names:
             rec[n]["infer_median"] = med(rec[n]["infer"])
             rec[n]["train_median"] = statistics.median(rec[n]["train"]) if rec[n]["train"] else None
+        la, tw = rec[names[0]], rec[names[1]]
+        rec["paired"] = {"infer_total": paired_ratio_ci([t["total"] for t in tw["infer"]],
+                                                        [t["total"] for t in la["infer"]])}
+        if la["train"]:
+            rec["paired"]["train"] = paired_ratio_ci(tw["train"], la["train"])
         result["sizes"][str(size)] = rec
         print_size(size, names, rec, a)
+        for k, (m_, lo, hi) in rec["paired"].items():
+            print(f"twin / LaViT, {k.replace('_', ' ')}: median of {a.reps} paired rounds "
+                  f"{m_:.3f}x, bootstrap 95 % interval [{lo:.3f}, {hi:.3f}]")
     result["load_avg_end"] = os.getloadavg()
     print(f"load average at start {result['load_avg_start']}, at end {result['load_avg_end']}")
     if a.out:

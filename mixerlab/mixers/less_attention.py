@@ -139,23 +139,38 @@ class AttentionResidual(nn.Module):
             out += hp * n * n_k * g * g  # key filter
         return out + self.num_heads * hp * n * n_k  # head mix
 
-    def forward(self, prev: torch.Tensor, grid, key_grid) -> torch.Tensor:
-        """(B, H', N', N_k') on the f-times finer query grid -> (B, H, N, N_k)."""
-        b, hp = prev.shape[:2]
-        f, g = self.q_factor, self.k_factor
+    def filter_queries(self, t: torch.Tensor, grid) -> torch.Tensor:
+        """(B, H', N', X) on the f-times finer query grid -> (B, H', N, X): the f x f / stride-f
+        filter over the query grid, as a depthwise convolution whose channels are the X columns
+        (a view of a contiguous map, no copy); an einsum over the 7-d view permutes the whole map
+        first and is ~30x slower on the CPU."""
+        b, hp, _, x = t.shape
+        h, w, f = grid[0], grid[1], self.q_factor
+        t = t.unflatten(2, (h * f, w * f)).permute(0, 1, 4, 2, 3).reshape(b * hp, x, h * f, w * f)
+        t = F.conv2d(t, self.filter_q.to(t.dtype).expand(x, 1, f, f), stride=f, groups=x)
+        return t.permute(0, 2, 3, 1).reshape(b, hp, h * w, x)
+
+    def forward(self, prev, grid, key_grid) -> torch.Tensor:
+        """(B, H', N', N_k') on the f-times finer query grid -> (B, H, N, N_k). ``prev`` may be
+        a ``Factored`` map U V^T + R: the query filter is linear on the query axis, so it acts
+        on U and R, and the N' x N_k' map is never formed."""
+        fact = isinstance(prev, Factored)
+        b, hp = (prev.u if fact else prev).shape[:2]
+        g = self.k_factor
         h, w = grid
         kh, kw = key_grid
-        n, nkp = h * w, prev.shape[-1]
-        if prev.shape[-2] != n * f * f or nkp != kh * kw * g * g or hp != self.prev_heads:
+        n = h * w
+        npr, nkp = (prev.u.shape[-2], prev.v.shape[-2]) if fact else prev.shape[-2:]
+        if npr != n * self.q_factor ** 2 or nkp != kh * kw * g * g or hp != self.prev_heads:
             raise ValueError(f"attention residual: expected a ({self.prev_heads} heads, "
-                             f"{n * f * f}, {kh * kw * g * g}) map from the previous stage, got "
-                             f"{tuple(prev.shape[1:])}")
-        # The f x f / stride-f filter over the query grid as a depthwise convolution whose
-        # channels are the N_k' key columns (a channels-last view of the map: no copy); an einsum
-        # over the 7-d view permutes the whole map first and is ~30x slower on the CPU.
-        m = prev.reshape(b * hp, h * f, w * f, nkp).permute(0, 3, 1, 2)
-        m = F.conv2d(m, self.filter_q.to(m.dtype).expand(nkp, 1, f, f), stride=f, groups=nkp)
-        m = m.permute(0, 2, 3, 1).reshape(b, hp, n, nkp)
+                             f"{n * self.q_factor ** 2}, {kh * kw * g * g}) map from the previous "
+                             f"stage, got ({hp}, {npr}, {nkp})")
+        if fact:
+            m = self.filter_queries(prev.u, grid) @ prev.v.transpose(-2, -1)
+            if prev.r is not None:
+                m = m + self.filter_queries(prev.r, grid)
+        else:
+            m = self.filter_queries(prev, grid)
         if g > 1:  # the g x g filter over the key grid, one channel per query
             m = F.conv2d(m.reshape(b * hp * n, 1, kh * g, kw * g), self.filter_k.to(m.dtype)[None, None],
                          stride=g).reshape(b, hp, n, kh * kw)
@@ -178,7 +193,7 @@ class Factored:
 
     def dense(self) -> torch.Tensor:
         m = self.u @ self.v.transpose(-2, -1)  # (B, H, N, N_k)
-        return m if self.r is None else m + self.r
+        return m if self.r is None else m.add_(self.r)  # in place: the product is a fresh tensor
 
 
 def as_dense(carry) -> torch.Tensor:
@@ -358,33 +373,47 @@ class LessAttention(AttentionMixer):
         return d
 
     # -- transforms --------------------------------------------------------------------------------
-    def apply_psi(self, t: torch.Tensor, bias: bool = True) -> torch.Tensor:
-        """W_Psi t (+ b_Psi 1^T) on the query axis of (B, H, N, X)."""
+    def apply_psi(self, t: torch.Tensor, bias=True) -> torch.Tensor:
+        """W_Psi t + bias on the query axis of (B, H, N, X). ``bias``: True (b_Psi 1^T), False
+        (none) or an (N, X) matrix; it is added inside the last product (one pass fewer over the
+        map).
+
+        Batched products with the small matrices expanded over the batch (stride 0): a broadcast
+        matmul of a 2-d by a 4-d tensor would transpose and copy the map instead."""
+        bsz, hh, n, x = t.shape
+        dt = t.dtype
+        if bias is True:
+            bias = (self.psi.bias if self.psi_kind == "dense" else self.psi_bias)[:, None]
+        if bias is not False:
+            bias = bias.to(dt).expand(n, x)
         if self.psi_kind == "dense":
-            bsz, hh, n, x = t.shape
-            out = torch.bmm(self.psi.weight.to(t.dtype).expand(bsz * hh, n, n),
-                            t.reshape(bsz * hh, n, x)).reshape(bsz, hh, n, x)
-            b_ = self.psi.bias
-        else:
-            bsz, hh, n, x = t.shape
-            gh, gw = self.grid
-            # Batched products with the small matrix expanded over the batch (stride 0): a
-            # broadcast matmul of a 2-d by a 4-d tensor would transpose and copy the map instead.
-            t = t.reshape(bsz * hh, gh, gw * x)
-            out = torch.bmm(self.psi_h.to(t.dtype).expand(bsz * hh, gh, gh), t)  # rows
-            out = torch.bmm(self.psi_w.to(t.dtype).expand(bsz * hh * gh, gw, gw),
-                            out.reshape(bsz * hh * gh, gw, x))  # columns
-            out = out.reshape(bsz, hh, n, x)
-            b_ = self.psi_bias
-        return out + b_.to(t.dtype)[:, None] if bias else out
+            w, t = self.psi.weight.to(dt).expand(bsz * hh, n, n), t.reshape(bsz * hh, n, x)
+            out = torch.bmm(w, t) if bias is False else torch.baddbmm(bias, w, t)
+            return out.reshape(bsz, hh, n, x)
+        gh, gw = self.grid
+        out = torch.bmm(self.psi_w.to(dt).expand(bsz * hh * gh, gw, gw),
+                        t.reshape(bsz * hh * gh, gw, x))  # columns
+        ph, out = self.psi_h.to(dt).expand(bsz * hh, gh, gh), out.reshape(bsz * hh, gh, gw * x)
+        out = torch.bmm(ph, out) if bias is False else torch.baddbmm(bias.reshape(gh, gw * x), ph, out)
+        return out.reshape(bsz, hh, n, x)  # rows
 
     def psi_matrix(self) -> torch.Tensor:
         """The N x N query-axis matrix W_Psi (Kronecker product P_h (x) P_w for ``psi="kron"``)."""
         return self.psi.weight if self.psi_kind == "dense" else torch.kron(self.psi_h, self.psi_w)
 
+    def psi_row_sums(self) -> torch.Tensor:
+        """W_Psi 1 (N,): for the Kronecker product, (P_h 1) (x) (P_w 1)."""
+        if self.psi_kind == "dense":
+            return self.psi.weight.sum(1)
+        return torch.outer(self.psi_h.sum(1), self.psi_w.sum(1)).reshape(-1)
+
     def transform(self, m: torch.Tensor) -> torch.Tensor:
-        """Psi(Theta(M)^T)^T on (B, H, N, N_k): Theta on keys (last axis), Psi on queries."""
-        return self.apply_psi(self.theta(m))
+        """Psi(Theta(M)^T)^T on (B, H, N, N_k): Theta on keys (last axis), Psi on queries, computed
+        as W_Psi M W_Theta^T + [(W_Psi 1) b_Theta^T + b_Psi 1^T] with the bracket (N x N_k, from
+        the parameters alone) added in Psi's last product."""
+        b_psi = self.psi.bias if self.psi_kind == "dense" else self.psi_bias
+        bias = self.psi_row_sums()[:, None] * self.theta.bias[None, :] + b_psi[:, None]
+        return self.apply_psi(F.linear(m, self.theta.weight.to(m.dtype)), bias=bias)
 
     def transform_factored(self, c: Factored) -> Factored:
         """The same transform on the factors (see ``Factored``)."""
@@ -392,7 +421,7 @@ class LessAttention(AttentionMixer):
         b, h, n, _ = c.u.shape
         nk = c.v.shape[-2]
         ones_q = c.u.new_ones(b, h, n, 1)
-        psi_one = self.apply_psi(c.u.new_ones(1, 1, n, 1), bias=False).expand(b, h, n, 1)
+        psi_one = self.psi_row_sums().to(c.u.dtype)[:, None].expand(b, h, n, 1)
         b_psi = (self.psi.bias if self.psi_kind == "dense" else self.psi_bias).to(c.u.dtype)
         u = torch.cat([self.apply_psi(c.u, bias=False), psi_one, b_psi[:, None] * ones_q], dim=-1)
         ones_k = c.u.new_ones(b, h, nk, 1)
@@ -451,7 +480,7 @@ class LessAttention(AttentionMixer):
         if prev is None or tuple(ctx.state.get(CARRY_GRID, ())) == tuple(self.grid):
             raise ValueError("less_attention: attn_residual / inherit need the previous stage to "
                              "carry an attention matrix (a 'va' or 'la' layer there)")
-        return self.residual(as_dense(prev), self.grid, self.key_grid)
+        return self.residual(prev, self.grid, self.key_grid)
 
     def _values(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, N_k, D) values of an LA layer: the value Linear of the pooled grid."""
