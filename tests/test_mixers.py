@@ -312,11 +312,13 @@ def test_less_attention_reduced_keys_transform_matches_n_by_n_reference(psi):
 
 
 def test_less_attention_psi_choice_follows_the_cost_model():
-    # dense while H N N_k <= C^2: LaViT-T's stages at 224 px (keys 7 x 7)
+    # dense while H N^2 N_k <= N_k C^2 (H N^2 <= C^2): LaViT-T's stages at 224 px (keys 7 x 7)
     assert choose_psi(3136, 49, 48, 1) == "kron" and choose_psi(784, 49, 96, 2) == "kron"
-    assert choose_psi(196, 49, 240, 4) == "dense" and choose_psi(49, 49, 384, 6) == "dense"
+    assert choose_psi(196, 49, 240, 4) == "kron"  # 4 * 196^2 = 153664 > 240^2 = 57600
+    assert choose_psi(49, 49, 384, 6) == "dense"  # 6 * 49^2 = 14406 <= 384^2
+    assert choose_psi(16, 4, 16, 1) == "dense" and choose_psi(16, 4, 16, 2) == "kron"  # 256 <= 16^2 < 512
     la = LessAttention(16, num_heads=2, num_tokens=64, mode="la", sr_ratio=2)
-    assert la.psi_kind == "kron"  # 2 * 64 * 16 > 256
+    assert la.psi_kind == "kron"  # 2 * 64^2 > 16^2
     # and the kinds cost what cost() says: dense N^2 N_k, Kronecker N N_k (h + w) per head
     d = LessAttention(16, num_heads=2, num_tokens=64, mode="la", sr_ratio=2, psi="dense")
     c = dict(dim=16)
