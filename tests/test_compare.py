@@ -125,7 +125,7 @@ def test_macs_follow_the_trained_data(tmp_path):
     smoke = get_preset("smoke")
     p = dataclasses.replace(smoke, experiments=("E1",), train_overrides={
         **smoke.train_overrides, "synthetic_chans": 3, "synthetic_classes": 4},
-        knobs={"E1": {"families": ("poolformer_micro",)}})  # poolformer only
+        knobs={"E1": {"families": ("poolformer_micro",), "anchors": ()}})  # poolformer only
     res = run_compare(p, out=tmp_path, log=lambda s: None)
     (row,) = res["rows"]
     with torch.device("meta"):
@@ -204,6 +204,10 @@ def dataclasses_replace_smoke(**kw):
 
 # -- plans: variants as builder arguments, the same runs as before the move -----------------------
 def _resolved(spec):
+    if spec.model.startswith("timm:"):  # E1's CNN anchor: timm's config, checked by timm on build
+        from mixerlab.models.timm_model import timm_model_config
+        return timm_model_config(spec.model, num_classes=10, in_chans=1, img_size=None, drop_path_rate=0.0,
+                                 model_args=spec.model_args)
     return get_model_info(spec.model).resolve(**spec.model_args)
 
 
@@ -345,6 +349,7 @@ def test_presets_plan_the_runs_they_planned_before(name):
         [("E1", m.removesuffix("_micro"), m, None) for m in (
             "deit_micro", "ffonly_micro", "convit_micro", "deepvit_micro", "poolformer_micro",
             "identityformer_micro", "lavit_micro")]
+        + [("E1", "resnet18", "timm:resnet18", None)]  # the CNN anchor (issue: baselines on the same recipe)
         + [("E2", m.removesuffix("_micro"), m, f) for f in fractions for m in ("deit_micro", "convit_micro")]
         + [("E3", label, "deepvit_micro", d) for d in depths for label in ("vit", "deepvit")]
         + [("E4", k, "identityformer_micro" if k == "identity" else "poolformer_micro", None)
@@ -552,8 +557,14 @@ def test_cpu_scale_is_builder_arguments_and_shared_runs_stay_shared():
     assert cfgs[("E1", "deepvit", None)] == cfgs[("E3", "deepvit", 4)]  # shared between E1 and E3
     assert cfgs[("E1", "deit", None)] == cfgs[("E2", "deit", 0.5)]
     for name, args in CPU_SCALE.items():  # every scaled model builds, at the tokens the docstring says
-        entry = get_model_info(name)
         kw = {k: v for k, v in args.items() if k != "img_size"}
+        if name.startswith("timm:"):  # the CNN anchor: timm's model with timm's keywords
+            from mixerlab.models.timm_model import TimmModel, timm_model_config
+            m = TimmModel(timm_model_config(name, num_classes=10, in_chans=1, img_size=args["img_size"],
+                                            drop_path_rate=0.0, model_args=kw))
+            assert 0.3e6 < sum(p.numel() for p in m.parameters()) < 0.7e6  # the hierarchical families' size
+            continue
+        entry = get_model_info(name)
         cfg = entry.resolve(img_size=args["img_size"], in_chans=1, **kw)
         if "patch_size" in args:
             assert (args["img_size"] // cfg.patch_size) ** 2 == 16

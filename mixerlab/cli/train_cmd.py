@@ -76,8 +76,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, overrides)
     if args.dry_run:
+        from ..models.timm_model import check_timm_name, is_timm_name
         from ..zoo.registry import get_model_info
-        get_model_info(cfg.model).resolve(**cfg.model_args)  # an unknown model or override: one line, exit 2
+        if is_timm_name(cfg.model):
+            check_timm_name(cfg.model)  # an unknown timm model: one line, exit 2
+        else:
+            get_model_info(cfg.model).resolve(**cfg.model_args)  # an unknown model or override: one line, exit 2
         sys.stdout.write(config_to_yaml(cfg))
         return 0
     try:

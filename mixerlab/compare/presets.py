@@ -75,6 +75,9 @@ CPU_SCALE: dict[str, dict] = {
     "identityformer_micro": dict(img_size=28, depths=(2, 2, 4, 2), dims=(16, 32, 64, 96)),
     "poolformerv2_micro": dict(img_size=28, depths=(2, 2, 4, 2), dims=(16, 32, 64, 96)),
     "lavit_micro": dict(img_size=32, dims=(16, 32, 64, 96), num_heads=(1, 1, 2, 3)),
+    # E1's CNN anchor: ResNet-18's blocks at the hierarchical families' widths (0.50 M params,
+    # 2.8 M MACs at 28 px; timm keywords)
+    "timm:resnet18": dict(img_size=28, channels=(16, 32, 64, 96), stem_width=16),
 }
 
 

@@ -199,7 +199,7 @@ class Runner:
                                              + f" seed {seed}" for s, seed, _ in running))
 
     def _dir(self, first: dict, h: str) -> Path:
-        return self.out / "runs" / f"{first[h][0].model}-{h}"
+        return self.out / "runs" / f"{first[h][0].model.replace(':', '-')}-{h}"
 
 
 _stopping = False  # in a worker: set once interrupted; no further run starts

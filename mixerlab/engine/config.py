@@ -40,7 +40,7 @@ class TrainConfig:
 
 
     # --- model ---
-    model: str = "deit_micro"  # a name from mixerlab.list_models()
+    model: str = "deit_micro"  # a name from mixerlab.list_models(), or timm:NAME (any timm model)
     model_args: dict = field(default_factory=dict)  # extra create_model overrides
     drop_path_rate: float = 0.1  # DeiT: 0.1; DeepViT: 0.2
     img_size: int = 32  # *_micro models are native 32 px

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..models.config import config_from_dict
 from ..models.factory import build_model
+from ..models.timm_model import TIMM_CONFIG_FORMAT, TimmModel, TimmModelConfig, is_timm_name, timm_model_config
 from ..zoo.registry import get_model_info
 from .checkpoint import (Checkpoint, CheckpointError, load_checkpoint, read_config, read_model_config,
                          read_state, resolve_checkpoint)
@@ -26,7 +27,12 @@ from .config import TrainConfig, config_from_dict as train_config_from_dict
 def model_for_run(cfg: TrainConfig, *, num_classes: int, in_chans: int) -> nn.Module:
     """A freshly initialised zoo model ``cfg.model`` for ``num_classes`` classes of ``in_chans``-
     channel ``cfg.img_size`` images, with ``cfg.model_args`` (builder arguments or config fields).
-    Unknown names/keys raise ``ValueError``/``TypeError`` from the zoo."""
+    Unknown names/keys raise ``ValueError``/``TypeError`` from the zoo. ``timm:NAME`` builds timm's
+    model ``NAME`` (random weights; ``model_args`` are timm's keywords), see ``models/timm_model.py``."""
+    if is_timm_name(cfg.model):
+        return TimmModel(timm_model_config(cfg.model, num_classes=num_classes, in_chans=in_chans,
+                                           img_size=cfg.img_size, drop_path_rate=cfg.drop_path_rate,
+                                           model_args=cfg.model_args))
     entry = get_model_info(cfg.model)
     kwargs = dict(num_classes=num_classes, in_chans=in_chans, img_size=cfg.img_size,
                   drop_path_rate=cfg.drop_path_rate)
@@ -74,10 +80,12 @@ def build_from_checkpoint(source: str | Path | Checkpoint, *, weights: str | Non
         model = _legacy_model(train_cfg, state, where)
     else:
         try:
-            cfg = config_from_dict(model_config)
+            if isinstance(model_config, dict) and model_config.get("format") == TIMM_CONFIG_FORMAT:
+                model = TimmModel(TimmModelConfig.from_dict(model_config))
+            else:
+                model = build_model(config_from_dict(model_config), name=train_cfg.get("model"))
         except (ValueError, TypeError, KeyError) as e:
             raise CheckpointError(f"checkpoint {where} has an unreadable model config: {e}") from None
-        model = build_model(cfg, name=train_cfg.get("model"))
     if weights is not None:
         if weights == "ema" and not ckpt.has_ema:
             raise CheckpointError(f"checkpoint {where} holds no EMA weights (trained with ema_decay=null)")

@@ -109,7 +109,7 @@ class _Interrupts:
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
-    return Path("runs") / f"{cfg.model}-{cfg.data}-{datetime.now():%Y%m%d-%H%M%S}"
+    return Path("runs") / f"{cfg.model.replace(':', '-')}-{cfg.data}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def _seed_all(seed: int) -> None:

@@ -12,6 +12,10 @@ well without attention" is read as: no further behind DeiT than the paper's own 
 minus DeiT > -5 points**. Agrees when the whole 95 % interval of the paired difference is above
 -5, does not agree when it is wholly below, inconclusive otherwise. The MetaFormer half of the claim
 (mixer vs architecture) is tested in E4, in one backbone.
+
+A CNN (timm's ResNet-18 blocks, narrowed to the hierarchical families' widths at the CPU scale)
+trained on the same recipe, data and budget is the anchor row: how far each mixer is from a
+convolutional network of its size under identical training. It takes part in no verdict.
 """
 from __future__ import annotations
 
@@ -24,6 +28,15 @@ from .base import Experiment, RunSpec, Section, register_experiment
 
 MICRO_FAMILIES = ("deit_micro", "ffonly_micro", "convit_micro", "deepvit_micro", "poolformer_micro",
                   "identityformer_micro", "lavit_micro")
+# The CNN anchor every mixer is read against: timm's ResNet-18 (BasicBlock 2-2-2-2) trained with the
+# same recipe, data and budget (``mixerlab train --model timm:resnet18``); the presets' CPU scale
+# narrows it to the hierarchical families' widths.
+CNN_ANCHOR = "timm:resnet18"
+
+
+def family_label(name: str) -> str:
+    """Row label of an E1 model: the zoo name without ``_micro``, a timm name without ``timm:``."""
+    return name.removesuffix("_micro").removeprefix("timm:")
 
 _WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine"}
 
@@ -31,7 +44,9 @@ _WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "
 @register_experiment
 @dataclass(frozen=True)
 class MatchedSize(Experiment):
-    """Knobs: ``families``: zoo names, one run each (label: the name without ``_micro``)."""
+    """Knobs: ``families``: zoo names, one run each (label: the name without ``_micro``);
+    ``anchors``: baselines outside the mixer families (default: the ResNet-18 CNN anchor), one run
+    each, reported in the table and against each family but left out of "best" and "spread"."""
 
     id = "E1"
     title = "E1: every mixer at matched parameter count (FF-only, MetaFormer)"
@@ -43,15 +58,17 @@ class MatchedSize(Experiment):
                           "FF-only Table 1: FF-Base 74.9 vs DeiT-B 79.9 / ViT-B 77.9 (3.0-5.0 behind)"),)
 
     families: tuple = MICRO_FAMILIES
+    anchors: tuple = (CNN_ANCHOR,)
 
     def plan(self, preset) -> list[RunSpec]:
-        return [RunSpec(self.id, name.removesuffix("_micro"), name) for name in self.families]
+        return [RunSpec(self.id, family_label(name), name) for name in self.families + self.anchors]
 
     def section(self, aggs, analyses, fig_dir) -> Section:
         figs = [_scatter(aggs, "gmacs", "GMACs per image", "E1: accuracy vs MACs", fig_dir / "e1_acc_vs_macs.png"),
                 _scatter(aggs, "train_img_s", "training images/s (2 CPU cores)", "E1: accuracy vs throughput",
                          fig_dir / "e1_acc_vs_throughput.png")]
-        ok = [a for a in aggs if a["top1"] is not None]
+        anchor_labels = {family_label(n) for n in self.anchors}
+        ok = [a for a in aggs if a["top1"] is not None and a["label"] not in anchor_labels]
         best = max(ok, key=lambda a: a["top1"]) if ok else None
         d_ff = _diff(_get(aggs, "ffonly"), _get(aggs, "deit"))
         d_id = _diff(_get(aggs, "identityformer"), _get(aggs, "poolformer"))
@@ -66,6 +83,12 @@ class MatchedSize(Experiment):
         if d_id is not None:
             finding.append(f"IdentityFormer minus PoolFormer (same backbone, no token mixing in blocks): "
                            f"{d_id:+.2f} points.")
+        for lab in sorted(anchor_labels):
+            anc = _get(aggs, lab)
+            if anc is not None and anc["top1"] is not None and ok:
+                finding.append(f"CNN anchor {lab} (same recipe and budget): {anc['top1']:.2f}%; the mixer "
+                               "families minus it: " + ", ".join(f"{a['label']} {a['top1'] - anc['top1']:+.2f}"
+                                                                 for a in ok) + " points.")
         tests = [paired_test(self.criteria[0], _get(aggs, "ffonly"), _get(aggs, "deit"))]
         word = combine([t["verdict"] for t in tests])
         figs.append(_val_curves(aggs, "E1: validation top-1 vs images seen", fig_dir / "e1_val_curves.png"))

@@ -1,0 +1,130 @@
+"""Any timm model as a training target on mixerlab's recipes: ``mixerlab train --model timm:resnet18``.
+
+A baseline (a CNN, say) only reads as an anchor when it is trained with the same data, recipe,
+budget and evaluation as the mixers it is compared with, so the engine takes ``timm:NAME`` where it
+takes a zoo name. The timm model is built with random weights (``pretrained=False``: nothing is
+downloaded) and wrapped so that it speaks the engine's interface: ``forward(x, return_aux=True)``
+returns ``(logits, {})`` (a timm model has no auxiliary loss terms) and ``cfg.to_dict()`` records
+what rebuilds it (timm's name and every keyword it was built with), so resume, ``eval`` and
+``compare`` rebuild it from the checkpoint as they rebuild a zoo model. The wrapped module is
+``.net``: weight names carry a ``net.`` prefix (``timm_state_dict()`` strips it, for timm).
+
+Builder options are timm's keywords (``model_args``): ``channels=[16, 32, 64, 96]`` narrows a
+ResNet (timm's ``ResNet(channels=...)``), ``stem_width=16`` its stem. ``img_size`` is passed only to
+models whose constructor takes it (ViTs and their kin); a CNN adapts to any size by its pooling.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+TIMM_PREFIX = "timm:"
+TIMM_CONFIG_FORMAT = "mixerlab-timm-model/1"
+
+
+def is_timm_name(name: str) -> bool:
+    return isinstance(name, str) and name.startswith(TIMM_PREFIX)
+
+
+def check_timm_name(name: str) -> str:
+    """The timm architecture of ``timm:NAME``; ``ValueError`` naming close matches when timm has none."""
+    import timm
+    arch = name[len(TIMM_PREFIX):] if is_timm_name(name) else name
+    if not arch or not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=4)
+        raise ValueError(f"unknown timm model {arch!r} (in {name!r}); "
+                         + (f"close matches: {', '.join(TIMM_PREFIX + c for c in close)}" if close
+                            else "see timm.list_models()"))
+    return arch
+
+
+@dataclass(frozen=True)
+class TimmModelConfig:
+    """What rebuilds a wrapped timm model: the architecture and every keyword given to timm."""
+
+    name: str  # timm's architecture name (no prefix)
+    num_classes: int = 1000
+    in_chans: int = 3
+    img_size: int | None = None
+    drop_path_rate: float = 0.0
+    kwargs: dict = field(default_factory=dict)  # further keywords for timm.create_model (JSON values)
+
+    def to_dict(self) -> dict:
+        return {"format": TIMM_CONFIG_FORMAT, "name": self.name, "num_classes": self.num_classes,
+                "in_chans": self.in_chans, "img_size": self.img_size,
+                "drop_path_rate": self.drop_path_rate, "kwargs": json.loads(json.dumps(self.kwargs))}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TimmModelConfig":
+        if not isinstance(d, dict) or d.get("format") != TIMM_CONFIG_FORMAT:
+            raise ValueError(f"not a timm model config (expected format {TIMM_CONFIG_FORMAT!r}): {str(d)[:120]}")
+        allowed = {"name", "num_classes", "in_chans", "img_size", "drop_path_rate", "kwargs"}
+        unknown = sorted(set(d) - allowed - {"format"})
+        if unknown:
+            raise ValueError(f"timm model config: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+        return cls(**{k: d[k] for k in allowed if k in d})
+
+
+def _takes_img_size(arch: str) -> bool:
+    """Whether timm's constructor for ``arch`` accepts ``img_size`` (probed on the meta device)."""
+    import timm
+    with torch.device("meta"):
+        try:
+            timm.create_model(arch, pretrained=False, img_size=224)
+        except TypeError as e:
+            if "img_size" in str(e):
+                return False
+            raise
+    return True
+
+
+class TimmModel(nn.Module):
+    """A timm model (random weights) with the engine's interface; see the module docstring."""
+
+    def __init__(self, cfg: TimmModelConfig):
+        super().__init__()
+        import timm
+        arch = check_timm_name(cfg.name)
+        kwargs = dict(cfg.kwargs)
+        clash = sorted(set(kwargs) & {"num_classes", "in_chans", "img_size", "drop_path_rate", "pretrained"})
+        if clash:
+            raise TypeError(f"timm:{arch}: {clash} are set by the run (data and config), not by model options")
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()}
+        if cfg.img_size is not None and _takes_img_size(arch):
+            kwargs["img_size"] = cfg.img_size
+        try:
+            self.net = timm.create_model(arch, pretrained=False, num_classes=cfg.num_classes,
+                                         in_chans=cfg.in_chans, drop_path_rate=cfg.drop_path_rate, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"timm:{arch} does not accept the option(s) {sorted(cfg.kwargs)}: {e}") from None
+        self.cfg = cfg
+        self.zoo_name = TIMM_PREFIX + arch
+        self.num_classes, self.in_chans = cfg.num_classes, cfg.in_chans
+        self.pretrained_cfg = dict(getattr(self.net, "pretrained_cfg", {}) or {})
+        native = tuple(self.pretrained_cfg.get("input_size", (cfg.in_chans, 224, 224)))
+        self.img_size = cfg.img_size if cfg.img_size is not None else native[-1]
+        # the size this model is trained and counted at (count_macs reads it), not timm's ImageNet one
+        self.pretrained_cfg.update(input_size=(cfg.in_chans, self.img_size, self.img_size),
+                                   num_classes=cfg.num_classes, architecture=self.zoo_name)
+
+    def forward(self, x: torch.Tensor, return_aux: bool = False):
+        logits = self.net(x)
+        return (logits, {}) if return_aux else logits
+
+    def no_weight_decay(self) -> set[str]:
+        own = self.net.no_weight_decay() if hasattr(self.net, "no_weight_decay") else ()
+        return {f"net.{n}" for n in own}
+
+    def timm_state_dict(self) -> dict:
+        """The weights under timm's own names (loadable into ``timm.create_model(name, ...)``)."""
+        return self.net.state_dict()
+
+
+def timm_model_config(name: str, *, num_classes: int, in_chans: int, img_size: int | None,
+                      drop_path_rate: float, model_args: dict | None) -> TimmModelConfig:
+    return TimmModelConfig(name=check_timm_name(name), num_classes=num_classes, in_chans=in_chans,
+                           img_size=img_size, drop_path_rate=drop_path_rate, kwargs=dict(model_args or {}))
