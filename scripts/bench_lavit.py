@@ -13,7 +13,7 @@ rounds and the twin/LaViT ratio of the medians, and for the totals the median of
 (paired) ratios with a bootstrap 95 % interval. CPU timings are wall-clock: on a shared machine report the load with the numbers.
 
 Usage: python scripts/bench_lavit.py [--model lavit_tiny] [--sizes 224 448] [--batch 32]
-       [--train-batch 16] [--reps 11] [--warmup 1] [--threads 2] [--out FILE.json]
+       [--train-batch 16] [--reps 11] [--warmup 1] [--threads 2] [--sr-ratios R R R R] [--out FILE.json]
 """
 from __future__ import annotations
 
@@ -112,6 +112,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-train", action="store_true", help="inference only")
+    ap.add_argument("--sr-ratios", type=int, nargs=4, default=None, metavar="R",
+                    help="per-stage key/value reduction ratios for both models (builder argument; "
+                         "default the zoo's 8 4 2 1, keys on a 7 x 7 grid at 224 px)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -119,9 +122,10 @@ def main():
     names = (a.model, f"{a.model}_vanilla")
     result = {"model": a.model, "batch": a.batch, "train_batch": a.train_batch, "reps": a.reps,
               "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "load_avg_start": os.getloadavg(), "sizes": {}}
+              "sr_ratios": a.sr_ratios, "load_avg_start": os.getloadavg(), "sizes": {}}
+    extra = {"sr_ratios": tuple(a.sr_ratios)} if a.sr_ratios else {}
     for size in a.sizes:
-        models = {n: mixerlab.create_model(n, img_size=size) for n in names}
+        models = {n: mixerlab.create_model(n, img_size=size, **extra) for n in names}
         rec = {n: {"macs": stage_macs(m, size), "infer": [], "train": []} for n, m in models.items()}
         x = torch.randn(a.batch, 3, size, size)
         timers = {n: StageTimer(m.eval()) for n, m in models.items()}
