@@ -1,8 +1,15 @@
-"""Stochastic depth (Huang et al., 2016) and its per-block schedule."""
+"""Stochastic depth (Huang et al., 2016): timm's ``DropPath`` and the per-block schedule.
+
+``DropPath`` is timm's (``timm.layers.DropPath``: the same per-sample Bernoulli mask, rescaled by
+1 / keep). ``drop_path_rates`` is kept: plain Python floats ``rate * i / (depth - 1)``, where timm's
+``calculate_drop_path_rates`` goes through ``torch.linspace`` (float32 rounding in the config).
+"""
 from __future__ import annotations
 
-import torch
+from timm.layers import DropPath
 from torch import nn
+
+__all__ = ["DropPath", "drop_path_rates", "dropout"]
 
 
 def drop_path_rates(rate: float, depth: int) -> list[float]:
@@ -15,26 +22,6 @@ def drop_path_rates(rate: float, depth: int) -> list[float]:
     if depth == 1:
         return [0.0]
     return [rate * i / (depth - 1) for i in range(depth)]
-
-
-class DropPath(nn.Module):
-    """Zero the whole residual branch of a sample with probability ``p`` (and rescale the rest)."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"drop path rate must be in [0, 1), got {p}")
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 def dropout(p: float) -> nn.Module:

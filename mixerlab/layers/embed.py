@@ -1,6 +1,11 @@
 """Patch embeddings, DeepViT's CNN stem, and position-embedding resampling.
 
 Every embedding returns tokens (B, N, C) and the grid (H, W) they lie on (raster order).
+
+Kept rather than timm's: ``PatchEmbed`` because timm's has no stride or padding (PoolFormer's
+overlapping 7 x 7 / 4 stem, the hierarchical downsampling convs) and does not return the grid;
+``resample_pos_embed`` because timm's ``resample_abs_pos_embed`` computes in float32 whatever the
+table's dtype (the float64 parity checks need float64) and antialiases by default.
 """
 from __future__ import annotations
 

@@ -1,23 +1,15 @@
-"""Per-channel LayerScale (CaiT; used by PoolFormer) and a fixed residual-branch scale."""
+"""Per-channel LayerScale (CaiT; used by PoolFormer) and a fixed residual-branch scale.
+
+``LayerScale`` is timm's (``timm.layers.LayerScale(dim, init_values)``: ``x * gamma``, the same
+parameter name ``gamma`` as before); ``FixedScale`` (a constant, DeepViT-S/L) has no timm layer.
+"""
 from __future__ import annotations
 
 import torch
+from timm.layers import LayerScale
 from torch import nn
 
-
-class LayerScale(nn.Module):
-    """Multiply the last axis by a learnable vector initialised to ``init``."""
-
-    def __init__(self, dim: int, *, init: float):
-        super().__init__()
-        self.init = float(init)
-        self.gamma = nn.Parameter(torch.full((dim,), self.init))
-
-    def init_weights(self) -> None:
-        nn.init.constant_(self.gamma, self.init)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
+__all__ = ["FixedScale", "LayerScale"]
 
 
 class FixedScale(nn.Module):

@@ -63,15 +63,15 @@ class MetaFormerBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.mlp_first = mlp_first
         if res_scale_init is not None:
-            self.rs1 = LayerScale(dim, init=res_scale_init)
-            self.rs2 = LayerScale(dim, init=res_scale_init)
+            self.rs1 = LayerScale(dim, init_values=res_scale_init)
+            self.rs2 = LayerScale(dim, init_values=res_scale_init)
         else:
             self.rs1 = self.rs2 = None
 
     @staticmethod
     def _scale(dim, layer_scale_init, scale_adjustment) -> nn.Module:
         if layer_scale_init is not None:
-            return LayerScale(dim, init=layer_scale_init)
+            return LayerScale(dim, init_values=layer_scale_init)
         if scale_adjustment is not None:
             return FixedScale(1.0 / scale_adjustment)
         return nn.Identity()
