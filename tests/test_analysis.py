@@ -124,6 +124,28 @@ def test_analyze_cli_end_to_end(tmp_path):
     assert "similar blocks" in (out / "summary.md").read_text()
 
 
+def test_analyze_cli_never_overwrites_silently_and_defaults_to_the_run_folder(tmp_path, capsys, monkeypatch):
+    from mixerlab.cli.main import main
+    from mixerlab.engine import train
+    from conftest_train import tiny_config
+    out = tmp_path / "an"
+    argv = ["analyze", "deit_micro", "--data", "synthetic", "--num-images", "2", "--batch-size", "2",
+            "--pictures", "1", "--no-plots", "--out", str(out)]
+    assert main(argv) == 0
+    before = (out / "analysis.json").read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 2  # a second analysis into the same folder: refused, first one intact
+    err = capsys.readouterr().err
+    assert "already holds an analysis" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert (out / "analysis.json").read_bytes() == before
+    assert main(argv + ["--force"]) == 0
+    run = tmp_path / "run"  # a run folder: the analysis goes under it by default
+    train(tiny_config(), out_dir=run)
+    monkeypatch.chdir(tmp_path)
+    assert main(["analyze", str(run), "--num-images", "2", "--batch-size", "2", "--no-plots"]) == 0
+    assert (run / "analysis" / "analysis.json").is_file() and not (tmp_path / "analysis").exists()
+
+
 def test_analyze_cli_bad_input(tmp_path, capsys):
     from mixerlab.cli.main import main
     assert main(["analyze", "deit_mikro", "--out", str(tmp_path)]) == 2

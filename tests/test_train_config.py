@@ -78,3 +78,28 @@ def test_recipes_named_and_default_follows_the_dataset():
     assert all(k in valid_keys() for r in RECIPES.values() for k in r)
     with pytest.raises(ValueError, match="unknown recipe 'nope'; choose one of deit, small"):
         load_config(overrides={"recipe": "nope"})
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    """--help of every sub-command: each option has a help text beyond its config key, train's
+    options name their allowed values and default, and no default is printed twice."""
+    import argparse
+    import dataclasses
+    from mixerlab.cli.main import build_parser
+    from mixerlab.engine.config import FIELD_HELP, TrainConfig
+    assert set(FIELD_HELP) == {f.name for f in dataclasses.fields(TrainConfig)}
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in subs.choices.items():
+        text = p.format_help()
+        assert "config key" not in text, name
+        for action in p._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and len(action.help) > 8, (name, action.option_strings)
+        for chunk in text.split("\n  -")[1:]:  # one option's help
+            assert chunk.count("default") <= 2 and "(default: None)" not in chunk, (name, chunk)
+        if name == "train":
+            for f in dataclasses.fields(TrainConfig):
+                a = next(a for a in p._actions if a.dest == f.name)
+                assert "allowed:" in (a.help or "") or f.name == "recipe", f.name
+                assert "default" in a.help, f.name

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 
 def add_parser(sub):
@@ -18,7 +19,7 @@ def add_parser(sub):
                    help="images: fashion-mnist (default; a checkpoint's own dataset if known), synthetic, ...")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the dataset's standard place)")
     p.add_argument("--num-images", type=int, default=64, help="images to average the metrics over")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (>= 1)")
     p.add_argument("--pictures", type=int, default=4, help="images in the attention-map picture grid")
     p.add_argument("--query", default="0.5,0.5",
                    help="picture query patch as grid fractions ROW,COL (0.5,0.5 = centre)")
@@ -28,8 +29,19 @@ def add_parser(sub):
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--seed", type=int, default=0, help="which images are drawn")
     p.add_argument("--no-plots", action="store_true", help="records and summary only")
-    p.add_argument("--out", default=None, help="output folder (default: analysis/<model>)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: <run folder>/analysis for a checkpoint or run folder, "
+                        "analysis/<model> for a zoo name); one that already holds an analysis is refused "
+                        "unless --force")
+    p.add_argument("--force", action="store_true", help="replace an analysis already in the output folder")
     return p
+
+
+def default_out(loaded) -> Path:
+    """``<run folder>/analysis`` for a checkpoint or run folder, else ``analysis/<model>``."""
+    if loaded.info.get("checkpoint_part"):  # a training checkpoint: loaded.source is its file
+        return Path(loaded.source).parent / "analysis"
+    return Path("analysis") / loaded.name.replace(":", "-")
 
 
 def run(args) -> int:
@@ -49,6 +61,10 @@ def run(args) -> int:
         raise ValueError(f"--query {args.query!r}: expected ROW,COL fractions in [0, 1], e.g. 0.5,0.5") from None
     overrides = {"img_size": args.img_size} if args.img_size else {}
     loaded = load_model(args.model, weights=args.weights, ema=args.ema, **overrides)
+    out = Path(args.out) if args.out else default_out(loaded)
+    if (out / "analysis.json").exists() and not args.force:
+        raise ValueError(f"{out} already holds an analysis (analysis.json); pass --force to replace it "
+                         "or --out to write elsewhere")
     model = loaded.model.to(args.device).eval()
     data = args.data or loaded.data or "fashion-mnist"
     torch.manual_seed(args.seed)
@@ -60,7 +76,6 @@ def run(args) -> int:
     records["source"] = dict(spec=args.model, weights=loaded.source, data=data,
                              command="mixerlab analyze " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["analyze"] else "",
                              **loaded.info)
-    out = args.out or f"analysis/{loaded.name}"
     paths = write_report(records, pictures, show[: args.pictures], out, plots_on=not args.no_plots)
     sim = records["attention_similarity"]
     print(f"{loaded.name} ({loaded.source}): {len(records['layers'])} attention layers, "

@@ -12,7 +12,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "eval",
         help="evaluate a checkpoint (accuracy, per-class accuracy, confusion matrix)",
         description="Evaluate a training checkpoint on the validation/test split of a dataset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR_OR_FILE",
                    help="a .safetensors checkpoint, or a run folder (uses best, else last)")

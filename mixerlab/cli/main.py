@@ -10,6 +10,19 @@ import sys
 COMMANDS = ("list", "train", "eval", "convert", "bench", "analyze", "compare", "ablate")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, once: "(default: X)" is added unless the help
+    already says its default or there is none to say (None, False, a flag)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if ("default" in text or d is None or d is False or d is argparse.SUPPRESS or d == []
+                or not action.option_strings):
+            return text
+        return f"{text} (default: {' '.join(map(str, d)) if isinstance(d, (list, tuple)) else d})"
+
+
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2, no traceback."""
 
@@ -30,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         p = mod.add_parser(sub)
+        p.formatter_class = HelpFormatter
         p.set_defaults(_run=mod.run)
     return parser
 

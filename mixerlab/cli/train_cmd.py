@@ -11,7 +11,7 @@ import dataclasses
 import sys
 
 from mixerlab.data.datasets import FASHION_MNIST_DIR
-from mixerlab.engine.config import DATASETS, TrainConfig, config_to_yaml
+from mixerlab.engine.config import DATASETS, TrainConfig, config_to_yaml, field_help
 
 _BOOL = {"deterministic", "channels_last", "compile", "tensorboard"}
 
@@ -27,18 +27,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
             "Options override the YAML recipe (--config), which overrides the defaults. "
             "Distributed: torchrun --nproc_per_node N -m mixerlab train ..."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", metavar="YAML", help="recipe file (see configs/)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<model>-<data>-<time>); must be new")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly from its last checkpoint")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="generic config override (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="check the model name and its options, print the resolved config and exit")
-    defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kwargs = dict(dest=f.name, metavar=f.name.upper(), default=argparse.SUPPRESS,
-                      help=f"(config key {f.name}; default {getattr(defaults, f.name)!r})")
+                      help=field_help(f.name))
         if f.name in _BOOL:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
         if f.name == "recipe":

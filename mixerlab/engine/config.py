@@ -107,45 +107,44 @@ class TrainConfig:
         checks = {
             "data": (self.data in DATASETS, f"one of {', '.join(DATASETS)}"),
             "recipe": (self.recipe in _recipe_names(), f"one of {', '.join(_recipe_names())}"),
-            "val_images": (self.val_images >= 0, ">= 0"),
-            "crop_padding": (self.crop_padding is None or self.crop_padding >= 0, ">= 0 or null"),
-            "img_size": (self.img_size >= 8, ">= 8"),
-            "train_fraction": (0.0 < self.train_fraction <= 1.0, "in (0, 1]"),
-            "val_fraction": (0.0 < self.val_fraction <= 1.0, "in (0, 1]"),
-            "num_workers": (self.num_workers >= 0, ">= 0"),
-            "synthetic_size": (self.synthetic_size >= 8, ">= 8"),
-            "synthetic_classes": (self.synthetic_classes >= 2, ">= 2"),
-            "synthetic_chans": (self.synthetic_chans in (1, 3), "1 or 3"),
-            "hflip": (0.0 <= self.hflip <= 1.0, "in [0, 1]"),
-            "randaugment": (self.randaugment is None or 0 <= self.randaugment <= 30, "in [0, 30] or null"),
-            "random_erasing": (0.0 <= self.random_erasing <= 1.0, "in [0, 1]"),
-            "mixup": (self.mixup >= 0.0, ">= 0"),
-            "cutmix": (self.cutmix >= 0.0, ">= 0"),
-            "mixup_prob": (0.0 <= self.mixup_prob <= 1.0, "in [0, 1]"),
-            "mixup_switch_prob": (0.0 <= self.mixup_switch_prob <= 1.0, "in [0, 1]"),
-            "label_smoothing": (0.0 <= self.label_smoothing < 1.0, "in [0, 1)"),
-            "drop_path_rate": (0.0 <= self.drop_path_rate < 1.0, "in [0, 1)"),
-            "epochs": (self.epochs >= 1, ">= 1"),
-            "batch_size": (self.batch_size >= 1, ">= 1"),
-            "accum_steps": (self.accum_steps >= 1, ">= 1"),
-            "lr": (self.lr > 0.0, "> 0"),
+            "val_images": (self.val_images >= 0, ALLOWED["val_images"]),
+            "crop_padding": (self.crop_padding is None or self.crop_padding >= 0, ALLOWED["crop_padding"]),
+            "img_size": (self.img_size >= 8, ALLOWED["img_size"]),
+            "train_fraction": (0.0 < self.train_fraction <= 1.0, ALLOWED["train_fraction"]),
+            "val_fraction": (0.0 < self.val_fraction <= 1.0, ALLOWED["val_fraction"]),
+            "num_workers": (self.num_workers >= 0, ALLOWED["num_workers"]),
+            "synthetic_size": (self.synthetic_size >= 8, ALLOWED["synthetic_size"]),
+            "synthetic_classes": (self.synthetic_classes >= 2, ALLOWED["synthetic_classes"]),
+            "synthetic_chans": (self.synthetic_chans in (1, 3), ALLOWED["synthetic_chans"]),
+            "hflip": (0.0 <= self.hflip <= 1.0, ALLOWED["hflip"]),
+            "randaugment": (self.randaugment is None or 0 <= self.randaugment <= 30, ALLOWED["randaugment"]),
+            "random_erasing": (0.0 <= self.random_erasing <= 1.0, ALLOWED["random_erasing"]),
+            "mixup": (self.mixup >= 0.0, ALLOWED["mixup"]),
+            "cutmix": (self.cutmix >= 0.0, ALLOWED["cutmix"]),
+            "mixup_prob": (0.0 <= self.mixup_prob <= 1.0, ALLOWED["mixup_prob"]),
+            "mixup_switch_prob": (0.0 <= self.mixup_switch_prob <= 1.0, ALLOWED["mixup_switch_prob"]),
+            "label_smoothing": (0.0 <= self.label_smoothing < 1.0, ALLOWED["label_smoothing"]),
+            "drop_path_rate": (0.0 <= self.drop_path_rate < 1.0, ALLOWED["drop_path_rate"]),
+            "epochs": (self.epochs >= 1, ALLOWED["epochs"]),
+            "batch_size": (self.batch_size >= 1, ALLOWED["batch_size"]),
+            "accum_steps": (self.accum_steps >= 1, ALLOWED["accum_steps"]),
+            "lr": (self.lr > 0.0, ALLOWED["lr"]),
             "min_lr": (0.0 <= self.min_lr <= self.lr, f"in [0, lr={self.lr}]"),
             "warmup_lr": (0.0 <= self.warmup_lr <= self.lr, f"in [0, lr={self.lr}]"),
             "warmup_epochs": (0.0 <= self.warmup_epochs <= self.epochs, f"in [0, epochs={self.epochs}]"),
-            "weight_decay": (self.weight_decay >= 0.0, ">= 0"),
+            "weight_decay": (self.weight_decay >= 0.0, ALLOWED["weight_decay"]),
             "betas": (len(self.betas) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0
-                                                   for b in self.betas), "two values in [0, 1), e.g. [0.9, 0.999]"),
-            "eps": (self.eps > 0.0, "> 0"),
-            "clip_grad": (self.clip_grad is None or self.clip_grad > 0.0, "> 0 or null"),
-            "ema_decay": (self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "in (0, 1) or null"),
+                                                   for b in self.betas), ALLOWED["betas"]),
+            "eps": (self.eps > 0.0, ALLOWED["eps"]),
+            "clip_grad": (self.clip_grad is None or self.clip_grad > 0.0, ALLOWED["clip_grad"]),
+            "ema_decay": (self.ema_decay is None or 0.0 < self.ema_decay < 1.0, ALLOWED["ema_decay"]),
             "aux_weights": (all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-                                and v >= 0.0 for k, v in self.aux_weights.items()),
-                            "a mapping of term name -> weight >= 0, e.g. {dp_sym: 1.0, dp_diag: 1.0}"),
-            "eval_every": (self.eval_every >= 1, ">= 1"),
-            "eval_batch_size": (self.eval_batch_size >= 1, ">= 1"),
-            "bn_calibration_batches": (self.bn_calibration_batches >= 1, ">= 1"),
-            "log_every": (self.log_every >= 1, ">= 1"),
-            "num_threads": (self.num_threads is None or self.num_threads >= 1, ">= 1 or null"),
+                                and v >= 0.0 for k, v in self.aux_weights.items()), ALLOWED["aux_weights"]),
+            "eval_every": (self.eval_every >= 1, ALLOWED["eval_every"]),
+            "eval_batch_size": (self.eval_batch_size >= 1, ALLOWED["eval_batch_size"]),
+            "bn_calibration_batches": (self.bn_calibration_batches >= 1, ALLOWED["bn_calibration_batches"]),
+            "log_every": (self.log_every >= 1, ALLOWED["log_every"]),
+            "num_threads": (self.num_threads is None or self.num_threads >= 1, ALLOWED["num_threads"]),
         }
         for key, (ok, allowed) in checks.items():
             if not ok:
@@ -161,6 +160,113 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
+
+
+# What each field does, for ``mixerlab train --help`` (the allowed values are added from the field's
+# type and ALLOWED below). One entry per field: tests/test_train_config.py checks that none is missing.
+FIELD_HELP: dict[str, str] = {
+    "model": "zoo model name (mixerlab list), or timm:NAME for any timm model (random init)",
+    "model_args": "model builder arguments / config fields as a YAML mapping, e.g. {depth: 6, num_heads: 4} "
+                  "(timm:NAME: timm's keywords)",
+    "drop_path_rate": "stochastic-depth rate of the last block (linear from 0 over the blocks)",
+    "img_size": "input size in pixels; images are padded or resized to it",
+    "recipe": "named recipe the other values start from",
+    "data": "dataset (read offline only)",
+    "data_dir": "dataset folder (null: the Debian package folder for fashion-mnist)",
+    "train_fraction": "class-balanced fraction of the training split (after the validation images)",
+    "val_fraction": "class-balanced fixed fraction of the test split used for evaluation",
+    "val_images": "images held out of the training split as a fixed, class-balanced validation split, "
+                  "evaluated instead of the test split (0: evaluate on the test split)",
+    "subset_seed": "seed of the fixed subsets (the same for every run seed)",
+    "num_workers": "DataLoader worker processes (0: load in the main process)",
+    "synthetic_size": "training images of the synthetic dataset (validation: a quarter as many)",
+    "synthetic_classes": "classes of the synthetic dataset",
+    "synthetic_chans": "channels of the synthetic dataset",
+    "train_crop": "training crop: pad-crop (pad, random crop back), rrc (random resized crop), none",
+    "crop_padding": "pad-crop's padding = largest shift in px (null: img_size // 8)",
+    "hflip": "probability of a horizontal flip",
+    "randaugment": "torchvision RandAugment magnitude, 2 ops (null: off)",
+    "random_erasing": "timm RandomErasing probability (pixel mode)",
+    "mixup": "Mixup alpha (0: off)",
+    "cutmix": "CutMix alpha (0: off)",
+    "mixup_prob": "probability of applying Mixup/CutMix to a batch",
+    "mixup_switch_prob": "probability of CutMix instead of Mixup when both are on",
+    "label_smoothing": "label smoothing of the cross-entropy",
+    "epochs": "training epochs",
+    "batch_size": "images per process and micro-batch (global batch = batch_size x accum_steps x processes)",
+    "accum_steps": "micro-batches per optimiser step (gradient accumulation)",
+    "lr": "peak learning rate of AdamW (not rescaled by the batch size)",
+    "min_lr": "learning rate at the end of the cosine schedule",
+    "warmup_lr": "learning rate at the start of the linear warm-up",
+    "warmup_epochs": "epochs of linear warm-up (fractions allowed)",
+    "weight_decay": "AdamW weight decay (norms, biases and position embeddings get none)",
+    "betas": "AdamW betas as a YAML list, e.g. [0.9, 0.999]",
+    "eps": "AdamW epsilon",
+    "clip_grad": "largest global gradient norm (null: no clipping)",
+    "ema_decay": "decay of the EMA copy of the weights, evaluated and saved beside them (null: no EMA)",
+    "aux_weights": "weight of each auxiliary loss term a model returns, by name, as a YAML mapping "
+                   "(LaViT: {dp_sym: 1.0, dp_diag: 1.0}; 0 trains without a term)",
+    "eval_every": "epochs between evaluations (the last epoch is always evaluated)",
+    "eval_batch_size": "batch size of evaluation and BatchNorm calibration",
+    "bn_calibration": "re-estimate BatchNorm statistics on training images before each evaluation "
+                      "(auto: when the model has BatchNorm)",
+    "bn_calibration_batches": "batches of training images used by the BatchNorm calibration",
+    "seed": "seed of initialisation, data order and augmentation",
+    "deterministic": "deterministic kernels (needed for bit-identical resume)",
+    "device": "device (auto: CUDA when available)",
+    "num_threads": "CPU intra-op threads, torch.set_num_threads (null: torch's default)",
+    "amp": "mixed precision (fp16 only on CUDA)",
+    "channels_last": "channels-last memory format for the model and inputs",
+    "compile": "torch.compile the model",
+    "log_every": "optimiser steps between plain log lines",
+    "progress": "progress display (auto: a bar on a terminal, plain lines otherwise)",
+    "tensorboard": "also write TensorBoard event files",
+}
+
+# The allowed values of the range-checked fields, as the help and the error messages say them.
+ALLOWED: dict[str, str] = {
+    "model": "a name of mixerlab list, or timm:NAME", "model_args": "a YAML mapping",
+    "data_dir": "a folder or null", "val_images": ">= 0", "crop_padding": ">= 0 or null", "img_size": ">= 8",
+    "train_fraction": "in (0, 1]", "val_fraction": "in (0, 1]", "num_workers": ">= 0",
+    "synthetic_size": ">= 8", "synthetic_classes": ">= 2", "synthetic_chans": "1 or 3",
+    "hflip": "in [0, 1]", "randaugment": "in [0, 30] or null", "random_erasing": "in [0, 1]",
+    "mixup": ">= 0", "cutmix": ">= 0", "mixup_prob": "in [0, 1]", "mixup_switch_prob": "in [0, 1]",
+    "label_smoothing": "in [0, 1)", "drop_path_rate": "in [0, 1)", "epochs": ">= 1",
+    "batch_size": ">= 1", "accum_steps": ">= 1", "lr": "> 0", "min_lr": "in [0, lr]",
+    "warmup_lr": "in [0, lr]", "warmup_epochs": "in [0, epochs]", "weight_decay": ">= 0",
+    "betas": "two values in [0, 1), e.g. [0.9, 0.999]", "eps": "> 0", "clip_grad": "> 0 or null",
+    "ema_decay": "in (0, 1) or null",
+    "aux_weights": "a mapping of term name -> weight >= 0, e.g. {dp_sym: 1.0, dp_diag: 1.0}",
+    "eval_every": ">= 1", "eval_batch_size": ">= 1", "bn_calibration_batches": ">= 1",
+    "log_every": ">= 1", "num_threads": ">= 1 or null",
+}
+
+
+def field_help(name: str) -> str:
+    """``--help`` text of config field ``name``: what it does, its allowed values, its default."""
+    tp = _field_types()[name]
+    allowed = ALLOWED.get(name)
+    if allowed is None:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) is Literal:
+            allowed = "one of " + ", ".join(map(str, typing.get_args(tp)))
+        elif tp is bool:
+            allowed = "true or false"
+        elif name == "data":
+            allowed = "one of " + ", ".join(DATASETS)
+        elif name == "recipe":
+            allowed = "one of " + ", ".join(_recipe_names())
+        elif args and typing.get_origin(tp) in (typing.Union, types.UnionType):
+            allowed = f"{_type_name(args[0])} or null"
+        else:
+            allowed = _type_name(tp)
+    base = getattr(TrainConfig(), name)
+    per_recipe = {r: RECIPES[r].get(name, base) for r in _recipe_names()}
+    if len({repr(v) for v in per_recipe.values()}) > 1:  # the default depends on the recipe
+        default = ", ".join(f"{v!r} ({r} recipe)" for r, v in per_recipe.items())
+    else:
+        default = repr(base)
+    return f"{FIELD_HELP[name]}; allowed: {allowed}; default {default}"
 
 
 def _recipe_names() -> list[str]:
