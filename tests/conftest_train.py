@@ -37,3 +37,18 @@ def run_cli(*args: str, timeout: float = 120, env: dict | None = None) -> subpro
     full_env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2", **(env or {})}
     return subprocess.run([sys.executable, "-m", "mixerlab", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+# The run options of the CLI tests' tiny runs (everything but the model), the same knobs as
+# tiny_config: fast and deterministic.
+TINY_RUN_ARGS = ["--data", "synthetic", "--synthetic-size", "64", "--batch-size", "16", "--epochs", "1",
+                 "--lr", "3e-3", "--warmup-epochs", "0", "--randaugment", "null", "--mixup", "0", "--cutmix", "0",
+                 "--ema-decay", "null", "--num-threads", "1", "--progress", "none", "--deterministic"]
+
+
+def cli_main(capsys, *argv):
+    """``mixerlab ARGV`` in this process: (exit code, stdout, stderr)."""
+    from mixerlab.cli.main import main
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -6,21 +6,14 @@ import pytest
 import timm
 import torch
 
-from mixerlab.cli.main import main
+from conftest_train import TINY_RUN_ARGS, cli_main
 from mixerlab.engine import build_from_checkpoint
 from mixerlab.models.timm_model import TimmModel, TimmModelConfig, check_timm_name
 
 NARROW = {"channels": [8, 8, 16, 16], "stem_width": 8}
 TINY = ["--model", "timm:resnet18", "--set", "model_args={channels: [8, 8, 16, 16], stem_width: 8}",
-        "--data", "synthetic", "--synthetic-size", "64", "--batch-size", "16", "--epochs", "1", "--lr", "3e-3",
-        "--warmup-epochs", "0", "--randaugment", "null", "--mixup", "0", "--cutmix", "0", "--ema-decay", "null",
-        "--num-threads", "1", "--progress", "none", "--deterministic"]
-
-
-def _main(capsys, *argv):
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
+        *TINY_RUN_ARGS]
+_main = cli_main
 
 
 def test_train_resume_and_eval_a_timm_model(tmp_path, capsys):

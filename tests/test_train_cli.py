@@ -7,20 +7,11 @@ import time
 
 import pytest
 
-from conftest_train import ROOT, run_cli
-from mixerlab.cli.main import main
+from conftest_train import ROOT, TINY_RUN_ARGS, cli_main, run_cli
 
 # Tiny, fast and deterministic: the same knobs as conftest_train.tiny_config, as CLI options.
-TINY = ["--model", "deit_micro", "--set", "model_args={dim: 32, patch_size: 8}", "--data", "synthetic",
-        "--synthetic-size", "64", "--batch-size", "16", "--epochs", "1", "--lr", "3e-3", "--warmup-epochs", "0",
-        "--randaugment", "null", "--mixup", "0", "--cutmix", "0", "--ema-decay", "null", "--num-threads", "1",
-        "--progress", "none", "--deterministic"]
-
-
-def _main(capsys, *argv):
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
+TINY = ["--model", "deit_micro", "--set", "model_args={dim: 32, patch_size: 8}", *TINY_RUN_ARGS]
+_main = cli_main
 
 
 def test_train_eval_and_resume_via_cli(tmp_path, capsys):

@@ -41,7 +41,7 @@ def default_out(loaded) -> Path:
     """``<run folder>/analysis`` for a checkpoint or run folder, else ``analysis/<model>``."""
     if loaded.info.get("checkpoint_part"):  # a training checkpoint: loaded.source is its file
         return Path(loaded.source).parent / "analysis"
-    return Path("analysis") / loaded.name.replace(":", "-")
+    return Path("analysis") / loaded.name
 
 
 def run(args) -> int:

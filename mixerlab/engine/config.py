@@ -260,7 +260,8 @@ def field_help(name: str) -> str:
             allowed = f"{_type_name(args[0])} or null"
         else:
             allowed = _type_name(tp)
-    base = getattr(TrainConfig(), name)
+    base = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    base = base.default_factory() if base.default is dataclasses.MISSING else base.default
     per_recipe = {r: RECIPES[r].get(name, base) for r in _recipe_names()}
     if len({repr(v) for v in per_recipe.values()}) > 1:  # the default depends on the recipe
         default = ", ".join(f"{v!r} ({r} recipe)" for r, v in per_recipe.items())

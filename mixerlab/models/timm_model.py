@@ -15,6 +15,7 @@ models whose constructor takes it (ViTs and their kin); a CNN adapts to any size
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from dataclasses import dataclass, field
@@ -54,32 +55,17 @@ class TimmModelConfig:
     kwargs: dict = field(default_factory=dict)  # further keywords for timm.create_model (JSON values)
 
     def to_dict(self) -> dict:
-        return {"format": TIMM_CONFIG_FORMAT, "name": self.name, "num_classes": self.num_classes,
-                "in_chans": self.in_chans, "img_size": self.img_size,
-                "drop_path_rate": self.drop_path_rate, "kwargs": json.loads(json.dumps(self.kwargs))}
+        return {"format": TIMM_CONFIG_FORMAT, **json.loads(json.dumps(dataclasses.asdict(self)))}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TimmModelConfig":
         if not isinstance(d, dict) or d.get("format") != TIMM_CONFIG_FORMAT:
             raise ValueError(f"not a timm model config (expected format {TIMM_CONFIG_FORMAT!r}): {str(d)[:120]}")
-        allowed = {"name", "num_classes", "in_chans", "img_size", "drop_path_rate", "kwargs"}
+        allowed = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - allowed - {"format"})
         if unknown:
             raise ValueError(f"timm model config: unknown field(s) {unknown}; allowed: {sorted(allowed)}")
         return cls(**{k: d[k] for k in allowed if k in d})
-
-
-def _takes_img_size(arch: str) -> bool:
-    """Whether timm's constructor for ``arch`` accepts ``img_size`` (probed on the meta device)."""
-    import timm
-    with torch.device("meta"):
-        try:
-            timm.create_model(arch, pretrained=False, img_size=224)
-        except TypeError as e:
-            if "img_size" in str(e):
-                return False
-            raise
-    return True
 
 
 class TimmModel(nn.Module):
@@ -94,11 +80,15 @@ class TimmModel(nn.Module):
         if clash:
             raise TypeError(f"timm:{arch}: {clash} are set by the run (data and config), not by model options")
         kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()}
-        if cfg.img_size is not None and _takes_img_size(arch):
-            kwargs["img_size"] = cfg.img_size
+        common = dict(pretrained=False, num_classes=cfg.num_classes, in_chans=cfg.in_chans,
+                      drop_path_rate=cfg.drop_path_rate, **kwargs)
         try:
-            self.net = timm.create_model(arch, pretrained=False, num_classes=cfg.num_classes,
-                                         in_chans=cfg.in_chans, drop_path_rate=cfg.drop_path_rate, **kwargs)
+            try:  # img_size only where the constructor takes it (a keyword error comes before any weight)
+                self.net = timm.create_model(arch, **common, **({} if cfg.img_size is None else {"img_size": cfg.img_size}))
+            except TypeError as e:
+                if cfg.img_size is None or "img_size" not in str(e):
+                    raise
+                self.net = timm.create_model(arch, **common)
         except TypeError as e:
             raise TypeError(f"timm:{arch} does not accept the option(s) {sorted(cfg.kwargs)}: {e}") from None
         self.cfg = cfg
