@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--paths", action="store_true", help="time fast vs reference paths instead")
     ap.add_argument("--reps", type=int, default=6)
     ap.add_argument("--only", default=None, metavar="SWITCH|CLASS",
-                    help="with --paths: set only this switch (fused_attn, token_major, onednn_linear) "
+                    help="with --paths: set only this switch (fused_attn, token_major, onednn_linear, fused_star_relu) "
                          "or only the modules of this class (e.g. Linear, GPSA)")
     args = ap.parse_args(argv)
     if min(args.batch, args.steps, args.reps) < 1:

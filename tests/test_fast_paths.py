@@ -1,6 +1,8 @@
 """Fast paths equal their explicit references (fp32, 1e-5 relative)."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -277,5 +279,75 @@ def test_fast_paths_off_equals_reference_training_step():
             loss = torch.nn.functional.cross_entropy(m(x), y)
             loss.backward()
         res.append([loss.detach()] + [p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _star_relu_inputs(dtype=torch.float64):
+    from mixerlab.layers.activations import star_relu
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 7, dtype=dtype, requires_grad=True)
+    s = torch.tensor([0.7], dtype=dtype, requires_grad=True)
+    b = torch.tensor([-0.3], dtype=dtype, requires_grad=True)
+    return star_relu, x, s, b
+
+
+def test_fused_star_relu_equals_reference_with_gradients():
+    """The fused StarReLU: the same values and x / scale / bias gradients as the four reference ops
+    (fp32 and fp64), and gradcheck plus gradgradcheck (its create_graph backward) pass."""
+    from mixerlab.layers import activations
+    for dtype in (torch.float32, torch.float64):
+        star_relu, x, s, b = _star_relu_inputs(dtype)
+        g = torch.randn(3, 5, 7, dtype=dtype)
+        out = {}
+        for fast in (True, False):
+            y = star_relu(x, s, b, fast=fast)
+            assert (y.grad_fn.name() == "_FusedStarReLUBackward") == fast
+            out[fast] = (y, *torch.autograd.grad(y, (x, s, b), g))
+        torch.testing.assert_close(out[True][0], s * torch.relu(x) ** 2 + b)
+        for a, r in zip(out[True], out[False]):
+            torch.testing.assert_close(a, r)
+    star_relu, x, s, b = _star_relu_inputs()
+    fn = activations._FusedStarReLU.apply
+    assert torch.autograd.gradcheck(fn, (x, s, b))
+    assert torch.autograd.gradgradcheck(fn, (x, s, b))
+
+
+def test_fused_star_relu_off_where_tracers_and_counters_look():
+    """FlopCounterMode, jit.trace, autocast and float16 see the reference ops (no fused node)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    star_relu, x, s, b = _star_relu_inputs(torch.float32)
+    with FlopCounterMode(display=False):
+        assert star_relu(x, s, b).grad_fn.name() != "_FusedStarReLUBackward"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert star_relu(x, s, b).grad_fn.name() != "_FusedStarReLUBackward"
+    h = x.detach().half().requires_grad_()
+    assert star_relu(h, s.half(), b.half()).grad_fn.name() != "_FusedStarReLUBackward"
+    act = mixerlab.layers.StarReLU()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # jit.trace is deprecated; still supported
+        traced = torch.jit.trace(act, x.detach())
+    assert "mul" in str(traced.graph) or "pow" in str(traced.graph)
+    torch.testing.assert_close(traced(x.detach()), act(x.detach()))
+
+
+def test_v2_model_star_relu_switch_and_training_step():
+    """poolformerv2_micro: ``fast_paths`` turns every StarReLU's switch off and back on; a training
+    step gives the same loss and gradients either way."""
+    torch.manual_seed(0)
+    m = mixerlab.create_model("poolformerv2_micro", num_classes=10).train()
+    acts = [mod for mod in m.modules() if isinstance(mod, mixerlab.layers.StarReLU)]
+    assert acts and all(a.fused_star_relu for a in acts)
+    x = torch.randn(4, 3, *m.img_size)
+    y = torch.randint(0, 10, (4,))
+    res = []
+    for fast in (True, False):
+        with mixerlab.fast_paths(m, fast, kinds="fused_star_relu"):
+            assert all(a.fused_star_relu == fast for a in acts)
+            m.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(m(x), y)
+            loss.backward()
+        res.append([loss.detach()] + [p.grad.clone() for p in m.parameters()])
+    assert all(a.fused_star_relu for a in acts)
     for a, b in zip(*res):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -11,13 +11,37 @@ of mixerlab:
 * ``token_major`` (``token_ff``): the token-major GEMM layout instead of the ``Mlp`` module call.
 * ``onednn_linear`` (``layers.Linear``): oneDNN's GEMM with the bias (and GELU) in the kernel
   instead of ``F.linear``.
+* ``fused_star_relu`` (``layers.StarReLU``): a hand-written backward that keeps one tensor and
+  allocates one per pass instead of the four autograd ops.
+
+:func:`plain_eager_cpu` is the condition every hand-written CPU kernel shares: where it is false
+(``torch.compile`` or ``torch.export`` tracing, ``torch.jit.trace``, autocast, tensor subclasses,
+Python dispatch modes such as ``FlopCounterMode``, ``torch.func`` transforms, other devices) the
+reference ops run, so tracers and counters see ordinary PyTorch operations.
 """
 from __future__ import annotations
 
 import contextlib
 from typing import Iterable
 
+import torch
 from torch import nn
+
+# Without this probe a Python dispatch mode (FlopCounterMode) cannot be seen: fast paths are off.
+_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
+# torch.func transforms (grad, vmap, jvp) wrap tensors; the reference ops have their rules
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
+def plain_eager_cpu(*tensors: torch.Tensor) -> bool:
+    """Whether a hand-written kernel may replace the reference ops for ``tensors``: all plain CPU
+    tensors in eager mode (see the module docstring for what turns it off)."""
+    return (_dispatch_modes is not None
+            and all(t.device.type == "cpu" for t in tensors)
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()
+            and not torch.overrides.has_torch_function(tensors)
+            and not _dispatch_modes() and not _functorch_active())
 
 SWITCHES: dict[str, str] = {}  # switch attribute -> what its fast path is
 

@@ -29,7 +29,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from .fast_paths import fast_path_switch
+from .fast_paths import _dispatch_modes, fast_path_switch, plain_eager_cpu
 
 
 def _find_op():
@@ -49,10 +49,6 @@ _LINEAR_POINTWISE = _find_op()
 # oneDNN, batch 1 included (scripts/profile_model.py MODEL --paths --only onednn_linear --mode infer
 # --batch 1 --reps 20).
 MIN_MACS = 1 << 27
-# Without this probe a Python dispatch mode (FlopCounterMode) cannot be seen: the fast path is off.
-_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", None)
-# torch.func transforms (grad, vmap, jvp) wrap tensors; F.linear has their rules, the oneDNN op not
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
 _op_checked: bool | None = None  # the once-per-process check of the private op (None: not yet)
@@ -96,13 +92,10 @@ def onednn_linear_available() -> bool:
 
 def fast_path_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``x @ weight.T (+ b)`` may take the oneDNN path (otherwise: ``F.linear``)."""
-    return (_LINEAR_POINTWISE is not None and x.device.type == "cpu" and x.dtype == torch.float32
+    return (_LINEAR_POINTWISE is not None and x.dtype == torch.float32
             and weight.dtype == torch.float32 and x.numel() > 0 and weight.is_contiguous()
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
-            and not torch.overrides.has_torch_function((x, weight))
             and onednn_linear_available()  # checked (at import): also False without the probe
-            and not _dispatch_modes()  # FlopCounterMode & co. see the reference ops
-            and not _functorch_active())
+            and plain_eager_cpu(x, weight))  # FlopCounterMode & co. see the reference ops
 
 
 def _onednn(x2d: torch.Tensor, weight: torch.Tensor, bias, act: str = "none") -> torch.Tensor:
