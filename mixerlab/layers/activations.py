@@ -5,8 +5,9 @@
   MLP's and SepConv's activation in every v2 baseline. Written as four autograd ops (relu, square,
   scale, shift) it allocates four activation-sized tensors forward and more backward, and on the
   CPU those allocations (fresh pages of a 50-200 MB tensor) cost more than the arithmetic: fusing
-  them made PoolFormerV2-S12's CPU training step 1.6-1.8x faster (``docs/benchmarks.md``). The fast path (switch ``fused_star_relu``) is an
-  autograd function that keeps only its input x and allocates one tensor per direction:
+  them made PoolFormerV2-S12's CPU training step 1.6-1.8x faster (``docs/benchmarks.md``). The
+  fast path (switch ``fused_star_relu``) is an autograd function that keeps only its input x and
+  allocates one tensor per direction:
   forward ``y = relu(x)``, then ``y <- s y^2 + b`` in place; backward ``t = relu(x) * g``,
   ``ds = <t, x>`` (t is 0 where x <= 0 and relu(x) = x elsewhere, so this is sum(g relu(x)^2)),
   ``db = sum(g)``, ``dx = 2 s t`` in place. Under ``create_graph`` its backward uses
