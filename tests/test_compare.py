@@ -576,17 +576,43 @@ def test_cpu_scale_is_builder_arguments_and_shared_runs_stay_shared():
                for r in table["models"].values())
 
 
+def test_sweep_extension_steps_past_an_edge_on_the_grid():
+    """A best LR on the grid's top (bottom) edge gets the next grid value above (below); an
+    interior best, a single finished run or a grid of one value gets none."""
+    from mixerlab.compare import sweep_extension
+    p = dataclasses.replace(get_preset("standard"), sweep_lrs=(1e-3, 2e-3, 4e-3))
+    table = {"a": {"val_top1": {"0.001": 70.0, "0.002": 71.0, "0.004": 72.0}},   # top edge
+             "b": {"val_top1": {"0.001": 75.0, "0.002": 71.0, "0.004": 70.0}},   # bottom edge
+             "c": {"val_top1": {"0.001": 70.0, "0.002": 73.0, "0.004": 72.0}},   # interior
+             "d": {"val_top1": {"0.001": 70.0, "0.002": None, "0.004": None}},   # one finished
+             "e": {"val_top1": {"0.001": 1.0, "0.002": 2.0, "0.004": 3.0, "0.008": 2.5}}}  # extended
+    runs = {r.model: r for r in sweep_extension(p, table)}
+    assert set(runs) == {"a", "b"}
+    assert runs["a"].x == pytest.approx(8e-3) and runs["a"].train_args["lr"] == pytest.approx(8e-3)
+    assert runs["b"].x == pytest.approx(5e-4)
+    assert runs["a"].train_args["epochs"] == p.sweep_epochs
+    assert runs["a"].train_args["train_fraction"] == p.sweep_fraction
+    assert sweep_extension(dataclasses.replace(p, sweep_lrs=(1e-3,)), table) == []
+    assert get_preset("standard").sweep_extend >= 1 and get_preset("full").sweep_extend >= 1
+
+
 @pytest.mark.slow  # eight tiny trainings
 def test_lr_sweep_picks_the_best_validation_lr_and_the_runs_use_it(tmp_path, monkeypatch):
     _patch_e1_plan(monkeypatch, lambda runs: runs[:2])
     p = dataclasses.replace(get_preset("smoke"), experiments=("E1",), sweep_lrs=(3e-4, 1e-3, 3e-3),
-                            sweep_fraction=1.0)
+                            sweep_fraction=1.0, sweep_extend=1)
     res = run_compare(p, out=tmp_path, log=lambda s: None)
     info = json.loads((tmp_path / "results.json").read_text())["lr"]
     assert info["source"] == "sweep inside this preset run"
     for model, rec in info["models"].items():
         best = max(rec["val_top1"], key=lambda k: rec["val_top1"][k])
         assert rec["lr"] == pytest.approx(float(best))
+        tried = sorted(float(k) for k in rec["val_top1"])
+        assert tried[1:4] == pytest.approx([3e-4, 1e-3, 3e-3]) or tried[:3] == pytest.approx([3e-4, 1e-3, 3e-3])
+        assert len(tried) in (3, 4)  # one more round: the edge's neighbour, where the best was on it
+        first = {k: v for k, v in rec["val_top1"].items() if float(k) in (3e-4, 1e-3, 3e-3)}
+        first_best = float(max(first, key=first.get))
+        assert (len(tried) == 4) == (first_best in (3e-4, 3e-3))
         row = next(r for r in res["rows"] if r["model"] == model)
         assert row["lr"] == pytest.approx(rec["lr"])  # the run trained with the chosen LR
     assert all(not (d / "test_predictions.npz").exists() for d in (tmp_path / "sweep" / "runs").iterdir())

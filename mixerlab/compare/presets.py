@@ -42,12 +42,13 @@ Sizes (2 CPU cores, ``--jobs 2``: two runs side by side, one thread each):
   10,000 test images (target >= 70 %).
 * ``standard`` (budget 90 min; measured 83.5 min): the CPU scale, the whole pool (55,000) x 6 epochs =
   330,000 images per run, an LR sweep inside the preset (3 LRs per model on half the pool for one
-  epoch), E2 at 2 %, 10 % and 100 %, E4's v2 rows. Time from the quick run's per-image costs
+  epoch; where the best is on the grid's edge, up to two more, one grid step at a time: in the
+  first measured run six of nine models chose an edge LR), E2 at 2 %, 10 % and 100 %, E4's v2 rows. Time from the quick run's per-image costs
   (seconds of one core per image seen, summed over an experiment's runs): E1 0.00734 x 330,000 =
   2,422 s; E2's small runs 39,600 images x 2 models, ~60 s; E3 0.00280 x 330,000 = 924 s; E4
   0.00495 x 330,000 = 1,635 s; E4 v2 0.00883 x 330,000 = 2,914 s (model-step rates: an upper
   bound on speed); E5 0.00260 x 330,000 = 858 s; the sweep 24 runs x 27,500 images x ~0.00115 s =
-  760 s; total ~9,570 s of one core, ~4,790 s on two, plus evaluation and analyses (~300 s): about
+  760 s (the extension: ~6-12 runs more, ~190-380 s); total ~9,570 s of one core, ~4,790 s on two, plus evaluation and analyses (~300 s): about
   85 min; measured 83.5 min of wall time (139 min of training summed over the 25 runs;
   ``time mixerlab compare --preset standard``, ``docs/results/compare-standard/``). Measured E1
   test top-1 on the 10,000 test images: deit 84.48, ffonly 86.97, convit 85.01, deepvit 84.38,
@@ -106,6 +107,9 @@ class Preset:
     sweep_lrs: tuple = ()  # LRs tried per E1 family on the validation split before the runs
     sweep_fraction: float = 0.25  # sweep runs: fraction of the training pool ...
     sweep_epochs: int = 1  # ... and epochs
+    # rounds of extension: where a model's best LR is the largest (smallest) tried, the next value
+    # of the geometric grid above (below) is tried too, so no chosen LR sits on the grid's edge
+    sweep_extend: int = 0
     experiments: tuple | None = None  # experiment ids; None: every registered one, in order
     analysis_images: int = 64
     train_overrides: dict = field(default_factory=dict)  # any further TrainConfig fields
@@ -130,14 +134,14 @@ PRESETS = {
     "standard": Preset(
         "standard", train_fraction=1.0, val_fraction=1.0, val_images=5000, epochs=6, batch_size=64,
         warmup_epochs=0.3, scale=CPU_SCALE, sweep_lrs=(1e-3, 2e-3, 4e-3), sweep_fraction=0.5,
-        sweep_epochs=1, analysis_images=128,
+        sweep_epochs=1, sweep_extend=2, analysis_images=128,
         train_overrides=dict(eval_every=1, bn_calibration_batches=20),
         knobs={"E2": {"fractions": (0.02, 0.1, 1.0)}, "E3": {"depths": (4, 8)},
                "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}}),
     "full": Preset(
         "full", train_fraction=1.0, val_fraction=1.0, val_images=5000, epochs=30, batch_size=128,
         warmup_epochs=3.0, seeds=(0, 1, 2), sweep_lrs=(5e-4, 1e-3, 2e-3), sweep_fraction=1.0,
-        sweep_epochs=5, analysis_images=256,
+        sweep_epochs=5, sweep_extend=2, analysis_images=256,
         knobs={"E2": {"fractions": (0.05, 0.1, 0.25, 0.5, 1.0)}, "E3": {"depths": (4, 8, 12, 16)}}),
 }
 

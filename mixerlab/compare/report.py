@@ -387,7 +387,12 @@ def _setup(aggs: list[dict], preset, data: str) -> str:
 def _lr_section(lr_info: dict | None) -> list[str]:
     if not lr_info:
         return []
-    lines = ["## Learning rates (chosen on the validation split)", "", f"Source: {lr_info.get('source', '?')}.", ""]
+    lines = ["## Learning rates (chosen on the validation split)", "", f"Source: {lr_info.get('source', '?')}."]
+    if lr_info.get("extend"):
+        lines[-1] += (f" Where a model's best LR was the largest (smallest) it had tried, the next value of"
+                      f" the grid above (below) was tried too, up to {lr_info['extend']} more round(s);"
+                      f" – : not tried.")
+    lines.append("")
     models = lr_info.get("models") or {}
     if models:
         lrs = sorted({k for rec in models.values() for k in rec.get("val_top1", {})}, key=float)
