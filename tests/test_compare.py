@@ -593,7 +593,6 @@ def test_sweep_extension_steps_past_an_edge_on_the_grid():
     assert runs["a"].train_args["epochs"] == p.sweep_epochs
     assert runs["a"].train_args["train_fraction"] == p.sweep_fraction
     assert sweep_extension(dataclasses.replace(p, sweep_lrs=(1e-3,)), table) == []
-    assert get_preset("standard").sweep_extend >= 1 and get_preset("full").sweep_extend >= 1
 
 
 @pytest.mark.slow  # eight tiny trainings
