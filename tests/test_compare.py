@@ -160,9 +160,11 @@ run_compare(p, out=sys.argv[1], jobs=2, log=lambda s: print(s, flush=True))
 
 
 @pytest.mark.slow
-def test_parallel_compare_interrupt_saves_resumable_runs(tmp_path):
-    """Ctrl-C (SIGINT to the process group) stops a ``jobs=2`` compare: the two runs in training
-    save resumable checkpoints, no further run starts, no worker is left behind."""
+@pytest.mark.parametrize("how", ["sigint_group", "sigterm_parent"])
+def test_parallel_compare_interrupt_saves_resumable_runs(tmp_path, how):
+    """Ctrl-C (SIGINT to the process group) or SIGTERM to the parent alone (``kill PID``) stops a
+    ``jobs=2`` compare: the two runs in training save resumable checkpoints, no further run
+    starts, no worker is left behind."""
     import os
     import signal
     import subprocess
@@ -176,7 +178,10 @@ def test_parallel_compare_interrupt_saves_resumable_runs(tmp_path):
         time.sleep(0.5)
     assert len(list(runs.glob("*/last.safetensors"))) == 2, "two runs should have reached a checkpoint"
     started = {p.name for p in runs.iterdir()}
-    os.killpg(proc.pid, signal.SIGINT)
+    if how == "sigint_group":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
     assert {p.name for p in runs.iterdir()} == started  # nothing new started

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -151,6 +152,10 @@ class Runner:
         t0 = time.time()
         pool = ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"),
                                    initializer=_init_worker, initargs=(self.threads_per_job,))
+        # SIGTERM to this process alone (kill PID, a scheduler's pre-emption) takes the Ctrl-C path
+        # below; by default it would end this process and leave the workers training.
+        previous = (signal.signal(signal.SIGTERM, _raise_interrupt)
+                    if threading.current_thread() is threading.main_thread() else None)
         try:
             futures = {}
             for h in todo:
@@ -171,6 +176,9 @@ class Runner:
             for proc in procs:
                 proc.join(timeout=120)
             raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         pool.shutdown(wait=True)
 
     def _collect(self, futures, first, todo, t0) -> None:
@@ -203,6 +211,10 @@ class Runner:
 
 
 _stopping = False  # in a worker: set once interrupted; no further run starts
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _stop_worker(signum, frame):
