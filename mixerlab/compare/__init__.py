@@ -108,6 +108,11 @@ def sweep_plan(p: Preset, specs: list[RunSpec]) -> list[RunSpec]:
     return [_sweep_run(p, m, lr) for m in models for lr in p.sweep_lrs]
 
 
+def _val_by_lr(rec: dict) -> dict[float, float]:
+    """A sweep record's finished runs: ``{lr: val top-1}`` (failed or missing runs left out)."""
+    return {float(k): v for k, v in rec["val_top1"].items() if v is not None}
+
+
 def sweep_extension(p: Preset, table: dict) -> list[RunSpec]:
     """The next round of the sweep: for every model whose best validation LR is the largest
     (smallest) it tried, the next LR of the preset's geometric grid above (below). ``table``: as
@@ -118,7 +123,7 @@ def sweep_extension(p: Preset, table: dict) -> list[RunSpec]:
     up, down = lrs[-1] / lrs[-2], lrs[1] / lrs[0]
     runs = []
     for model, rec in table.items():
-        ok = {float(k): v for k, v in rec["val_top1"].items() if v is not None}
+        ok = _val_by_lr(rec)
         if len(ok) < 2:
             continue  # nothing to compare (failed runs): no extension
         best = max(ok, key=ok.get)
@@ -151,8 +156,8 @@ def run_sweep(p: Preset, specs, *, out: Path, data, data_dir, log, jobs, threads
         for r in runner.run_all(sweep):
             acc = (r.summary.get("final") or {}).get("val_top1") if r.status in ("done", "cached") else None
             table.setdefault(r.spec.model, {"val_top1": {}})["val_top1"][f"{r.spec.x:g}"] = acc
-        for model, rec in table.items():
-            ok = {float(k): v for k, v in rec["val_top1"].items() if v is not None}
+        for rec in table.values():
+            ok = _val_by_lr(rec)
             rec["lr"] = max(ok, key=ok.get) if ok else p.lr
     return table
 

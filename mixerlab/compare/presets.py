@@ -54,10 +54,15 @@ Sizes (2 CPU cores, ``--jobs 2``: two runs side by side, one thread each):
   poolformer 89.83, identityformer 89.50, lavit 87.07 (resnet18 anchor 90.38): the best family
   misses 90 % by 0.17 points and DeiT / DeepViT miss 85 % by 0.5-0.6. Capacity is not the lever:
   on the validation split DeiT at depth 6 gains +0.62 points (85.44; 1.7x the time), width 80
-  loses 0.22; deeper isotropic models for four families would add ~5-7 min and take the preset
+  loses 0.22 (``mixerlab train --model deit_micro --model-args "{img_size: 28, patch_size: 7,
+  dim: 64, num_heads: 4, depth: 6}" --img-size 28 --recipe small --data fashion-mnist
+  --val-images 5000 --epochs 6 --batch-size 64 --lr 0.004 --warmup-epochs 0.3 --eval-every 1
+  --num-threads 1``; ``dim: 80`` at depth 4 for the width); deeper isotropic models for four families would add ~5-7 min and take the preset
   past its budget. What limits them is the images seen (6 epochs in the budget).
   The sweep's grid edge: six of nine models chose an edge LR (0.004 five times, 0.001 once).
-  Extending the grid (``sweep_extend=2``, measured 2026-12-03 on the same kind of machine) moved
+  Extending the grid (``sweep_extend=2``, measured 2026-12-03 on the same kind of machine with
+  ``run_compare(dataclasses.replace(get_preset("standard"), sweep_extend=2), experiments=["E1"],
+  jobs=2)``, stopped after E1's first six runs) moved
   ffonly, poolformer and resnet18 to 0.016 and identityformer to 0.008 on the one-epoch sweep
   (val 76.72 / 77.74 / 85.22 / 77.16 vs 73.70 / 77.16 / 83.82 / 76.62 at 0.004), but at the full
   6 epochs the validation top-1 moved by -0.58 (ffonly 86.68 vs 87.26), -0.06 (poolformer 89.58
