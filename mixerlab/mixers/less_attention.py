@@ -65,6 +65,15 @@ Proposals adopted (PROPOSAL = not published in arXiv 2406.00427):
    ``dp_diag``; the model sums them over layers (``model(x, return_aux=True)``) and the trainer
    adds lambda_DP times the sum.
 9. Placement is model configuration, see ``zoo/lavit.py``.
+10. Input sizes (for dense prediction): the size-bound tensors (Theta N_k x N_k over the key grid,
+   Psi N x N or its h x h / w x w Kronecker factors over the query grid, their biases) are
+   resampled to the grid of the input (``on_grid``, ``resample_grid_operator``): a matrix is split
+   into its diagonal, resampled bilinearly as a function over the grid, and its off-diagonal part,
+   resampled bilinearly on both axes as an integral kernel and scaled by N / N' (row sums of a
+   smooth kernel are kept); biases are resampled bilinearly. On the build grid the parameters are
+   used as they are (the same computation as before, bit for bit); the identity init resamples to
+   the identity, so an untrained LA layer is an exact reuse at every size. Any input whose token
+   grids the reduction ratios divide is accepted (multiples of 32 px for LaViT-T/S/B).
 
 Paths. The explicit one (the reference; used by ``attention_maps`` and by the MAC counter)
 materialises every N x N_k matrix and applies the transforms to it. With ``fused_attn`` on (the
@@ -77,6 +86,8 @@ are computed only when autograd is on (training); they need the dense M. Measure
 ``scripts/bench_lavit.py`` and ``docs/benchmarks.md``.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -199,6 +210,20 @@ class Factored:
         return m if self.r is None else m.add_(self.r)  # in place: the product is a fresh tensor
 
 
+class GridTransforms(NamedTuple):
+    """A layer's size-bound tensors on one (h, w) query grid (``LessAttention.on_grid``): Theta
+    (N_k x N_k) and its bias; Psi dense (N x N) or its Kronecker factors (h x h, w x w); Psi's
+    bias (N). None for a VA layer."""
+    grid: tuple
+    key_grid: tuple
+    theta: torch.Tensor | None = None
+    theta_bias: torch.Tensor | None = None
+    psi: torch.Tensor | None = None
+    psi_h: torch.Tensor | None = None
+    psi_w: torch.Tensor | None = None
+    psi_bias: torch.Tensor | None = None
+
+
 def as_dense(carry) -> torch.Tensor:
     return carry.dense() if isinstance(carry, Factored) else carry
 
@@ -207,6 +232,43 @@ def choose_psi(n: int, n_k: int, dim: int, num_heads: int) -> str:
     """Proposal 5's per-layer choice: ``"dense"`` while H N^2 N_k <= N_k C^2 (i.e. H N^2 <= C^2),
     else ``"kron"``."""
     return "dense" if num_heads * n * n <= dim * dim else "kron"
+
+
+def _interp_grid(t: torch.Tensor, grid, new_grid) -> torch.Tensor:
+    """(X, N) rows of functions on ``grid`` -> (X, N') on ``new_grid``: bilinear,
+    ``align_corners=False`` (as the position tables)."""
+    x = t.shape[0]
+    t = F.interpolate(t.reshape(x, 1, grid[0], grid[1]), size=tuple(new_grid), mode="bilinear",
+                      align_corners=False)
+    return t.reshape(x, new_grid[0] * new_grid[1])
+
+
+def resample_grid_vector(b: torch.Tensor, grid, new_grid) -> torch.Tensor:
+    """A bias (N,) over ``grid`` -> (N',) over ``new_grid`` (bilinear); unchanged on the same grid."""
+    if tuple(grid) == tuple(new_grid):
+        return b
+    return _interp_grid(b[None], grid, new_grid)[0]
+
+
+def resample_grid_operator(w: torch.Tensor, grid, new_grid) -> torch.Tensor:
+    """A linear map W (N x N) on functions over the (h, w) ``grid`` -> W' (N' x N') over
+    ``new_grid``, for inputs of another size (the size flexibility of LaViT's Psi / Theta;
+    ``grid`` (h, 1) for a Kronecker factor over one axis).
+
+    W = diag(d) + K is split into its diagonal d (each token's weight on itself), resampled as a
+    function over the grid, and the off-diagonal part K, resampled as an integral kernel: bilinear
+    over the output and the input axes, times N / N' (a sum over N' input tokens then weighs a
+    region as the sum over N did). The identity (the init) maps to the identity, row sums are
+    kept where K is smooth, and on the same grid W is returned as it is (the build size computes
+    exactly what it did)."""
+    if tuple(grid) == tuple(new_grid):
+        return w
+    n, n2 = grid[0] * grid[1], new_grid[0] * new_grid[1]
+    d = w.diagonal()
+    k = w - torch.diag_embed(d)
+    k = _interp_grid(k, grid, new_grid)  # input axis: (N, N')
+    k = _interp_grid(k.transpose(0, 1), grid, new_grid).transpose(0, 1)  # output axis: (N', N')
+    return torch.diag_embed(resample_grid_vector(d, grid, new_grid)) + k * (n / n2)
 
 
 @register_mixer("less_attention")
@@ -281,7 +343,9 @@ class LessAttention(AttentionMixer):
         self.num_keys = self.key_grid[0] * self.key_grid[1]
         self.mode, self.la_source = mode, la_source
         self.transform_init, self.dp_mode = transform_init, dp_mode
-        self.fixed_num_tokens = mode == "la" or attn_residual or inherit
+        # Size-bound transforms (Psi, Theta, their biases) are resampled to the grid of the input
+        # (``resample_grid_operator``): any grid the reduction ratio divides is accepted.
+        self.fixed_num_tokens = False
         self.inherit = inherit
         n, nk = num_tokens, self.num_keys
         if mode == "va":
@@ -377,60 +441,83 @@ class LessAttention(AttentionMixer):
         return d
 
     # -- transforms --------------------------------------------------------------------------------
-    def apply_psi(self, t: torch.Tensor, bias=True) -> torch.Tensor:
+    def on_grid(self, grid=None) -> "GridTransforms":
+        """Psi, Theta and their biases for the (h, w) query ``grid`` (None: the build grid): the
+        parameters themselves on the build grid, else resampled (``resample_grid_operator``)."""
+        grid = self.grid if grid is None else tuple(int(g) for g in grid)
+        kg = reduced_grid(grid, self.sr_ratio)
+        if self.mode != "la":
+            return GridTransforms(grid, kg)
+        th = (resample_grid_operator(self.theta.weight, self.key_grid, kg),
+              resample_grid_vector(self.theta.bias, self.key_grid, kg))
+        if self.psi_kind == "dense":
+            return GridTransforms(grid, kg, *th, resample_grid_operator(self.psi.weight, self.grid, grid),
+                                  psi_bias=resample_grid_vector(self.psi.bias, self.grid, grid))
+        return GridTransforms(
+            grid, kg, *th, psi_h=resample_grid_operator(self.psi_h, (self.grid[0], 1), (grid[0], 1)),
+            psi_w=resample_grid_operator(self.psi_w, (self.grid[1], 1), (grid[1], 1)),
+            psi_bias=resample_grid_vector(self.psi_bias, self.grid, grid))
+
+    def apply_psi(self, t: torch.Tensor, bias=True, g: "GridTransforms | None" = None) -> torch.Tensor:
         """W_Psi t + bias on the query axis of (B, H, N, X). ``bias``: True (b_Psi 1^T), False
         (none) or an (N, X) matrix; it is added inside the last product (one pass fewer over the
         map).
 
         Batched products with the small matrices expanded over the batch (stride 0): a broadcast
         matmul of a 2-d by a 4-d tensor would transpose and copy the map instead."""
+        g = self.on_grid() if g is None else g
         bsz, hh, n, x = t.shape
         dt = t.dtype
         if bias is True:
-            bias = (self.psi.bias if self.psi_kind == "dense" else self.psi_bias)[:, None]
+            bias = g.psi_bias[:, None]
         if bias is not False:
             bias = bias.to(dt).expand(n, x)
         if self.psi_kind == "dense":
-            w, t = self.psi.weight.to(dt).expand(bsz * hh, n, n), t.reshape(bsz * hh, n, x)
+            w, t = g.psi.to(dt).expand(bsz * hh, n, n), t.reshape(bsz * hh, n, x)
             out = torch.bmm(w, t) if bias is False else torch.baddbmm(bias, w, t)
             return out.reshape(bsz, hh, n, x)
-        gh, gw = self.grid
-        out = torch.bmm(self.psi_w.to(dt).expand(bsz * hh * gh, gw, gw),
+        gh, gw = g.grid
+        out = torch.bmm(g.psi_w.to(dt).expand(bsz * hh * gh, gw, gw),
                         t.reshape(bsz * hh * gh, gw, x))  # columns
-        ph, out = self.psi_h.to(dt).expand(bsz * hh, gh, gh), out.reshape(bsz * hh, gh, gw * x)
+        ph, out = g.psi_h.to(dt).expand(bsz * hh, gh, gh), out.reshape(bsz * hh, gh, gw * x)
         out = torch.bmm(ph, out) if bias is False else torch.baddbmm(bias.reshape(gh, gw * x), ph, out)
         return out.reshape(bsz, hh, n, x)  # rows
 
-    def psi_matrix(self) -> torch.Tensor:
-        """The N x N query-axis matrix W_Psi (Kronecker product P_h (x) P_w for ``psi="kron"``)."""
-        return self.psi.weight if self.psi_kind == "dense" else torch.kron(self.psi_h, self.psi_w)
+    def psi_matrix(self, g: "GridTransforms | None" = None) -> torch.Tensor:
+        """The N x N query-axis matrix W_Psi (Kronecker product P_h (x) P_w for ``psi="kron"``);
+        ``g``: on another grid (``on_grid``)."""
+        g = self.on_grid() if g is None else g
+        return g.psi if self.psi_kind == "dense" else torch.kron(g.psi_h, g.psi_w)
 
-    def psi_row_sums(self) -> torch.Tensor:
+    def psi_row_sums(self, g: "GridTransforms | None" = None) -> torch.Tensor:
         """W_Psi 1 (N,): for the Kronecker product, (P_h 1) (x) (P_w 1)."""
+        g = self.on_grid() if g is None else g
         if self.psi_kind == "dense":
-            return self.psi.weight.sum(1)
-        return torch.outer(self.psi_h.sum(1), self.psi_w.sum(1)).reshape(-1)
+            return g.psi.sum(1)
+        return torch.outer(g.psi_h.sum(1), g.psi_w.sum(1)).reshape(-1)
 
-    def transform(self, m: torch.Tensor) -> torch.Tensor:
+    def transform(self, m: torch.Tensor, g: "GridTransforms | None" = None) -> torch.Tensor:
         """Psi(Theta(M)^T)^T on (B, H, N, N_k): Theta on keys (last axis), Psi on queries, computed
         as W_Psi M W_Theta^T + [(W_Psi 1) b_Theta^T + b_Psi 1^T] with the bracket (N x N_k, from
-        the parameters alone) added in Psi's last product."""
-        b_psi = self.psi.bias if self.psi_kind == "dense" else self.psi_bias
-        bias = self.psi_row_sums()[:, None] * self.theta.bias[None, :] + b_psi[:, None]
-        return self.apply_psi(F.linear(m, self.theta.weight.to(m.dtype)), bias=bias)
+        the parameters alone) added in Psi's last product. ``g``: the transforms on another grid
+        (``on_grid``; default the build grid's)."""
+        g = self.on_grid() if g is None else g
+        bias = self.psi_row_sums(g)[:, None] * g.theta_bias[None, :] + g.psi_bias[:, None]
+        return self.apply_psi(F.linear(m, g.theta.to(m.dtype)), bias=bias, g=g)
 
-    def transform_factored(self, c: Factored) -> Factored:
+    def transform_factored(self, c: Factored, g: "GridTransforms | None" = None) -> Factored:
         """The same transform on the factors (see ``Factored``)."""
-        wt, bt = self.theta.weight.to(c.u.dtype), self.theta.bias.to(c.u.dtype)
+        g = self.on_grid() if g is None else g
+        wt, bt = g.theta.to(c.u.dtype), g.theta_bias.to(c.u.dtype)
         b, h, n, _ = c.u.shape
         nk = c.v.shape[-2]
         ones_q = c.u.new_ones(b, h, n, 1)
-        psi_one = self.psi_row_sums().to(c.u.dtype)[:, None].expand(b, h, n, 1)
-        b_psi = (self.psi.bias if self.psi_kind == "dense" else self.psi_bias).to(c.u.dtype)
-        u = torch.cat([self.apply_psi(c.u, bias=False), psi_one, b_psi[:, None] * ones_q], dim=-1)
+        psi_one = self.psi_row_sums(g).to(c.u.dtype)[:, None].expand(b, h, n, 1)
+        b_psi = g.psi_bias.to(c.u.dtype)
+        u = torch.cat([self.apply_psi(c.u, bias=False, g=g), psi_one, b_psi[:, None] * ones_q], dim=-1)
         ones_k = c.u.new_ones(b, h, nk, 1)
         v = torch.cat([torch.matmul(wt, c.v), bt[:, None] * ones_k, ones_k], dim=-1)
-        r = None if c.r is None else self.apply_psi(c.r @ wt.T, bias=False)
+        r = None if c.r is None else self.apply_psi(c.r @ wt.T, bias=False, g=g)
         return Factored(u, v, r)
 
     def factored_pays(self, c: Factored) -> bool:
@@ -451,7 +538,8 @@ class LessAttention(AttentionMixer):
         if r == 1:
             return p
         b, h = p.shape[:2]
-        kh, kw = self.key_grid
+        # the key grid of the last forward when it ran off the build grid (a map of another size)
+        kh, kw = self.__dict__.get("_run_key_grid") or self.key_grid
         return p.reshape(b, h, kh, r, kw, r, p.shape[-1]).mean(dim=(3, 5)).reshape(b, h, kh * kw, -1)
 
     def diagonality_map(self, p: torch.Tensor) -> torch.Tensor:
@@ -478,39 +566,48 @@ class LessAttention(AttentionMixer):
         ctx.add_aux("dp_diag", diag)
 
     # -- forward -----------------------------------------------------------------------------------
-    def _inherited(self, ctx: TokenContext) -> torch.Tensor:
+    def _inherited(self, ctx: TokenContext, g: "GridTransforms") -> torch.Tensor:
         """The previous stage's carried map brought to this stage (residual / inherit)."""
         prev = ctx.state.get(CARRY)
-        if prev is None or tuple(ctx.state.get(CARRY_GRID, ())) == tuple(self.grid):
+        if prev is None or tuple(ctx.state.get(CARRY_GRID, ())) == tuple(g.grid):
             raise ValueError("less_attention: attn_residual / inherit need the previous stage to "
                              "carry an attention matrix (a 'va' or 'la' layer there)")
-        return self.residual(prev, self.grid, self.key_grid)
+        return self.residual(prev, g.grid, g.key_grid)
 
-    def _values(self, x: torch.Tensor) -> torch.Tensor:
+    def _values(self, x: torch.Tensor, g: "GridTransforms | None" = None) -> torch.Tensor:
         """(B, H, N_k, D) values of an LA layer: the value Linear of the pooled grid."""
+        g = GridTransforms(self.grid, self.key_grid) if g is None else g
         b = x.shape[0]
         if self.sr_ratio > 1:
-            x = map_to_tokens(F.avg_pool2d(tokens_to_map(x, self.grid), self.sr_ratio))
-        return self.v(x).reshape(b, self.num_keys, self.num_heads, self.head_dim).transpose(1, 2)
+            x = map_to_tokens(F.avg_pool2d(tokens_to_map(x, g.grid), self.sr_ratio))
+        nk = g.key_grid[0] * g.key_grid[1]
+        return self.v(x).reshape(b, nk, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
         self.check_tokens(x, ctx)
         b, n, c = x.shape
-        if tuple(ctx.grid) != self.grid and (self.fixed_num_tokens or self.sr_ratio > 1):
-            raise ValueError(f"less_attention was built for a {self.grid[0]}x{self.grid[1]} grid, got "
-                             f"{ctx.grid[0]}x{ctx.grid[1]}: its transforms and key grid fix the input size")
+        grid = tuple(ctx.grid)
+        if grid != self.grid:  # another input size: the key grid and the transforms follow it
+            if grid[0] % self.sr_ratio or grid[1] % self.sr_ratio:
+                raise ValueError(f"less_attention: the reduction ratio {self.sr_ratio} does not divide "
+                                 f"the {grid[0]}x{grid[1]} token grid of this input; use an input "
+                                 "size whose token grids the reduction ratios divide")
+            self._run_key_grid = reduced_grid(grid, self.sr_ratio)
+        elif self.__dict__.get("_run_key_grid") is not None:
+            self._run_key_grid = None
+        g = self.on_grid(grid) if self.mode == "la" else GridTransforms(grid, reduced_grid(grid, self.sr_ratio))
         # The factored path needs the carried matrix to be logits (softmax breaks it).
         factored = self.fused_attn and self.la_source == "logits"
         drop = self.attn_drop_p if self.training else 0.0
-        nk = self.num_keys
+        nk = g.key_grid[0] * g.key_grid[1]
         if self.mode == "va":
             q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
             xk = x
             if self.sr_ratio > 1:
-                xk = self.sr_norm(map_to_tokens(self.sr(tokens_to_map(x, self.grid))))
+                xk = self.sr_norm(map_to_tokens(self.sr(tokens_to_map(x, grid))))
             kv = self.kv(xk).reshape(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             k, v = kv.unbind(0)  # (B, H, N_k, D)
-            res = self._inherited(ctx) if self.residual is not None else None
+            res = self._inherited(ctx, g) if self.residual is not None else None
             if factored:
                 ctx.state[CARRY] = Factored(q, k * self.scale, res)  # scale the N_k keys, not the N queries
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=res, dropout_p=drop)
@@ -523,27 +620,27 @@ class LessAttention(AttentionMixer):
                 out = self.attn_drop(attn) @ v
         else:
             if self.inherit:
-                prev = self._inherited(ctx)
+                prev = self._inherited(ctx, g)
             else:
                 prev = ctx.state.get(CARRY)
                 shape = None
                 if prev is not None:
                     shape = (prev.u.shape[-2], prev.v.shape[-2]) if isinstance(prev, Factored) else \
                         tuple(prev.shape[-2:])
-                if shape != (n, nk) or tuple(ctx.state.get(CARRY_GRID, ())) != self.grid:
+                if shape != (n, nk) or tuple(ctx.state.get(CARRY_GRID, ())) != grid:
                     raise ValueError("less_attention: an 'la' layer needs a preceding 'va' or 'la' "
                                      f"layer in the same stage with {n} queries and {nk} keys (or "
                                      "inherit=True as the first layer of a less-attention-only stage)")
-            v = self._values(x)
+            v = self._values(x, g)
             if factored and isinstance(prev, Factored) and self.factored_pays(prev):
-                carry = self.transform_factored(prev)
+                carry = self.transform_factored(prev, g)
                 ctx.state[CARRY] = carry
                 if torch.is_grad_enabled():
                     self.add_dp_terms(ctx, carry.dense())
                 out = F.scaled_dot_product_attention(carry.u, carry.v, v, attn_mask=carry.r,
                                                      dropout_p=drop, scale=1.0)
             else:
-                m = self.transform(as_dense(prev))  # (B, H, N, N_k) pre-softmax
+                m = self.transform(as_dense(prev), g)  # (B, H, N, N_k) pre-softmax
                 ctx.state[CARRY] = m
                 if torch.is_grad_enabled():
                     self.add_dp_terms(ctx, m)
@@ -551,8 +648,8 @@ class LessAttention(AttentionMixer):
                 # is 2-3x slower on the CPU than softmax and a batched product: not used.)
                 attn = self.attn_probe(m.softmax(dim=-1))
                 out = self.attn_drop(attn) @ v
-        ctx.state[CARRY_GRID] = self.grid
-        ctx.state[CARRY_KEY_GRID] = self.key_grid
+        ctx.state[CARRY_GRID] = grid
+        ctx.state[CARRY_KEY_GRID] = g.key_grid
         out = out.transpose(1, 2)  # (B, N, H, D); a view of fused attention's own (B, N, H, D) output
         if torch.compiler.is_compiling():
             # A traced reshape of it becomes a view, which fails once the ONNX exporter decomposes
