@@ -17,7 +17,7 @@ __all__ = [
     "BlockConfig", "HierarchicalConfig", "IsotropicConfig", "MetaFormerBlock", "StageConfig",
     "__version__", "attention_maps", "build_from_checkpoint", "build_model", "config_from_dict",
     "create_from_timm", "create_model", "explicit_attention", "fast_paths", "get_mixer", "get_model_info",
-    "list_mixers", "list_models", "load_pretrained",
+    "list_mixers", "list_models", "load_pretrained", "open_model",
 ]
 
 
@@ -25,7 +25,7 @@ def __getattr__(name):
     # Training/evaluation and weight conversion are imported on first use (keeps import light).
     # importlib, not "from . import", which would re-enter this hook through hasattr().
     import importlib
-    if name in ("train", "evaluate", "TrainConfig", "build_from_checkpoint"):
+    if name in ("train", "evaluate", "TrainConfig", "build_from_checkpoint", "open_model"):
         return getattr(importlib.import_module("mixerlab.engine"), name)
     if name in ("load_timm_weights", "export_timm_weights"):
         return getattr(importlib.import_module("mixerlab.convert"), name)

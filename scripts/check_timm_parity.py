@@ -3,7 +3,7 @@
     .venv/bin/python scripts/check_timm_parity.py [--batch 1] [--only deit_tiny_patch16_224 ...]
 
 For each pair: a timm model with random weights (``pretrained=False``, every parameter
-re-randomised by ``mixerlab.convert.parity.randomize_parameters``) is converted to mixerlab and
+re-randomised by ``mixerlab.bench.parity.randomize_parameters``) is converted to mixerlab and
 both are run in eval mode, fp32, on the same random 224x224 input. Columns: max |logit
 difference| and max |forward_features difference| (timm -> mixerlab), max |logit difference|
 after exporting re-randomised mixerlab weights into timm (mixerlab -> timm), and whether
@@ -19,7 +19,7 @@ import torch
 
 from mixerlab import get_model_info
 from mixerlab.convert import TIMM_PAIRS
-from mixerlab.convert.parity import check_pair
+from mixerlab.bench.parity import check_pair
 from mixerlab.convert.timm import TIMM_OPTIONS, timm_family_of_config
 
 TOL = 1e-4

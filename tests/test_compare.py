@@ -554,25 +554,25 @@ def test_cpu_scale_is_builder_arguments_and_shared_runs_stay_shared():
     specs = plan(p)
     cfgs = {(s.exp, s.label, s.x): build_config(s, p, 0, p.data, None, {"deit_micro": 4e-3}) for s in specs}
     deit = cfgs[("E1", "deit", None)]
-    assert deit.img_size == 28 and deit.model_args == {k: v for k, v in CPU_SCALE["deit_micro"].items() if k != "img_size"}
+    assert deit.img_size == 28 and deit.model_args == CPU_SCALE["deit_micro"].model_args
     assert deit.lr == 4e-3 and deit.recipe == "small" and deit.val_images == 5000 and deit.mixup == 0.0
     assert cfgs[("E1", "convit", None)].lr == p.lr  # no table entry: the preset's LR
     e3 = cfgs[("E3", "vit", 8)]
     assert e3.model_args["depth"] == 8 and e3.model_args["dim"] == 64  # the experiment's knob over the scale
     assert cfgs[("E1", "deepvit", None)] == cfgs[("E3", "deepvit", 4)]  # shared between E1 and E3
     assert cfgs[("E1", "deit", None)] == cfgs[("E2", "deit", 0.5)]
-    for name, args in CPU_SCALE.items():  # every scaled model builds, at the tokens the docstring says
-        kw = {k: v for k, v in args.items() if k != "img_size"}
+    for name, scale in CPU_SCALE.items():  # every scaled model builds, at the tokens the docstring says
+        kw = scale.model_args
         if name.startswith("timm:"):  # the CNN anchor: timm's model with timm's keywords
             from mixerlab.models.timm_model import TimmModel, timm_model_config
-            m = TimmModel(timm_model_config(name, num_classes=10, in_chans=1, img_size=args["img_size"],
+            m = TimmModel(timm_model_config(name, num_classes=10, in_chans=1, img_size=scale.img_size,
                                             drop_path_rate=0.0, model_args=kw))
             assert 0.3e6 < sum(p.numel() for p in m.parameters()) < 0.7e6  # the hierarchical families' size
             continue
         entry = get_model_info(name)
-        cfg = entry.resolve(img_size=args["img_size"], in_chans=1, **kw)
-        if "patch_size" in args:
-            assert (args["img_size"] // cfg.patch_size) ** 2 == 16
+        cfg = entry.resolve(img_size=scale.img_size, in_chans=1, **kw)
+        if "patch_size" in kw:
+            assert (scale.img_size // cfg.patch_size) ** 2 == 16
     # the committed LR table of quick names every model quick trains, with >= 3 LRs tried
     from mixerlab.compare import PACKAGE_DIR
     table = json.loads((PACKAGE_DIR / p.lr_table).read_text())

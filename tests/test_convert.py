@@ -16,7 +16,7 @@ import mixerlab
 from mixerlab.cli.main import main as cli
 from mixerlab.convert import (TIMM_PAIRS, export_timm_weights, guess_model_name, is_timm_state_dict,
                               load_timm_weights)
-from mixerlab.convert.parity import check_pair, randomize_parameters
+from mixerlab.bench.parity import check_pair, randomize_parameters
 from mixerlab.weights import read_weights, save_weights
 
 timm = pytest.importorskip("timm")
@@ -401,7 +401,7 @@ def test_v2_parity_full_size_fp64(name):
 def test_v2_mlp_head_eps_is_switched_to_timms():
     """timm's MLP head normalises with eps 1e-6, the official code with 1e-5: loading timm
     weights switches it, and the switch is visible in the logits."""
-    from mixerlab.convert.parity import _timm_model
+    from mixerlab.bench.parity import _timm_model
     tm = randomize_parameters(_timm_model("caformer_s18", V2_TINY), 4).eval()
     model = mixerlab.create_model("caformer_s18", **V2_TINY).eval()
     assert model.cfg.head_hidden_norm_eps == 1e-5 and model.head.norm.eps == 1e-5
@@ -415,7 +415,7 @@ def test_v2_mlp_head_eps_is_switched_to_timms():
 
 
 def test_v2_wrong_family_and_version_names_both():
-    from mixerlab.convert.parity import _timm_model
+    from mixerlab.bench.parity import _timm_model
     v2 = randomize_parameters(_timm_model("poolformerv2_s12", V2_TINY)).state_dict()
     v1 = randomize_parameters(timm.models.metaformer.MetaFormer(
         downsample_norm=None, mlp_act=torch.nn.GELU, mlp_bias=True,

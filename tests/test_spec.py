@@ -3,6 +3,7 @@ does not depend on today's zoo defaults, and an import graph without circles."""
 from __future__ import annotations
 
 import ast
+import re
 import dataclasses
 import json
 import warnings
@@ -192,6 +193,60 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.startswith("mixerlab"))
     return out
+
+
+def _layers_of_architecture_md() -> dict[str, int]:
+    """``{dotted package or module: layer}`` from the layer table of docs/ARCHITECTURE.md."""
+    text = (PKG.parent / "docs" / "ARCHITECTURE.md").read_text()
+    layers = {}
+    for line in text.splitlines():
+        m = re.match(r"^\| (\d+) \| (.+?) \|", line)
+        if m:
+            for item in re.findall(r"`([\w/.]+)`", m.group(2)):
+                layers["mixerlab." + item.removesuffix("/").removesuffix(".py").replace("/", ".")] = int(m.group(1))
+    return layers
+
+
+def _layer(name: str, layers: dict[str, int]) -> tuple[str, int] | None:
+    parts = name.split(".")
+    for k in range(len(parts), 1, -1):
+        unit = ".".join(parts[:k])
+        if unit in layers:
+            return unit, layers[unit]
+    return None
+
+
+def test_imports_follow_the_layers_of_architecture_md():
+    """Every import inside the package goes to the importer's own package or to a lower layer of
+    docs/ARCHITECTURE.md's table; every module belongs to a layer (a new package must be added)."""
+    layers = _layers_of_architecture_md()
+    assert len(layers) >= 15, layers
+    problems, unplaced = [], []
+    for path in PKG.rglob("*.py"):
+        name = ".".join(path.relative_to(PKG.parent).with_suffix("").parts).removesuffix(".__init__")
+        if name in ("mixerlab", "mixerlab.__main__"):
+            continue  # the package's top: it may import anything
+        own = _layer(name, layers)
+        if own is None:
+            unplaced.append(name)
+            continue
+        for dep in _imports(path):
+            target = _layer(dep, layers)
+            if target is None or target[0] == own[0]:
+                continue  # a name of an unlisted module is caught as unplaced; own package is free
+            if target[1] >= own[1]:
+                problems.append(f"{name} (layer {own[1]}, {own[0]}) imports {dep} (layer {target[1]}, {target[0]})")
+    assert not unplaced, f"modules in no layer of docs/ARCHITECTURE.md: {sorted(unplaced)}"
+    assert not problems, "imports that do not go down:\n" + "\n".join(sorted(set(problems)))
+
+
+def test_the_layer_test_catches_an_upward_import(tmp_path):
+    """The check above fails on an import that goes up (so it can fail)."""
+    layers = _layers_of_architecture_md()
+    own, target = _layer("mixerlab.models.block", layers), _layer("mixerlab.engine.loop", layers)
+    assert own[1] < target[1]
+    own, target = _layer("mixerlab.convert.parity", layers), _layer("mixerlab.factory", layers)
+    assert own[1] < target[1]  # where parity.py was: convert/ importing factory.py went up
 
 
 def test_no_import_circles_between_files_and_no_import_mixerlab_inside_the_package():

@@ -8,15 +8,11 @@ the dataset's own normalisation statistics are used (``mixerlab.data.STATS``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..engine.checkpoint import resolve_checkpoint
-from ..engine.config import config_from_dict
-from ..engine.factory import build_from_checkpoint
-from ..factory import create_model, load_pretrained
+from ..engine.factory import CHECKPOINT, RUN_FOLDER, ZOO, identify, open_model
 
 
 @dataclass
@@ -29,52 +25,30 @@ class LoadedModel:
     info: dict = field(default_factory=dict)
 
 
-def _is_checkpoint(path: Path) -> bool:
-    if path.is_dir():
-        return True
-    if path.suffix != ".safetensors":
-        return False
-    try:
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format", "").startswith("mixerlab-checkpoint")
-    except Exception:  # not readable as safetensors: let the weights loader report it
-        return False
-
-
 def load_model(spec: str, *, weights: str | None = None, ema: bool = False, **overrides) -> LoadedModel:
-    """A model for analysis.
+    """A model for analysis, opened by ``mixerlab.open_model``.
 
     Args:
-        spec: a zoo name (random init unless ``weights``), a training checkpoint
-            (``.safetensors`` written by ``mixerlab train``) or a run folder holding one.
-        weights: a weight file for a zoo name (mixerlab state dict or checkpoint).
+        spec: a zoo name (random init unless ``weights``), ``timm:NAME``, a run folder, a training
+            checkpoint, a mixerlab weight file or a timm checkpoint.
+        weights: a weight file (or a run folder / training checkpoint) for a zoo name.
         ema: take the EMA weights of a training checkpoint.
         **overrides: ``create_model`` overrides for a zoo name (``img_size``, ``in_chans``, ...).
     """
-    path = Path(spec)
-    if path.exists() and _is_checkpoint(path):
-        if weights is not None:
-            raise ValueError("give either a checkpoint/run folder or a zoo name with --weights, not both")
-        file = resolve_checkpoint(path)
-        model, ckpt = build_from_checkpoint(file, weights="ema" if ema else "model")
-        cfg = config_from_dict(ckpt.config)
-        return LoadedModel(model, cfg.model, str(file), data=cfg.data, data_dir=cfg.data_dir,
-                           info=dict(epoch=ckpt.state.get("epoch"), checkpoint_part="ema" if ema else "model"))
-    if path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        from ..weights import read_weights
-        _, meta = read_weights(path)  # ValueError for a truncated or corrupt file, naming it
-        if weights is None and meta.get("model"):  # a weight file that records its zoo model
-            model = load_pretrained(create_model(meta["model"], **overrides), path)
-            return LoadedModel(model, model.zoo_name, str(path))
-        raise ValueError(f"{path} is a weight file that does not record its model; analyze it with "
-                         f"`mixerlab analyze MODEL_NAME --weights {path}`")
-    model = create_model(spec, **overrides)  # ValueError for unknown names
     if weights is not None:
-        load_pretrained(model, weights)
-    return LoadedModel(model, model.zoo_name, weights or "random init")
+        if identify(spec) != ZOO:
+            raise ValueError("give either a checkpoint, run folder or weight file, or a zoo name with --weights, not both")
+        if identify(weights) in (RUN_FOLDER, CHECKPOINT):  # a trained run of that zoo model
+            model, src = open_model(weights, weights="ema" if ema else "model", name=spec)
+        else:
+            model, src = open_model(spec, pretrained=weights, **overrides)
+    else:
+        model, src = open_model(spec, weights="ema" if ema else "model", **overrides)
+    if src.train_config is not None:
+        return LoadedModel(model, src.train_config.get("model", src.name), src.path, data=src.data,
+                           data_dir=src.data_dir,
+                           info=dict(epoch=src.state.get("epoch"), checkpoint_part="ema" if ema else "model"))
+    return LoadedModel(model, src.name, src.weights if src.kind == ZOO else src.path)
 
 
 def _fit(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

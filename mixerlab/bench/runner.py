@@ -84,15 +84,17 @@ def bench_rows(names: list[str], *, batch_sizes=(1,), modes=("infer",), img_size
                dtype: str = "float32",
                reps: int = 5, warmup: int = 2, min_time: float = 0.2, speed: bool = True,
                progress=None) -> list[dict]:
-    """Benchmark zoo models; returns one JSON-able row per measurement (see module docstring)."""
-    from ..factory import create_model
+    """Benchmark models (zoo names, or any source ``mixerlab.open_model`` takes: a run folder, a
+    checkpoint, a weight file); returns one JSON-able row per measurement (see module docstring)."""
+    from ..engine.factory import open_model
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
     rows = []
     for name in names:
         overrides = {"img_size": img_size} if img_size else {}
         torch.manual_seed(0)
-        model = create_model(name, **overrides)
+        model, _ = open_model(name, **overrides)
+        name = model.zoo_name  # a run folder or weight file is benchmarked as the zoo model it holds
         size = tuple(model.img_size)
         fl = model_breakdown(model, (model.in_chans, *size))
         base = dict(model=name, img_size=f"{size[0]}x{size[1]}", params_m=fl["params"] / 1e6,

@@ -14,7 +14,7 @@ def add_parser(sub):
                     "training-step throughput (median of interleaved repetitions) and peak memory. "
                     "CPU peak memory is the sampled RSS increase during one step; CUDA's is "
                     "max_memory_allocated over one step.")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="zoo names (see `mixerlab list`)")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="zoo names (see `mixerlab list`), run folders, checkpoints or weight files")
     p.add_argument("--batch-size", type=int, nargs="+", default=[1], help="one or more batch sizes")
     p.add_argument("--img-size", type=int, default=None, help="input resolution (default: each model's own)")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
@@ -97,12 +97,12 @@ def run(args) -> int:
     import torch
 
     from ..bench.runner import bench_rows, environment
-    from ..zoo import get_model_info
+    from ..engine.factory import identify
 
     if any(b < 1 for b in args.batch_size) or args.reps < 1 or args.warmup < 0:
         raise ValueError("--batch-size and --reps must be >= 1, --warmup >= 0")
     for name in args.models:
-        get_model_info(name)  # ValueError with close matches for a typo, before any work
+        identify(name)  # a typo (close matches) or a missing file: one line, before any work
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = bench_rows(args.models, batch_sizes=args.batch_size, modes=args.mode, img_size=args.img_size,

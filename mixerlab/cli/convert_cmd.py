@@ -36,25 +36,30 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..convert.timm import (TIMM_OPTIONS, export_timm_weights, is_timm_state_dict, timm_family,
-                                timm_names_for)
-    from ..engine.factory import build_from_checkpoint
-    from ..factory import create_from_timm, create_model, load_pretrained
-    from ..weights import read_weights, save_weights, weights_metadata
+    from ..convert.timm import TIMM_OPTIONS, export_timm_weights, timm_family, timm_names_for
+    from ..engine.factory import (CHECKPOINT, RUN_FOLDER, STATE_DICT, TIMM_CHECKPOINT, WEIGHTS, identify,
+                                  open_model)
+    from ..models.timm_model import TimmModel
+    from ..weights import save_weights, weights_metadata
 
     src, dst = Path(args.input), Path(args.output)
     if dst.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
         raise ValueError(f"OUT {dst}: unknown weight-file extension {dst.suffix!r}; allowed: "
                          ".safetensors, .pth, .pt, .bin")
+    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise ValueError(f"IN and OUT are the same file ({src}); write the conversion to another file "
+                         "(--force never overwrites the input)")
     if dst.exists() and not args.force:
         raise ValueError(f"OUT {dst} exists; pass --force to overwrite it")
-    sd, meta = read_weights(src)
+    if not src.exists():
+        raise FileNotFoundError(f"IN not found: {src}")
+    kind = identify(src)
     if args.source == "timm":
-        if not is_timm_state_dict(sd):
-            raise ValueError(f"{src} is not a timm ViT/DeiT, ConViT or PoolFormer (v1, v2, ConvFormer, "
-                             "CAFormer) state dict "
-                             f"(first keys: {list(sd)[:3]}); for mixerlab weights use --from mixerlab")
-        model = create_from_timm(sd, args.model, what=str(src))
+        if kind != TIMM_CHECKPOINT:
+            raise ValueError(f"{src} is a {kind}, not a timm ViT/DeiT, ConViT or PoolFormer (v1, v2, ConvFormer, "
+                             "CAFormer) state dict"
+                             + ("; for mixerlab weights use --from mixerlab" if kind in (CHECKPOINT, RUN_FOLDER, WEIGHTS) else ""))
+        model, _ = open_model(src, name=args.model)
         model.eval()
         options = TIMM_OPTIONS[timm_family(model)]
         meta_out = weights_metadata(model, options)
@@ -62,22 +67,19 @@ def run(args) -> int:
         out_sd = model.state_dict()
         what = f"mixerlab {model.zoo_name} weights"
     else:
-        if is_timm_state_dict(sd):
+        if kind == TIMM_CHECKPOINT:
             raise ValueError(f"{src} is already a timm state dict; use --from timm to convert it "
                              "to mixerlab")
-        if meta.get("format", "").startswith("mixerlab-checkpoint"):
-            # a training checkpoint: the model it was trained with, from its stored config
-            model, _ = build_from_checkpoint(src)
-            if args.model and args.model != model.zoo_name:
-                raise ValueError(f"{src} holds a {model.zoo_name} checkpoint, not {args.model}")
+        if kind == STATE_DICT and not args.model:
+            raise ValueError(f"{src} does not record its model; pass --model NAME")
+        model, _ = open_model(src, name=args.model)
+        if isinstance(model, TimmModel):  # a `train --model timm:NAME` run: timm's own weights
+            out_sd = model.timm_state_dict()
+            what = f"timm {model.zoo_name.removeprefix('timm:')} state dict"
         else:
-            name = args.model or meta.get("model")
-            if not name:
-                raise ValueError(f"{src} does not record its model; pass --model NAME")
-            model = load_pretrained(create_model(name), src)
-        out_sd = export_timm_weights(model)
+            out_sd = export_timm_weights(model)
+            what = f"timm {'/'.join(timm_names_for(model.zoo_name))} state dict"
         meta_out = {"format": "pt"}
-        what = f"timm {'/'.join(timm_names_for(model.zoo_name))} state dict"
     save_weights(out_sd, dst, metadata=meta_out)
     n_params = sum(v.numel() for v in out_sd.values()) / 1e6
     opts = meta_out.get("options")

@@ -74,12 +74,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, overrides)
     if args.dry_run:
-        from ..models.timm_model import check_timm_name, is_timm_name
-        from ..zoo.registry import get_model_info
-        if is_timm_name(cfg.model):
-            check_timm_name(cfg.model)  # an unknown timm model: one line, exit 2
-        else:
-            get_model_info(cfg.model).resolve(**cfg.model_args)  # an unknown model or override: one line, exit 2
+        # the model the run would build, for the data's shape, on the meta device (no memory):
+        # whatever the run refuses (an unknown name or option, a size the patch does not divide,
+        # model_args that contradict the run) the dry run refuses, in the same words
+        import torch
+        from ..data.datasets import dataset_shape
+        from ..engine.factory import model_for_run
+        num_classes, in_chans = dataset_shape(cfg.data, cfg.data_dir, synthetic_classes=cfg.synthetic_classes,
+                                              synthetic_chans=cfg.synthetic_chans)
+        with torch.device("meta"):
+            model_for_run(cfg, num_classes=num_classes, in_chans=in_chans)
         sys.stdout.write(config_to_yaml(cfg))
         return 0
     try:

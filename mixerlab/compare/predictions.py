@@ -33,7 +33,7 @@ def write_predictions(run_dir: str | Path, cfg, *, batch_size: int = 500) -> dic
     import torch
 
     from ..data import build_data, eval_loader
-    from ..engine.factory import build_from_checkpoint
+    from ..engine.factory import open_model
 
     run_dir = Path(run_dir)
     have = load_predictions(run_dir)
@@ -41,7 +41,7 @@ def write_predictions(run_dir: str | Path, cfg, *, batch_size: int = 500) -> dic
         return have
     bundle = build_data(cfg)
     test = bundle.test if bundle.test is not None else bundle.val
-    model, _ = build_from_checkpoint(run_dir / "last.safetensors", weights="model")
+    model, _ = open_model(run_dir / "last.safetensors", weights="model")
     model.eval()
     loader = eval_loader(test, batch_size=batch_size, rank=0, world=1, workers=0, pin=False)
     preds, targets = [], []

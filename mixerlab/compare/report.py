@@ -406,11 +406,12 @@ def _lr_section(lr_info: dict | None) -> list[str]:
 
 
 def write_report(out: Path, preset, data: str, rows: list[dict], agg: list[dict], analyses: dict,
-                 machine: dict, wall_s: float, experiments, lr_info: dict | None = None) -> Path:
+                 machine: dict, wall_s: float, experiments, lr_info: dict | None = None,
+                 ) -> tuple[Path, dict]:
     """``report.md`` in ``out``: the summary of the verdicts, the header, failed / missing runs,
     the learning rates, then one section per experiment (``experiments``: ``Experiment`` objects,
-    e.g. ``selected_experiments(preset)``, with its knobs) that has rows in ``agg``. Returns the
-    path; ``write_report.sections`` holds the experiments' sections (tests, verdicts) afterwards."""
+    e.g. ``selected_experiments(preset)``, with its knobs) that has rows in ``agg``. Returns
+    ``(path, sections)``: the experiments' sections (tests, verdicts) by experiment id."""
     fig_dir = out / "figures"
     fig_dir.mkdir(exist_ok=True)
     trained = {r["run_dir"]: r["train_wall_s"] or 0.0 for r in rows if r["status"] in ("done", "cached")}
@@ -419,7 +420,6 @@ def write_report(out: Path, preset, data: str, rows: list[dict], agg: list[dict]
         aggs = [a for a in agg if a["experiment"] == exp.id]
         if aggs:
             sections.append((exp, aggs, exp.section(aggs, analyses.get(exp.id, {}), fig_dir)))
-    write_report.sections = {exp.id: sec for exp, _, sec in sections}
     lines = [f"# mixerlab compare: preset `{preset.name}` on {data}", "",
              "## Verdicts", "",
              "| experiment | verdict | criteria (fixed before the run) | difference (points) [95% CI] |",
@@ -469,4 +469,4 @@ def write_report(out: Path, preset, data: str, rows: list[dict], agg: list[dict]
         lines += [f"![{p.stem}](figures/{p.name})" for p in figs if p is not None] + [""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
-    return path
+    return path, {exp.id: sec for exp, _, sec in sections}

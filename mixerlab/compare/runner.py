@@ -43,28 +43,25 @@ class RunResult:
 
 
 def build_config(spec: RunSpec, preset, seed: int, data: str, data_dir: str | None, lrs: dict | None = None):
-    """The run's ``TrainConfig``: the preset's recipe (``mixerlab.engine.recipes``) <- the preset's
-    budget and data <- the model's learning rate from ``lrs`` (zoo name -> LR; the LR table or
-    sweep) <- ``preset.train_overrides`` <- the run's own ``train_args``. The preset's CPU scale
-    (``preset.scale[model]``) goes into ``model_args`` (builder arguments; ``img_size`` into the
-    config), under the run's own ``model_args``."""
-    from ..engine.config import TrainConfig
-    from ..engine.recipes import recipe_values
-    scale = dict((getattr(preset, "scale", None) or {}).get(spec.model, {}))
-    img_size = scale.pop("img_size", None)
-    args = recipe_values(getattr(preset, "recipe", "deit"))
-    args.update(model=spec.model, model_args={**scale, **spec.model_args}, data=data, data_dir=data_dir,
-                train_fraction=preset.train_fraction, val_fraction=preset.val_fraction,
-                val_images=getattr(preset, "val_images", 0), epochs=preset.epochs,
-                batch_size=preset.batch_size, lr=(lrs or {}).get(spec.model, preset.lr),
-                warmup_epochs=preset.warmup_epochs, seed=seed, progress="none")
-    if img_size is not None:
-        args["img_size"] = img_size
-    args.update(preset.train_overrides)
-    args.update(spec.train_args)
-    for k in ("min_lr", "warmup_lr"):  # keep the schedule's floor below a low swept LR
-        args[k] = min(args.get(k, getattr(TrainConfig, k)), args["lr"])
-    return TrainConfig(**args)
+    """The run's ``TrainConfig``, resolved by the engine's :func:`~mixerlab.engine.config.load_config`
+    (so compare and ``mixerlab train`` share one recipe and one LR rule): the preset's recipe <- the
+    preset's budget and data <- the model's learning rate from ``lrs`` (zoo name -> LR; the LR table
+    or sweep, else ``preset.lr``) <- ``preset.train_overrides`` <- the run's own ``train_args``. The
+    preset's CPU scale of the model (``preset.scale[model]``, a :class:`~.presets.ModelScale`) gives
+    the run's ``img_size`` and the builder arguments under the run's own ``model_args``."""
+    from ..engine.config import load_config
+    scale = (preset.scale or {}).get(spec.model)
+    values = dict(recipe=preset.recipe, model=spec.model,
+                  model_args={**(scale.model_args if scale else {}), **spec.model_args},
+                  data=data, data_dir=data_dir, train_fraction=preset.train_fraction,
+                  val_fraction=preset.val_fraction, val_images=preset.val_images, epochs=preset.epochs,
+                  batch_size=preset.batch_size, lr=(lrs or {}).get(spec.model, preset.lr),
+                  warmup_epochs=preset.warmup_epochs, seed=seed, progress="none")
+    if scale is not None:
+        values["img_size"] = scale.img_size
+    values.update(preset.train_overrides)
+    values.update(spec.train_args)
+    return load_config(overrides=values)
 
 
 class Runner:

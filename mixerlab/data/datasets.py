@@ -220,6 +220,23 @@ def build_sources(name: str, data_dir: str | None, **synthetic_args) -> tuple[Im
     raise ValueError(f"unknown dataset {name!r}; choose one of fashion-mnist, cifar10, cifar100, imagefolder, synthetic")
 
 
+def dataset_shape(name: str, data_dir: str | None = None, *, synthetic_classes: int = 10,
+                  synthetic_chans: int = 1) -> tuple[int, int]:
+    """``(num_classes, in_chans)`` of dataset ``name`` without reading its images (an ImageFolder's
+    classes are its ``train/`` sub-folders)."""
+    fixed = {"fashion-mnist": (10, 1), "cifar10": (10, 3), "cifar100": (100, 3)}
+    if name in fixed:
+        return fixed[name]
+    if name == "synthetic":
+        return synthetic_classes, synthetic_chans
+    if name == "imagefolder":
+        root = Path(data_dir or ".") / "train"
+        if not root.is_dir():
+            raise FileNotFoundError(f"ImageFolder {data_dir}: no train/ folder")
+        return sum(1 for d in root.iterdir() if d.is_dir()), 3
+    raise ValueError(f"unknown dataset {name!r}; choose one of fashion-mnist, cifar10, cifar100, imagefolder, synthetic")
+
+
 def balanced_subset(targets: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
     """Indices of a class-balanced ``fraction`` of the samples (at least one per class), sorted.
 

@@ -31,6 +31,28 @@ from .recipes import RECIPES, default_recipe, recipe_values
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
 
 
+def opt(default: Any = dataclasses.MISSING, *, help: str, factory=None, allowed=None, allowed_static=None,
+        check=None):
+    """One row of the field table: the default (or a ``factory``), what the field does (``help``),
+    its allowed values as the help and errors say them (``allowed``: a string, or a function of the
+    config for a range that depends on other fields, with ``allowed_static`` for ``--help``) and
+    the ``check(value, config) -> bool`` behind them. The CLI options, ``--help``, the validation and
+    ``docs/train_config.md`` are all generated from these rows."""
+    md = dict(help=help, allowed=allowed, allowed_static=allowed_static, check=check)
+    if factory is not None:
+        return field(default_factory=factory, metadata=md)
+    return field(default=default, metadata=md)
+
+
+def _valid_betas(v, cfg) -> bool:
+    return len(v) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in v)
+
+
+def _valid_weights(v, cfg) -> bool:
+    return all(isinstance(k, str) and isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0.0
+               for k, w in v.items())
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs. Frozen: derive variants with ``dataclasses.replace``.
@@ -40,115 +62,223 @@ class TrainConfig:
 
 
     # --- model ---
-    model: str = "deit_micro"  # a name from mixerlab.list_models(), or timm:NAME (any timm model)
-    model_args: dict = field(default_factory=dict)  # extra create_model overrides
-    drop_path_rate: float = 0.1  # DeiT: 0.1; DeepViT: 0.2
-    img_size: int = 32  # *_micro models are native 32 px
-    recipe: str = "deit"  # the named recipe the values started from (mixerlab.engine.recipes)
+    model: str = opt(
+        "deit_micro",
+        help='zoo model name (mixerlab list), or timm:NAME for any timm model (random init)',
+        allowed='a name of mixerlab list, or timm:NAME')
+    model_args: dict = opt(
+        factory=dict,
+        help="model builder arguments / config fields as a YAML mapping, e.g. {depth: 6, num_heads: 4} (timm:NAME: timm's keywords)",
+        allowed='a YAML mapping')
+    drop_path_rate: float = opt(
+        0.1,
+        help='stochastic-depth rate of the last block (linear from 0 over the blocks)',
+        allowed='in [0, 1)',
+        check=lambda v, c: 0.0 <= v < 1.0)
+    img_size: int = opt(
+        32,
+        help='input size in pixels; images are padded or resized to it',
+        allowed='>= 8',
+        check=lambda v, c: v >= 8)
+    recipe: str = opt(
+        "deit",
+        help='named recipe the other values start from',
+        allowed="one of " + ", ".join(RECIPES),
+        check=lambda v, c: v in RECIPES)
     # --- data ---
-    data: str = "fashion-mnist"  # one of DATASETS
-    data_dir: Optional[str] = None  # None: the Debian package folder for fashion-mnist
-    train_fraction: float = 1.0  # class-balanced subset of the training split
-    val_fraction: float = 1.0  # class-balanced fixed subset of the test split
-    # images held out of the training split as a fixed, class-balanced validation split, which the
-    # loop then evaluates instead of the test split (0: evaluate on the test split)
-    val_images: int = 0
-    subset_seed: int = 0  # fixed, so every run/seed sees the same subset
-    num_workers: int = 0  # DataLoader worker processes (0 = load in the main process)
-    synthetic_size: int = 512  # training images of the synthetic dataset (val: 1/4)
-    synthetic_classes: int = 10
-    synthetic_chans: int = 1
+    data: str = opt(
+        "fashion-mnist",
+        help='dataset (read offline only)',
+        allowed="one of " + ", ".join(DATASETS),
+        check=lambda v, c: v in DATASETS)
+    data_dir: Optional[str] = opt(
+        None,
+        help='dataset folder (null: the Debian package folder for fashion-mnist)',
+        allowed='a folder or null')
+    train_fraction: float = opt(
+        1.0,
+        help='class-balanced fraction of the training split (after the validation images)',
+        allowed='in (0, 1]',
+        check=lambda v, c: 0.0 < v <= 1.0)
+    val_fraction: float = opt(
+        1.0,
+        help='class-balanced fixed fraction of the test split used for evaluation',
+        allowed='in (0, 1]',
+        check=lambda v, c: 0.0 < v <= 1.0)
+    val_images: int = opt(
+        0,
+        help='images held out of the training split as a fixed, class-balanced validation split, evaluated instead of the test split (0: evaluate on the test split)',
+        allowed='>= 0',
+        check=lambda v, c: v >= 0)
+    subset_seed: int = opt(0, help='seed of the fixed subsets (the same for every run seed)')
+    num_workers: int = opt(
+        0,
+        help='DataLoader worker processes (0: load in the main process)',
+        allowed='>= 0',
+        check=lambda v, c: v >= 0)
+    synthetic_size: int = opt(
+        512,
+        help='training images of the synthetic dataset (validation: a quarter as many)',
+        allowed='>= 8',
+        check=lambda v, c: v >= 8)
+    synthetic_classes: int = opt(
+        10,
+        help='classes of the synthetic dataset',
+        allowed='>= 2',
+        check=lambda v, c: v >= 2)
+    synthetic_chans: int = opt(
+        1,
+        help='channels of the synthetic dataset',
+        allowed='1 or 3',
+        check=lambda v, c: v in (1, 3))
     # --- augmentation (train split only) ---
-    train_crop: Literal["pad-crop", "rrc", "none"] = "pad-crop"  # pad 4 + random 32 crop
-    crop_padding: Optional[int] = None  # pad-crop's padding (max shift in px); None: img_size // 8
-    hflip: float = 0.5
-    randaugment: Optional[int] = 9  # torchvision RandAugment magnitude (2 ops); None: off
-    random_erasing: float = 0.25  # timm RandomErasing probability, pixel mode
-    mixup: float = 0.8  # Mixup alpha (0: off)
-    cutmix: float = 1.0  # CutMix alpha (0: off)
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    label_smoothing: float = 0.1
+    train_crop: Literal["pad-crop", "rrc", "none"] = opt(
+        "pad-crop",
+        help='training crop: pad-crop (pad, random crop back), rrc (random resized crop), none')
+    crop_padding: Optional[int] = opt(
+        None,
+        help="pad-crop's padding = largest shift in px (null: img_size // 8)",
+        allowed='>= 0 or null',
+        check=lambda v, c: v is None or v >= 0)
+    hflip: float = opt(
+        0.5,
+        help='probability of a horizontal flip',
+        allowed='in [0, 1]',
+        check=lambda v, c: 0.0 <= v <= 1.0)
+    randaugment: Optional[int] = opt(
+        9,
+        help='torchvision RandAugment magnitude, 2 ops (null: off)',
+        allowed='in [0, 30] or null',
+        check=lambda v, c: v is None or 0 <= v <= 30)
+    random_erasing: float = opt(
+        0.25,
+        help='timm RandomErasing probability (pixel mode)',
+        allowed='in [0, 1]',
+        check=lambda v, c: 0.0 <= v <= 1.0)
+    mixup: float = opt(0.8, help='Mixup alpha (0: off)', allowed='>= 0', check=lambda v, c: v >= 0.0)
+    cutmix: float = opt(1.0, help='CutMix alpha (0: off)', allowed='>= 0', check=lambda v, c: v >= 0.0)
+    mixup_prob: float = opt(
+        1.0,
+        help='probability of applying Mixup/CutMix to a batch',
+        allowed='in [0, 1]',
+        check=lambda v, c: 0.0 <= v <= 1.0)
+    mixup_switch_prob: float = opt(
+        0.5,
+        help='probability of CutMix instead of Mixup when both are on',
+        allowed='in [0, 1]',
+        check=lambda v, c: 0.0 <= v <= 1.0)
+    label_smoothing: float = opt(
+        0.1,
+        help='label smoothing of the cross-entropy',
+        allowed='in [0, 1)',
+        check=lambda v, c: 0.0 <= v < 1.0)
     # --- optimisation ---
-    epochs: int = 10
-    batch_size: int = 128  # per process; global batch = batch_size * accum_steps * world size
-    accum_steps: int = 1  # gradient accumulation: micro-batches per optimiser step
-    lr: float = 1e-3  # peak learning rate (not rescaled by batch size)
-    min_lr: float = 1e-5
-    warmup_lr: float = 1e-6
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.05
-    betas: tuple = (0.9, 0.999)
-    eps: float = 1e-8
-    clip_grad: Optional[float] = None  # max global grad norm; None: no clipping
-    ema_decay: Optional[float] = 0.999  # None: no EMA weights
-    # weight of each auxiliary loss term a model returns (forward(x, return_aux=True)), by term
-    # name; LaViT's diagonality-preserving terms: dp_sym (symmetry), dp_diag (diagonal dominance)
-    aux_weights: dict = field(default_factory=lambda: {"dp_sym": 1.0, "dp_diag": 1.0})
+    epochs: int = opt(10, help='training epochs', allowed='>= 1', check=lambda v, c: v >= 1)
+    batch_size: int = opt(
+        128,
+        help='images per process and micro-batch (global batch = batch_size x accum_steps x processes)',
+        allowed='>= 1',
+        check=lambda v, c: v >= 1)
+    accum_steps: int = opt(
+        1,
+        help='micro-batches per optimiser step (gradient accumulation)',
+        allowed='>= 1',
+        check=lambda v, c: v >= 1)
+    lr: float = opt(
+        1e-3,
+        help='peak learning rate of AdamW (not rescaled by the batch size)',
+        allowed='> 0',
+        check=lambda v, c: v > 0.0)
+    min_lr: float = opt(
+        1e-5,
+        help='learning rate at the end of the cosine schedule',
+        allowed=lambda c: f"in [0, lr={c.lr}]", allowed_static="in [0, lr]",
+        check=lambda v, c: 0.0 <= v <= c.lr)
+    warmup_lr: float = opt(
+        1e-6,
+        help='learning rate at the start of the linear warm-up',
+        allowed=lambda c: f"in [0, lr={c.lr}]", allowed_static="in [0, lr]",
+        check=lambda v, c: 0.0 <= v <= c.lr)
+    warmup_epochs: float = opt(
+        1.0,
+        help='epochs of linear warm-up (fractions allowed)',
+        allowed=lambda c: f"in [0, epochs={c.epochs}]", allowed_static="in [0, epochs]",
+        check=lambda v, c: 0.0 <= v <= c.epochs)
+    weight_decay: float = opt(
+        0.05,
+        help='AdamW weight decay (norms, biases and position embeddings get none)',
+        allowed='>= 0',
+        check=lambda v, c: v >= 0.0)
+    betas: tuple = opt(
+        (0.9, 0.999),
+        help='AdamW betas as a YAML list, e.g. [0.9, 0.999]',
+        allowed='two values in [0, 1), e.g. [0.9, 0.999]',
+        check=_valid_betas)
+    eps: float = opt(1e-8, help='AdamW epsilon', allowed='> 0', check=lambda v, c: v > 0.0)
+    clip_grad: Optional[float] = opt(
+        None,
+        help='largest global gradient norm (null: no clipping)',
+        allowed='> 0 or null',
+        check=lambda v, c: v is None or v > 0.0)
+    ema_decay: Optional[float] = opt(
+        0.999,
+        help='decay of the EMA copy of the weights, evaluated and saved beside them (null: no EMA)',
+        allowed='in (0, 1) or null',
+        check=lambda v, c: v is None or 0.0 < v < 1.0)
+    aux_weights: dict = opt(
+        factory=lambda: {"dp_sym": 1.0, "dp_diag": 1.0},
+        help='weight of each auxiliary loss term a model returns, by name, as a YAML mapping (LaViT: {dp_sym: 1.0, dp_diag: 1.0}; 0 trains without a term)',
+        allowed='a mapping of term name -> weight >= 0, e.g. {dp_sym: 1.0, dp_diag: 1.0}',
+        check=_valid_weights)
     # --- evaluation ---
-    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
-    eval_batch_size: int = 256
-    bn_calibration: Literal["auto", "on", "off"] = "auto"  # auto: on iff the model has BatchNorm
-    bn_calibration_batches: int = 50  # DeepViT: max_iter=50
+    eval_every: int = opt(
+        1,
+        help='epochs between evaluations (the last epoch is always evaluated)',
+        allowed='>= 1',
+        check=lambda v, c: v >= 1)
+    eval_batch_size: int = opt(
+        256,
+        help='batch size of evaluation and BatchNorm calibration',
+        allowed='>= 1',
+        check=lambda v, c: v >= 1)
+    bn_calibration: Literal["auto", "on", "off"] = opt(
+        "auto",
+        help='re-estimate BatchNorm statistics on training images before each evaluation (auto: when the model has BatchNorm)')
+    bn_calibration_batches: int = opt(
+        50,
+        help='batches of training images used by the BatchNorm calibration',
+        allowed='>= 1',
+        check=lambda v, c: v >= 1)
     # --- system ---
-    seed: int = 0
-    deterministic: bool = False
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: Optional[int] = None  # CPU intra-op threads (torch.set_num_threads); None: torch default
-    amp: Literal["none", "bf16", "fp16"] = "none"  # fp16 only on CUDA
-    channels_last: bool = False
-    compile: bool = False
-    log_every: int = 50  # optimiser steps between plain log lines
-    progress: Literal["auto", "rich", "plain", "none"] = "auto"
-    tensorboard: bool = False
+    seed: int = opt(0, help='seed of initialisation, data order and augmentation')
+    deterministic: bool = opt(False, help='deterministic kernels (needed for bit-identical resume)')
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", help='device (auto: CUDA when available)')
+    num_threads: Optional[int] = opt(
+        None,
+        help="CPU intra-op threads, torch.set_num_threads (null: torch's default)",
+        allowed='>= 1 or null',
+        check=lambda v, c: v is None or v >= 1)
+    amp: Literal["none", "bf16", "fp16"] = opt("none", help='mixed precision (fp16 only on CUDA)')
+    channels_last: bool = opt(False, help='channels-last memory format for the model and inputs')
+    compile: bool = opt(False, help='torch.compile the model')
+    log_every: int = opt(
+        50,
+        help='optimiser steps between plain log lines',
+        allowed='>= 1',
+        check=lambda v, c: v >= 1)
+    progress: Literal["auto", "rich", "plain", "none"] = opt(
+        "auto",
+        help='progress display (auto: a bar on a terminal, plain lines otherwise)')
+    tensorboard: bool = opt(False, help='also write TensorBoard event files')
+
 
     def __post_init__(self) -> None:
         _check_types(self)
-        checks = {
-            "data": (self.data in DATASETS, f"one of {', '.join(DATASETS)}"),
-            "recipe": (self.recipe in _recipe_names(), f"one of {', '.join(_recipe_names())}"),
-            "val_images": (self.val_images >= 0, ALLOWED["val_images"]),
-            "crop_padding": (self.crop_padding is None or self.crop_padding >= 0, ALLOWED["crop_padding"]),
-            "img_size": (self.img_size >= 8, ALLOWED["img_size"]),
-            "train_fraction": (0.0 < self.train_fraction <= 1.0, ALLOWED["train_fraction"]),
-            "val_fraction": (0.0 < self.val_fraction <= 1.0, ALLOWED["val_fraction"]),
-            "num_workers": (self.num_workers >= 0, ALLOWED["num_workers"]),
-            "synthetic_size": (self.synthetic_size >= 8, ALLOWED["synthetic_size"]),
-            "synthetic_classes": (self.synthetic_classes >= 2, ALLOWED["synthetic_classes"]),
-            "synthetic_chans": (self.synthetic_chans in (1, 3), ALLOWED["synthetic_chans"]),
-            "hflip": (0.0 <= self.hflip <= 1.0, ALLOWED["hflip"]),
-            "randaugment": (self.randaugment is None or 0 <= self.randaugment <= 30, ALLOWED["randaugment"]),
-            "random_erasing": (0.0 <= self.random_erasing <= 1.0, ALLOWED["random_erasing"]),
-            "mixup": (self.mixup >= 0.0, ALLOWED["mixup"]),
-            "cutmix": (self.cutmix >= 0.0, ALLOWED["cutmix"]),
-            "mixup_prob": (0.0 <= self.mixup_prob <= 1.0, ALLOWED["mixup_prob"]),
-            "mixup_switch_prob": (0.0 <= self.mixup_switch_prob <= 1.0, ALLOWED["mixup_switch_prob"]),
-            "label_smoothing": (0.0 <= self.label_smoothing < 1.0, ALLOWED["label_smoothing"]),
-            "drop_path_rate": (0.0 <= self.drop_path_rate < 1.0, ALLOWED["drop_path_rate"]),
-            "epochs": (self.epochs >= 1, ALLOWED["epochs"]),
-            "batch_size": (self.batch_size >= 1, ALLOWED["batch_size"]),
-            "accum_steps": (self.accum_steps >= 1, ALLOWED["accum_steps"]),
-            "lr": (self.lr > 0.0, ALLOWED["lr"]),
-            "min_lr": (0.0 <= self.min_lr <= self.lr, f"in [0, lr={self.lr}]"),
-            "warmup_lr": (0.0 <= self.warmup_lr <= self.lr, f"in [0, lr={self.lr}]"),
-            "warmup_epochs": (0.0 <= self.warmup_epochs <= self.epochs, f"in [0, epochs={self.epochs}]"),
-            "weight_decay": (self.weight_decay >= 0.0, ALLOWED["weight_decay"]),
-            "betas": (len(self.betas) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0
-                                                   for b in self.betas), ALLOWED["betas"]),
-            "eps": (self.eps > 0.0, ALLOWED["eps"]),
-            "clip_grad": (self.clip_grad is None or self.clip_grad > 0.0, ALLOWED["clip_grad"]),
-            "ema_decay": (self.ema_decay is None or 0.0 < self.ema_decay < 1.0, ALLOWED["ema_decay"]),
-            "aux_weights": (all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-                                and v >= 0.0 for k, v in self.aux_weights.items()), ALLOWED["aux_weights"]),
-            "eval_every": (self.eval_every >= 1, ALLOWED["eval_every"]),
-            "eval_batch_size": (self.eval_batch_size >= 1, ALLOWED["eval_batch_size"]),
-            "bn_calibration_batches": (self.bn_calibration_batches >= 1, ALLOWED["bn_calibration_batches"]),
-            "log_every": (self.log_every >= 1, ALLOWED["log_every"]),
-            "num_threads": (self.num_threads is None or self.num_threads >= 1, ALLOWED["num_threads"]),
-        }
-        for key, (ok, allowed) in checks.items():
-            if not ok:
-                raise ValueError(f"config value {key}={getattr(self, key)!r} is out of range: must be {allowed}")
+        for f in dataclasses.fields(self):
+            check = f.metadata.get("check")
+            if check is not None and not check(getattr(self, f.name), self):
+                raise ValueError(f"config value {f.name}={getattr(self, f.name)!r} is out of range: must be "
+                                 f"{allowed_text(f.name, self)}")
         if self.mixup_active and self.batch_size % 2:
             raise ValueError(f"batch_size={self.batch_size} must be even when mixup/cutmix is on (timm Mixup)")
 
@@ -162,90 +292,26 @@ class TrainConfig:
         return d
 
 
-# What each field does, for ``mixerlab train --help`` (the allowed values are added from the field's
-# type and ALLOWED below). One entry per field: tests/test_train_config.py checks that none is missing.
-FIELD_HELP: dict[str, str] = {
-    "model": "zoo model name (mixerlab list), or timm:NAME for any timm model (random init)",
-    "model_args": "model builder arguments / config fields as a YAML mapping, e.g. {depth: 6, num_heads: 4} "
-                  "(timm:NAME: timm's keywords)",
-    "drop_path_rate": "stochastic-depth rate of the last block (linear from 0 over the blocks)",
-    "img_size": "input size in pixels; images are padded or resized to it",
-    "recipe": "named recipe the other values start from",
-    "data": "dataset (read offline only)",
-    "data_dir": "dataset folder (null: the Debian package folder for fashion-mnist)",
-    "train_fraction": "class-balanced fraction of the training split (after the validation images)",
-    "val_fraction": "class-balanced fixed fraction of the test split used for evaluation",
-    "val_images": "images held out of the training split as a fixed, class-balanced validation split, "
-                  "evaluated instead of the test split (0: evaluate on the test split)",
-    "subset_seed": "seed of the fixed subsets (the same for every run seed)",
-    "num_workers": "DataLoader worker processes (0: load in the main process)",
-    "synthetic_size": "training images of the synthetic dataset (validation: a quarter as many)",
-    "synthetic_classes": "classes of the synthetic dataset",
-    "synthetic_chans": "channels of the synthetic dataset",
-    "train_crop": "training crop: pad-crop (pad, random crop back), rrc (random resized crop), none",
-    "crop_padding": "pad-crop's padding = largest shift in px (null: img_size // 8)",
-    "hflip": "probability of a horizontal flip",
-    "randaugment": "torchvision RandAugment magnitude, 2 ops (null: off)",
-    "random_erasing": "timm RandomErasing probability (pixel mode)",
-    "mixup": "Mixup alpha (0: off)",
-    "cutmix": "CutMix alpha (0: off)",
-    "mixup_prob": "probability of applying Mixup/CutMix to a batch",
-    "mixup_switch_prob": "probability of CutMix instead of Mixup when both are on",
-    "label_smoothing": "label smoothing of the cross-entropy",
-    "epochs": "training epochs",
-    "batch_size": "images per process and micro-batch (global batch = batch_size x accum_steps x processes)",
-    "accum_steps": "micro-batches per optimiser step (gradient accumulation)",
-    "lr": "peak learning rate of AdamW (not rescaled by the batch size)",
-    "min_lr": "learning rate at the end of the cosine schedule",
-    "warmup_lr": "learning rate at the start of the linear warm-up",
-    "warmup_epochs": "epochs of linear warm-up (fractions allowed)",
-    "weight_decay": "AdamW weight decay (norms, biases and position embeddings get none)",
-    "betas": "AdamW betas as a YAML list, e.g. [0.9, 0.999]",
-    "eps": "AdamW epsilon",
-    "clip_grad": "largest global gradient norm (null: no clipping)",
-    "ema_decay": "decay of the EMA copy of the weights, evaluated and saved beside them (null: no EMA)",
-    "aux_weights": "weight of each auxiliary loss term a model returns, by name, as a YAML mapping "
-                   "(LaViT: {dp_sym: 1.0, dp_diag: 1.0}; 0 trains without a term)",
-    "eval_every": "epochs between evaluations (the last epoch is always evaluated)",
-    "eval_batch_size": "batch size of evaluation and BatchNorm calibration",
-    "bn_calibration": "re-estimate BatchNorm statistics on training images before each evaluation "
-                      "(auto: when the model has BatchNorm)",
-    "bn_calibration_batches": "batches of training images used by the BatchNorm calibration",
-    "seed": "seed of initialisation, data order and augmentation",
-    "deterministic": "deterministic kernels (needed for bit-identical resume)",
-    "device": "device (auto: CUDA when available)",
-    "num_threads": "CPU intra-op threads, torch.set_num_threads (null: torch's default)",
-    "amp": "mixed precision (fp16 only on CUDA)",
-    "channels_last": "channels-last memory format for the model and inputs",
-    "compile": "torch.compile the model",
-    "log_every": "optimiser steps between plain log lines",
-    "progress": "progress display (auto: a bar on a terminal, plain lines otherwise)",
-    "tensorboard": "also write TensorBoard event files",
-}
+def allowed_text(name: str, cfg: "TrainConfig | None" = None) -> str | None:
+    """The allowed values of field ``name`` as its ``allowed`` entry says them (with ``cfg``'s
+    values where they depend on other fields, e.g. ``min_lr`` in [0, lr])."""
+    f = _FIELDS[name]
+    allowed = f.metadata.get("allowed")
+    if callable(allowed):
+        return allowed(cfg) if cfg is not None else f.metadata["allowed_static"]
+    return allowed
 
-# The allowed values of the range-checked fields, as the help and the error messages say them.
-ALLOWED: dict[str, str] = {
-    "model": "a name of mixerlab list, or timm:NAME", "model_args": "a YAML mapping",
-    "data_dir": "a folder or null", "val_images": ">= 0", "crop_padding": ">= 0 or null", "img_size": ">= 8",
-    "train_fraction": "in (0, 1]", "val_fraction": "in (0, 1]", "num_workers": ">= 0",
-    "synthetic_size": ">= 8", "synthetic_classes": ">= 2", "synthetic_chans": "1 or 3",
-    "hflip": "in [0, 1]", "randaugment": "in [0, 30] or null", "random_erasing": "in [0, 1]",
-    "mixup": ">= 0", "cutmix": ">= 0", "mixup_prob": "in [0, 1]", "mixup_switch_prob": "in [0, 1]",
-    "label_smoothing": "in [0, 1)", "drop_path_rate": "in [0, 1)", "epochs": ">= 1",
-    "batch_size": ">= 1", "accum_steps": ">= 1", "lr": "> 0", "min_lr": "in [0, lr]",
-    "warmup_lr": "in [0, lr]", "warmup_epochs": "in [0, epochs]", "weight_decay": ">= 0",
-    "betas": "two values in [0, 1), e.g. [0.9, 0.999]", "eps": "> 0", "clip_grad": "> 0 or null",
-    "ema_decay": "in (0, 1) or null",
-    "aux_weights": "a mapping of term name -> weight >= 0, e.g. {dp_sym: 1.0, dp_diag: 1.0}",
-    "eval_every": ">= 1", "eval_batch_size": ">= 1", "bn_calibration_batches": ">= 1",
-    "log_every": ">= 1", "num_threads": ">= 1 or null",
-}
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# Views of the one table (the ``opt(...)`` of each field), kept for readers of these names.
+FIELD_HELP: dict[str, str] = {n: f.metadata["help"] for n, f in _FIELDS.items()}
+ALLOWED: dict[str, str] = {n: allowed_text(n) for n, f in _FIELDS.items() if f.metadata.get("allowed") is not None}
 
 
 def field_help(name: str) -> str:
     """``--help`` text of config field ``name``: what it does, its allowed values, its default."""
     tp = _field_types()[name]
-    allowed = ALLOWED.get(name)
+    allowed = allowed_text(name)
     if allowed is None:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if typing.get_origin(tp) is Literal:
@@ -396,7 +462,8 @@ def load_config(
     for key, value in (overrides or {}).items():
         _check_keys([key], "overrides")
         values[key] = _convert(key, value) if isinstance(value, str) else value
-    if base is None:
+    fresh = base is None
+    if fresh:
         name = values.get("recipe") or default_recipe(values.get("data", TrainConfig.data))
         base = recipe_config(name)
         values["recipe"] = name
@@ -406,9 +473,44 @@ def load_config(
             if k not in values and getattr(base, k) > lr:
                 values[k] = lr
     try:
-        return dataclasses.replace(base, **values)
+        cfg = dataclasses.replace(base, **values)
     except TypeError as e:  # only reachable through a programming error: keys are checked
         raise ValueError(str(e)) from None
+    if fresh:  # a new run's config (a stored one is taken as it was trained)
+        check_model_args(cfg)
+    return cfg
+
+
+# The settings that fix a model's input and output belong to the run: TrainConfig fields
+# (img_size, drop_path_rate) or the data's shape (in_chans, num_classes), never model_args.
+RUN_OWNED = ("img_size", "in_chans", "num_classes", "drop_path_rate")
+
+
+def _same(key: str, a, b) -> bool:
+    if key == "img_size":  # 32 and (32, 32) say the same
+        def norm(v):
+            return (v, v) if isinstance(v, int) and not isinstance(v, bool) else tuple(v) if isinstance(v, (list, tuple)) else v
+        return norm(a) == norm(b)
+    return a == b
+
+
+def check_model_args(cfg: TrainConfig, *, num_classes: int | None = None, in_chans: int | None = None) -> None:
+    """Refuse ``model_args`` that contradict what the run owns (``RUN_OWNED``): ``img_size`` and
+    ``drop_path_rate`` (config fields) and, when given, the data's ``num_classes`` / ``in_chans``
+    (without them those two are checked when the model is built for the data). A value equal to
+    the run's is accepted: it says nothing new."""
+    owned = {"img_size": (cfg.img_size, "--img-size"), "drop_path_rate": (cfg.drop_path_rate, "--drop-path-rate")}
+    if num_classes is not None:
+        owned["num_classes"] = (num_classes, f"the data ({cfg.data})")
+    if in_chans is not None:
+        owned["in_chans"] = (in_chans, f"the data ({cfg.data})")
+    for key, (run_value, setter) in owned.items():
+        if key in (cfg.model_args or {}) and not _same(key, cfg.model_args[key], run_value):
+            value = cfg.model_args[key]
+            fix = (f"drop it from model_args and pass {setter} {value}" if setter.startswith("--")
+                   else "drop it from model_args (the data decides it)")
+            raise ValueError(f"model_args sets {key}={value!r}, but the run owns {key}: {run_value!r}, "
+                             f"from {setter}; {fix}")
 
 
 def config_to_yaml(cfg: TrainConfig) -> str:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..factory import create_from_timm
-from .timm import TIMM_PAIRS, export_timm_weights, load_timm_weights
+from ..convert.timm import TIMM_PAIRS, export_timm_weights, load_timm_weights
 
 
 @torch.no_grad()
