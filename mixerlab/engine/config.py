@@ -336,6 +336,25 @@ def field_help(name: str) -> str:
     return f"{FIELD_HELP[name]}; allowed: {allowed}; default {default}"
 
 
+def fields_markdown() -> str:
+    """``docs/train_config.md``: every field's type, default, allowed values and help, generated
+    from the field table (``tests/test_train_config.py`` checks the committed file is current)."""
+    rows = ["# `TrainConfig` fields", "",
+            "Generated from the field table in `mixerlab/engine/config.py` (`python -c \"from "
+            "mixerlab.engine.config import fields_markdown; print(fields_markdown(), end='')\" > "
+            "docs/train_config.md`). Every field is also a `mixerlab train` option (`--batch-size 64`) "
+            "and a `--set key=value` / YAML key. Defaults marked per recipe come from "
+            "`mixerlab/engine/recipes.py`; `load_config` starts from the dataset's recipe.", "",
+            "| field | type | allowed | default | what it does |", "|---|---|---|---|---|"]
+    for name in valid_keys():
+        text = field_help(name)
+        what, rest = text.split("; allowed: ", 1)
+        allowed, default = rest.rsplit("; default ", 1)
+        cells = [f"`{name}`", _type_name(_field_types()[name]), allowed, default, what]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
 def _recipe_names() -> list[str]:
     return list(RECIPES)
 
