@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -45,9 +48,13 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
                 meta = dict(f.metadata() or {})
                 sd = {k: f.get_tensor(k) for k in f.keys()}
         else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's pickle warnings: the error below says it all
+                warnings.simplefilter("ignore")
+                sd = torch.load(str(path), map_location="cpu", weights_only=True)
             if isinstance(sd, dict) and isinstance(sd.get("mixerlab_meta"), dict):
                 meta = {str(k): str(v) for k, v in sd["mixerlab_meta"].items()}
+    except pickle.UnpicklingError as e:  # weights_only refused a Python object in the pickle
+        raise ValueError(unsafe_pickle_message(path, e)) from None
     except Exception as e:  # truncated or corrupt: say so, without a traceback wall
         raise ValueError(f"cannot read weights from {path}: {type(e).__name__}: {e}") from None
     if meta.get("format", "").startswith("mixerlab-checkpoint") and isinstance(sd, dict):
@@ -55,6 +62,21 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         if not sd:
             raise ValueError(f"training checkpoint {path} holds no model weights")
     return unwrap_state_dict(sd, source=str(path)), meta
+
+
+def unsafe_pickle_message(path: str | os.PathLike, e: BaseException) -> str:
+    """What a pickled weight file that holds more than tensors is, and how to convert it safely
+    (the message of torch's refusal -- which suggests switching the safety check off -- is not
+    relayed)."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    what = f" (it refers to {found.group(1)})" if found else ""
+    return (f"{path} is a pickled PyTorch file that holds Python objects besides tensors{what}: a whole "
+            "pickled model or training state, or a file made to run code when it is unpickled. mixerlab "
+            "reads tensors only and never unpickles objects. If you trust where the file came from, "
+            "convert it once in a separate, trusted environment: load it there with torch.load, take the "
+            "state dict of tensors (model.state_dict() for a pickled model), save that with "
+            "safetensors.torch.save_file(state_dict, 'weights.safetensors'), and pass the .safetensors "
+            "file here; otherwise do not load it at all")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -268,6 +268,6 @@ def analyze_model(model: nn.Module, images: torch.Tensor, *, batch_size: int = 1
                                "token count and width), mean over tokens and images; intra_token: mean "
                                "pairwise cosine of distinct grid tokens within a block output",
             diagonality="LaViT monitors on each less-attention layer's softmax map P: asymmetry = mean "
-                        "|P - P^T|, diag_mass = mean P_ii, dp_diag = mean (1 - N P_ii) / (N - 1)"),
+                        "|P - P^T|, diag_mass = mean P_ii, dp_diag = mean_i sum_j max(0, P_ij - P_ii)"),
     )
     return _clean(records), raw["pictures"]

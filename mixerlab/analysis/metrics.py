@@ -154,7 +154,8 @@ def diagonality_terms(p: torch.Tensor) -> dict[str, float]:
 
     Returns ``asymmetry`` = mean_ij |P_ij - P_ji| (LaViT's dp_sym, corrected form),
     ``diag_mass`` = mean tr(P) / N (1 = each token attends only to itself, 1/N = uniform) and
-    ``dp_diag`` = mean_i (1 - N P_ii) / (N - 1) (the sign-corrected, normalised diagonal term).
+    ``dp_diag`` = mean_i sum_{j != i} max(0, P_ij - P_ii), the training loss's diagonal-dominance
+    term (0 when every diagonal entry is its row's largest; see ``mixers/less_attention.py``).
     """
     p = p.float()
     n = p.shape[-1]
@@ -163,7 +164,7 @@ def diagonality_terms(p: torch.Tensor) -> dict[str, float]:
     diag = p.diagonal(dim1=-2, dim2=-1)  # (B, H, N)
     return dict(asymmetry=(p - p.transpose(-2, -1)).abs().mean().item(),
                 diag_mass=diag.mean().item(),
-                dp_diag=((1.0 - n * diag) / max(n - 1, 1)).mean().item())
+                dp_diag=(p - diag[..., None]).clamp_min(0).sum(-1).mean().item())
 
 
 def entropy(attn: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ Weights alone: :func:`load_weights` returns the ``model.`` tensors with the pref
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -42,6 +43,31 @@ FORMAT = "mixerlab-checkpoint/1"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, truncated, corrupt, foreign or mismatched."""
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (disk full, read-only, quota): an ``OSError`` with ``errno``,
+    ``strerror`` (ENOSPC: "No space left on device (disk full)") and ``filename`` = the target;
+    the previous file at that path and no temporary file is left. The CLI prints it as one line
+    and exits 2 (it maps every ``OSError``)."""
+
+
+_OS_ERROR = re.compile(r"os error (\d+)|code: (\d+)")
+
+
+def write_error(e: BaseException, path: Path) -> CheckpointWriteError:
+    """``e`` (an ``OSError``, or safetensors' ``SafetensorError`` wrapping one: "I/O error: No
+    space left on device (os error 28)") as a :class:`CheckpointWriteError` naming ``path``."""
+    code = getattr(e, "errno", None)
+    if code is None:
+        m = _OS_ERROR.search(str(e))
+        code = int(m.group(1) or m.group(2)) if m else errno.EIO
+    reason = os.strerror(code)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        reason += " (disk full)"
+    elif not isinstance(e, OSError):
+        reason += f" ({type(e).__name__}: {e})"
+    return CheckpointWriteError(code, reason, str(path))
 
 
 # ----------------------------------------------------------------------------- RNG
@@ -204,7 +230,8 @@ def save_checkpoint(
         rng: RNG snapshot from :func:`capture_rng`; defaults to the current state.
 
     Raises:
-        OSError: the file cannot be written (disk full, read-only); ``path`` is left as it was.
+        CheckpointWriteError: (an ``OSError``) the file cannot be written (disk full, read-only);
+            ``path`` is left as it was and the temporary file is removed.
     """
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
@@ -241,12 +268,22 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        except CheckpointWriteError:
+            raise
+        except Exception as e:  # OSError, or SafetensorError (not an OSError) wrapping ENOSPC/EIO
+            if not isinstance(e, OSError) and "error while serializing" not in str(e).lower():
+                raise
+            raise write_error(e, path) from None
         pause_for_tests(f"save:{path.stem}", int(state.get("epoch", -1)))
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half
-        _fsync_dir(path.parent)
+        try:
+            os.replace(tmp, path)  # atomic on POSIX: readers see the old or the new file, never half
+            _fsync_dir(path.parent)
+        except OSError as e:
+            raise write_error(e, path) from None
     finally:
         if tmp.exists():
             tmp.unlink()

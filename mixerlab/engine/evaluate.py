@@ -34,10 +34,10 @@ def evaluate_model(model: nn.Module, loader, *, device: torch.device, num_classe
     ``progress(images_done, images_total)`` (optional) is called at most every
     ``progress_every_s`` seconds, and at the end when it was called before: long evaluations are
     never silent, short ones print nothing."""
-    import time
+    from .report import now
     was_training = model.training
     total = len(getattr(loader, "sampler", None) or []) or None
-    done, reported, last = 0, 0, time.monotonic()
+    done, reported, last = 0, 0, now()
     model.eval()
     k = min(5, num_classes)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, top-k hits
@@ -53,9 +53,9 @@ def evaluate_model(model: nn.Module, loader, *, device: torch.device, num_classe
         sums[1] += (topk == y[:, None]).any(dim=1).sum()
         confusion += torch.bincount(y * num_classes + topk[:, 0], minlength=num_classes * num_classes)
         done += len(y)
-        if progress is not None and time.monotonic() - last >= progress_every_s:
+        if progress is not None and now() - last >= progress_every_s:
             progress(done, total)
-            last, reported = time.monotonic(), done
+            last, reported = now(), done
     if progress is not None and 0 < reported < done:
         progress(done, total)
     model.train(was_training)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import itertools
 import json
 import os
@@ -47,12 +48,14 @@ from .config import TrainConfig, config_from_dict, config_to_yaml
 from .evaluate import evaluate_model
 from .factory import build_from_checkpoint, model_for_run
 from .optim import build_optimizer, lr_at
-from .report import Reporter, Throughput
+from .report import Reporter, Throughput, ThroughputWatch
 from .runlock import run_folder_lock
 from .task import ClassificationTask
 
 # Keys that may change when resuming (they do not alter what has been trained so far).
-RESUMABLE_CHANGES = ("epochs", "data_dir", "num_workers", "eval_every", "eval_batch_size", "log_every", "progress", "tensorboard")
+# num_threads: the advice for an oversubscribed CPU (ThroughputWatch) is to continue with one thread.
+RESUMABLE_CHANGES = ("epochs", "data_dir", "num_workers", "eval_every", "eval_batch_size", "log_every", "progress",
+                     "tensorboard", "num_threads")
 
 
 # Files that make a folder a run (config.yaml alone does not: a run that failed before its first
@@ -347,6 +350,8 @@ def _write_failed(e: OSError, run_dir: Path, what: str) -> RunFolderWriteError:
     kept = (f"the last good checkpoint {last} ({_where(last)}) is intact; resume with "
             f"--resume {run_dir} once the problem is fixed" if last.exists() else "no checkpoint was written yet")
     reason = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and "disk full" not in reason:
+        reason += " (disk full)"
     where = f" {e.filename}" if e.filename else ""
     return RunFolderWriteError(f"cannot write {what} in {run_dir} ({reason}{':' + where if where else ''}); {kept}")
 
@@ -395,8 +400,11 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
                     warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr)
 
     # ---- loop state (everything needed to continue exactly), restored on resume
+    # epoch_images / epoch_train_s / epoch_time_s: the current epoch's training images and time so
+    # far, kept across an interrupt so that a resumed epoch reports the whole epoch's throughput
     state = {"epoch": 0, "step": 0, "step_in_epoch": 0, "best_top1": None, "best_epoch": None,
-             "sums": {}, "images": 0, "wall_s": 0.0, "record": None}
+             "sums": {}, "images": 0, "wall_s": 0.0, "record": None,
+             "epoch_images": 0, "epoch_train_s": 0.0, "epoch_time_s": 0.0}
     if ckpt is not None:
         if ema is not None:
             ckpt.load_model(ema.module, prefix="ema")
@@ -412,6 +420,8 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
     fwd = torch.compile(fwd) if cfg.compile else fwd
     reporter = Reporter(run_dir if di.is_main else None, mode=cfg.progress, total_steps=total_steps,
                         log_every=cfg.log_every, tensorboard=cfg.tensorboard)
+    watch = ThroughputWatch(threads=torch.get_num_threads(), device=device.type,
+                            resume_cmd=f"mixerlab train --resume {run_dir} --num-threads 1")
     if di.is_main:
         try:
             if ckpt is not None:  # finish an epoch end that a kill or a write error cut short
@@ -473,7 +483,12 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
             sampler.set_epoch(epoch)
             sampler.set_start(state["step_in_epoch"] * cfg.accum_steps * cfg.batch_size)
             model.train()
-            meter = Throughput()
+            resumed_part = state["step_in_epoch"] > 0  # continuing an epoch: count its earlier part
+            if not resumed_part:
+                state.update(epoch_images=0, epoch_train_s=0.0, epoch_time_s=0.0)
+            meter = Throughput(images=state["epoch_images"], seconds=state["epoch_train_s"])
+            watch.new_epoch()
+            time_before = state["epoch_time_s"]
             t_epoch = time.perf_counter()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -527,14 +542,22 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
                 boundary_rng = capture_rng()  # what a Ctrl-C during the next step saves
                 for k, v in zip(keys, values.tolist()):
                     state["sums"][k] = state["sums"].get(k, 0.0) + v
-                state["images"] += cfg.batch_size * cfg.accum_steps * di.world
-                ips = meter.add(cfg.batch_size * cfg.accum_steps * di.world)
-                reporter.step(state["step"], epoch + 1, step_loss, lr, ips)
+                n_img = cfg.batch_size * cfg.accum_steps * di.world
+                state["images"] += n_img
+                ips = meter.add(n_img)
+                state.update(epoch_images=meter.images, epoch_train_s=meter.seconds,
+                             epoch_time_s=time_before + time.perf_counter() - t_epoch)
+                reporter.step(state["step"], epoch + 1, step_loss, lr, ips,
+                              terms={k: v for k, v in zip(keys, values.tolist()) if k != "loss"})
+                advice = watch.add(n_img)
+                if advice:
+                    reporter.log(advice)
                 if on_step is not None:
                     on_step(state["step"])
                 pause_for_tests("step", state["step"])
-            epoch_time = time.perf_counter() - t_epoch
+            epoch_time = time.perf_counter() - t_epoch  # this session's part of the epoch
             state["wall_s"] += epoch_time
+            state["epoch_time_s"] = time_before + epoch_time
 
             # ---- epoch record: train means, then (BN calibration +) evaluation
             n_steps = max(state["step_in_epoch"], 1)
@@ -553,7 +576,12 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
                                          progress=lambda d, n, p=prefix: reporter.log(
                                              f"epoch {epoch + 1} {p}: evaluated {d}/{n or '?'} images"))
                     record.update({f"{prefix}_loss": res["loss"], f"{prefix}_top1": res["top1"], f"{prefix}_top5": res["top5"]})
-            record.update({"images_per_s": meter.images / max(meter.seconds, 1e-9), "epoch_time_s": epoch_time,
+            # the whole epoch's throughput and time, also when it was resumed part-way (or right after
+            # its last step: then this session ran no step and adds only the time to get here);
+            # None for an epoch resumed from a checkpoint of an older mixerlab, which lacks them
+            known = meter.images > 0 and meter.seconds > 0
+            record.update({"images_per_s": meter.images / meter.seconds if known else None,
+                           "epoch_time_s": state["epoch_time_s"] if known else None,
                            "peak_mem_mb": _peak_memory_mb(device)})
             is_best = "val_top1" in record and (state["best_top1"] is None or record["val_top1"] > state["best_top1"])
             with guard.deferred():  # from here a signal waits until the folder is consistent again
@@ -561,7 +589,8 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
                 # after the last step, and resume repeats the evaluation with the old best
                 if is_best:
                     state["best_top1"], state["best_epoch"] = record["val_top1"], epoch + 1
-                state.update(epoch=epoch + 1, step_in_epoch=0, sums={}, record=record)
+                state.update(epoch=epoch + 1, step_in_epoch=0, sums={}, record=record,
+                             epoch_images=0, epoch_train_s=0.0, epoch_time_s=0.0)
                 boundary_rng = capture_rng()  # evaluation consumed randomness (BN calibration in train mode)
                 epoch_end(is_best, boundary_rng)
                 committed = True

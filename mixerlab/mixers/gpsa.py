@@ -42,8 +42,9 @@ def relative_positions(grid: tuple[int, int], device=None) -> torch.Tensor:
     return torch.stack([dx, dy, dx * dx + dy * dy], dim=-1)
 
 
-_fx_tracing = getattr(torch.fx._symbolic_trace, "is_fx_tracing_symbolic_tracing",
-                      torch.fx._symbolic_trace.is_fx_tracing)
+# ``is_fx_tracing`` warns on newer torch (it is also true under torch.export); the symbolic-trace
+# check replaces it where it exists (torch 2.14), with the old one (silent there) as fallback.
+_fx_tracing = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None) or torch.fx._symbolic_trace.is_fx_tracing
 
 
 @register_mixer("gpsa")

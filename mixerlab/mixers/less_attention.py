@@ -58,10 +58,20 @@ Proposals adopted (PROPOSAL = not published in arXiv 2406.00427):
 8. Diagonality-preserving loss (``dp_mode="corrected"``) on a square map: P = softmax(M_l) is
    N x N_k; its query rows are averaged over the R x R blocks that share one key cell (rows stay
    stochastic), giving a square N_k x N_k map per head. On it dp_sym = mean_ij |P_ij - P_ji| and
-   dp_diag = mean_i (1 - N_k P_ii) / (N_k - 1) (the printed diagonal term with its sign corrected:
-   minimising it raises the diagonal; normalised to [-1, 1/(N_k - 1)]), averaged over batch and
-   heads. ``dp_mode="literal"`` sums the printed expression on the raw (block-averaged) M_l
-   (unbounded; for paper-parity experiments only). Terms go to ``ctx.aux`` as ``dp_sym`` /
+   dp_diag = mean_i sum_{j != i} max(0, P_ij - P_ii), averaged over batch and heads. The printed
+   diagonal term is sum_i ((N-1) A_ii - sum_{j != i} A_ij) = sum_i sum_{j != i} (A_ii - A_ij);
+   minimising it lowers the diagonal, so its sign is corrected to sum_i sum_{j != i} (A_ij - A_ii).
+   That form rewards every increase of the diagonal: its minimum is the identity map (each token
+   attends only to itself; -1 per layer once normalised, as mixerlab had it), and with
+   the terms summed over the LA layers at weight 1 the total loss went negative within 60 steps
+   and the maps collapsed to the identity. The paper's stated goal is diagonal *dominance*
+   (arXiv:2406.00427: each token relates most to itself), so [proposal] each pairwise difference
+   A_ij - A_ii is clipped at 0: the term is 0 once every row's diagonal is at least its largest
+   entry and only penalises keys that out-attend the token itself; it lies in [0, 1] (a row's
+   clipped excess is at most 1 - P_ii), so the loss stays >= the cross-entropy and no longer pays
+   for making maps more diagonal than dominant. ``dp_mode="literal"`` sums the printed expression
+   on the raw (block-averaged) M_l (unbounded; for paper-parity experiments only).
+   Terms go to ``ctx.aux`` as ``dp_sym`` /
    ``dp_diag``; the model sums them over layers (``model(x, return_aux=True)``) and the trainer
    adds lambda_DP times the sum.
 9. Placement is model configuration, see ``zoo/lavit.py``.
@@ -255,17 +265,26 @@ def resample_grid_operator(w: torch.Tensor, grid, new_grid) -> torch.Tensor:
     ``new_grid``, for inputs of another size (the size flexibility of LaViT's Psi / Theta;
     ``grid`` (h, 1) for a Kronecker factor over one axis).
 
-    W = diag(d) + K is split into its diagonal d (each token's weight on itself), resampled as a
-    function over the grid, and the off-diagonal part K, resampled as an integral kernel: bilinear
-    over the output and the input axes, times N / N' (a sum over N' input tokens then weighs a
-    region as the sum over N did). The identity (the init) maps to the identity, row sums are
-    kept where K is smooth, and on the same grid W is returned as it is (the build size computes
-    exactly what it did)."""
+    W = diag(d) + K is split into a self weight d per token, resampled as a function over the
+    grid, and a kernel K, resampled as an integral kernel: bilinear over the output and the input
+    axes, times N / N' (a sum over N' input tokens then weighs a region as the sum over N did).
+    K's diagonal is the mean of its entries at the token's grid neighbours (the kernel's value
+    there, as if the token were not itself) and d = W_ii minus that, so a smooth kernel leaves no
+    hole at the diagonal. The identity (the init) maps to the identity; a constant kernel keeps
+    its row sums; on the same grid W is returned as it is (the build size computes exactly what
+    it did)."""
     if tuple(grid) == tuple(new_grid):
         return w
     n, n2 = grid[0] * grid[1], new_grid[0] * new_grid[1]
-    d = w.diagonal()
-    k = w - torch.diag_embed(d)
+    k = w.clone()
+    k.diagonal().zero_()
+    ring = w.new_ones(1, 1, 3, 3)
+    ring[0, 0, 1, 1] = 0
+    num = F.conv2d(k.reshape(n, 1, grid[0], grid[1]), ring, padding=1).reshape(n, n).diagonal()
+    cnt = F.conv2d(w.new_ones(1, 1, grid[0], grid[1]), ring, padding=1).reshape(n)
+    fill = num / cnt.clamp_min(1)  # the mean over each token's (up to 8) grid neighbours
+    k = k + torch.diag_embed(fill)
+    d = w.diagonal() - fill
     k = _interp_grid(k, grid, new_grid)  # input axis: (N, N')
     k = _interp_grid(k.transpose(0, 1), grid, new_grid).transpose(0, 1)  # output axis: (N', N')
     return torch.diag_embed(resample_grid_vector(d, grid, new_grid)) + k * (n / n2)
@@ -545,6 +564,14 @@ class LessAttention(AttentionMixer):
     def diagonality_map(self, p: torch.Tensor) -> torch.Tensor:
         return self.square_map(p)
 
+    @staticmethod
+    def dominance_term(p: torch.Tensor) -> torch.Tensor:
+        """dp_diag of square row-stochastic maps P (..., N, N): mean over rows (and the leading
+        axes) of sum_{j != i} max(0, P_ij - P_ii), in [0, 1]; 0 when every diagonal entry is its
+        row's largest (proposal 8, module docstring)."""
+        diag = p.diagonal(dim1=-2, dim2=-1)  # (..., N); the j = i entry contributes max(0, 0) = 0
+        return (p - diag[..., None]).clamp_min(0).sum(dim=-1).mean()
+
     def dp_terms(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(dp_sym, dp_diag) of one layer's pre-softmax matrix M (B, H, N, N_k)."""
         if self.dp_mode == "literal":
@@ -555,10 +582,8 @@ class LessAttention(AttentionMixer):
             diag_term = ((n - 1) * diag - (m.sum(dim=-1) - diag)).sum(dim=-1).mean()
             return sym, diag_term
         p = self.square_map(m.softmax(dim=-1))
-        n = p.shape[-1]
         sym = (p - p.transpose(-2, -1)).abs().mean()
-        diag_term = ((1.0 - n * p.diagonal(dim1=-2, dim2=-1)) / max(n - 1, 1)).mean()
-        return sym, diag_term
+        return sym, self.dominance_term(p)
 
     def add_dp_terms(self, ctx: TokenContext, m: torch.Tensor) -> None:
         sym, diag = self.dp_terms(m)
@@ -569,9 +594,15 @@ class LessAttention(AttentionMixer):
     def _inherited(self, ctx: TokenContext, g: "GridTransforms") -> torch.Tensor:
         """The previous stage's carried map brought to this stage (residual / inherit)."""
         prev = ctx.state.get(CARRY)
-        if prev is None or tuple(ctx.state.get(CARRY_GRID, ())) == tuple(g.grid):
+        pg = tuple(ctx.state.get(CARRY_GRID, ()))
+        if prev is None or pg == tuple(g.grid):
             raise ValueError("less_attention: attn_residual / inherit need the previous stage to "
                              "carry an attention matrix (a 'va' or 'la' layer there)")
+        f = self.residual.q_factor
+        if pg != (f * g.grid[0], f * g.grid[1]):
+            raise ValueError(f"less_attention: this stage's {g.grid[0]}x{g.grid[1]} token grid is not "
+                             f"1/{f} of the previous stage's {pg[0]}x{pg[1]}; use an input size the "
+                             "downsampling divides (a multiple of the model's coarsest stride)")
         return self.residual(prev, g.grid, g.key_grid)
 
     def _values(self, x: torch.Tensor, g: "GridTransforms | None" = None) -> torch.Tensor:

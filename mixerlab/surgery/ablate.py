@@ -24,7 +24,10 @@ ordinary mixerlab weight file (its config is the per-block mixer list), loadable
 ``mixerlab.factory.model_from_weights``.
 
 Finished cells are written to ``OUT/cells/*.json`` atomically; a second run with the same settings
-reuses them, so an interrupted run resumes from the finished cells.
+reuses them, so an interrupted run resumes from the finished cells (a cell file that cannot be read
+is named in the log and its cell computed again; an unreadable ``settings.json`` is refused, naming
+it). Long steps (evaluation, fine-tuning, the search) print a progress line at least every
+``engine.report.PROGRESS_EVERY_S`` seconds.
 
 Questions of this kind follow "Do You Even Need Attention?" (Melas-Kyriazi, arXiv 2105.02723) and
 MetaFormer (Yu et al., arXiv 2111.11418), asked here of a user's own model.
@@ -51,6 +54,7 @@ from ..data.datasets import validation_split
 from ..data.loader import TransformedDataset
 from ..data.transforms import eval_transform
 from ..engine.checkpoint import atomic_write_text
+from ..engine.report import Heartbeat
 from ..mixers.base import attention_maps
 from .blocks import (REPLACEMENTS, BlockSlot, block_slots, check_runs, replacement_spec, trainable_parameters,
                      transplant, with_mixers)
@@ -210,6 +214,22 @@ def build_ablate_data(model: nn.Module, data: str, data_dir: str | None, val_siz
                       _Cached(TransformedDataset(test, t, None)), model.num_classes)
 
 
+class _Progress:
+    """Time-based progress of the running ablation (``_run`` installs a :class:`Heartbeat`):
+    ``beat(what)`` prints ``<label>: <what()>`` when nothing was printed for a while."""
+
+    def __init__(self):
+        self.hb: Heartbeat | None = None
+        self.label = "ablate"
+
+    def beat(self, what: Callable[[], str]) -> None:
+        if self.hb is not None:
+            self.hb.beat(lambda: f"{self.label}: {what()}")
+
+
+_progress = _Progress()
+
+
 def _batches(ds, batch_size: int, order=None):
     order = np.arange(len(ds)) if order is None else order
     for i in range(0, len(order), batch_size):
@@ -228,6 +248,7 @@ def correctness(model: nn.Module, ds, batch_size: int = 256) -> np.ndarray:
     out = []
     for x, y in _batches(ds, batch_size):
         out.append((model(x).argmax(1) == y).numpy())
+        _progress.beat(lambda: f"evaluated {sum(len(o) for o in out)}/{len(ds)} images")
     return np.concatenate(out)
 
 
@@ -242,6 +263,7 @@ def mean_maps(model: nn.Module, layer: str, ds, *, batches: int, batch_size: int
             m = rec[layer].sum(0)
             total = m if total is None else total + m
             count += x.shape[0]
+            _progress.beat(lambda: f"averaged the attention maps of {count}/{len(order)} images")
     return total / count
 
 
@@ -268,6 +290,7 @@ def finetune(model: nn.Module, params: list[nn.Parameter], ds, *, steps: int, lr
         loss.backward()
         opt.step()
         done += 1
+        _progress.beat(lambda: f"fine-tuning step {done}/{steps}")
     for p in model.parameters():
         p.requires_grad_(True)
 
@@ -382,6 +405,7 @@ def greedy(model: nn.Module, slots, cells: list[dict], data: AblateData, st: Abl
         for c in remaining:
             i, name = c["blocks"][0], c["replacement"]
             group = Group(f"block {i}", (i,))
+            _progress.label = f"greedy: + block {i} -> {name}"
             cand = apply_replacement(current, slots, group, name, data, st)
             torch.manual_seed(st.seed)
             finetune(cand, trainable_parameters(cand, {i}), data.tune, steps=st.finetune_steps,
@@ -478,14 +502,43 @@ def ablate(source: str | os.PathLike, *, data: str | None = None, data_dir: str 
 
 
 def _run(model, info, slots, groups, ad, st, out: Path, search: bool, log) -> dict:
-    replace, tolerance, stages = st.replacements, st.tolerance, st.stages
     settings_path = out / "settings.json"
     if settings_path.exists():
-        old = json.loads(settings_path.read_text())
+        try:
+            old = json.loads(settings_path.read_text())
+            if not isinstance(old, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            raise ValueError(f"{out} holds an unreadable ablation settings file {settings_path} ({e}); "
+                             f"remove {out} (or that file and {out / 'cells'}) or use another --out") from None
         if old.get("digest") != st.digest():
             raise ValueError(f"{out} holds an ablation with other settings ({settings_path}); use another --out")
     _write_json(settings_path, {"format": RESULTS_FORMAT, "digest": st.digest(), "settings": asdict(st)})
 
+    hb = Heartbeat(log)
+    log = hb.say  # the job's own lines restart the progress interval
+    _progress.hb, _progress.label = hb, "original model"
+    try:
+        return _run_cells(model, info, slots, groups, ad, st, out, search, log)
+    finally:
+        _progress.hb = None
+
+
+def _cached_cell(path: Path, log) -> dict | None:
+    """A finished cell's record, or None (recompute) when the file is unreadable or no cell."""
+    try:
+        cell = json.loads(path.read_text())
+        if isinstance(cell, dict) and isinstance(cell.get("status"), str) and isinstance(cell.get("blocks"), list):
+            return cell
+        problem = "not a cell record"
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        problem = f"{type(e).__name__}: {e}"
+    log(f"cached cell {path} is unreadable ({problem}); computing it again")
+    return None
+
+
+def _run_cells(model, info, slots, groups, ad, st, out: Path, search: bool, log) -> dict:
+    replace, tolerance, stages = st.replacements, st.tolerance, st.stages
     base_val = correctness(model, ad.val)
     base = {"acc": 100 * float(base_val.mean()), "macs": _macs(model),
             "params": sum(p.numel() for p in model.parameters())}
@@ -495,10 +548,11 @@ def _run(model, info, slots, groups, ad, st, out: Path, search: bool, log) -> di
     cells, todo = [], [(g, r) for g in groups for r in replace]
     for k, (g, r) in enumerate(todo, 1):
         path = out / "cells" / f"{g.label.replace(' ', '')}__{r}.json"
-        if path.exists():
-            cell = json.loads(path.read_text())
+        cell = _cached_cell(path, log) if path.exists() else None
+        if cell is not None:
             log(f"[{k}/{len(todo)}] {g.label} -> {r}: finished earlier (reused)")
         else:
+            _progress.label = f"[{k}/{len(todo)}] {g.label} -> {r}"
             cell = run_cell(model, slots, g, r, ad, st, base, timing_x)
             _write_json(path, cell)
             if cell["status"] == "ok":
@@ -515,6 +569,7 @@ def _run(model, info, slots, groups, ad, st, out: Path, search: bool, log) -> di
         "cells": cells}
     if search and not stages:
         final, path = greedy(model, slots, cells, ad, st, base, timing_x, log)
+        _progress.label = "final model"
         from ..weights import save_weights, weights_metadata
         weights = save_weights(final.state_dict(), out / "ablated.safetensors", metadata=weights_metadata(final))
         val_final = correctness(final, ad.val)
