@@ -25,7 +25,8 @@ for variance in machine learning benchmarks", MLSys 2021, who show that ignoring
 sources of variance gives over-confident comparisons). Write the per-seed, per-image value of the
 statistic (``A - B``, or ``(A - B) - (C - D)``, or ``A`` alone) as
 ``D[s, i] = theta + alpha_s + beta_i + gamma_si`` (seed effect, image effect, interaction). The
-estimate is the grand mean, whose variance is ``sigma_a^2 / S + sigma_b^2 / N +
+quantity estimated, ``theta``, is the expected difference over training seeds *and* test images
+(what a claim about two architectures is about). The estimate is the grand mean, whose variance is ``sigma_a^2 / S + sigma_b^2 / N +
 sigma_g^2 / (S N)``; the two-way ANOVA mean squares give it without bias as
 ``(MS_seed + MS_image - MS_resid) / (S N)`` (the crossed random-effects variance; see Owen,
 "The pigeonhole bootstrap", Annals of Applied Statistics 1(2), 2007, who also shows that
@@ -48,10 +49,11 @@ components", Biometrics Bulletin 2(6), 1946), with one guard (``df_rule="upper"`
 in the df formula only, the seed term is replaced by its one-sided 75 % upper confidence bound
 ``var_s(d_s) (S - 1) / chi2_{S-1}(0.25) / S``. Plain Welch-Satterthwaite (``df_rule="welch"``)
 estimates df from the same few seeds as the variance, so a seed term that comes out small by
-chance buys many degrees of freedom; with S = 2-3 its coverage falls to 87-92 % when the seed
+chance buys many degrees of freedom; with S = 2-3 its coverage falls to 87-93 % when the seed
 variance is 1-10 times the image variance, while the guarded rule stays at >= 94 % for S = 2, 3,
-5 over seed/image variance ratios 0.3-100 (a check of this module, not a published result: the
-normal-model simulation in ``tests/test_stats.py`` and the Bernoulli one beside it).
+5 over seed/image variance ratios 0.3-100 (a check made for this module, not a published
+result: a normal-model simulation with 20 000 repetitions per case, and the per-image Bernoulli
+simulation of ``tests/test_stats.py``, which also asserts the plain rule's shortfall at S = 2).
 ``df_rule="min"`` takes ``S - 1`` (the conservative smallest-df answer to the Behrens-Fisher
 problem): >= 95 % always, but at S = 2 the interval is t = 12.7 standard errors wide even when
 the image term dominates. With two seeds the interval is wide in any case, the price of an honest
