@@ -180,3 +180,87 @@ def test_bench_peak_memory_accounting(dev):
     if dev.type == "cuda":
         # the step's activations of 8 images: at least the logits' and more than nothing
         assert row["peak_mem_mb"] > 0
+
+
+# ---- the GPU preset's device data path and ensemble (mixerlab.data.device, mixerlab.engine.ensemble)
+def test_device_data_pixels_on_device(dev):
+    """The shift / flip / normalisation done on the device: ArrayTransform's pixels on the CPU."""
+    from mixerlab.data import sample_seed, synthetic
+    from mixerlab.data.device import DeviceTransform
+    from mixerlab.data.transforms import ArrayTransform
+    src = synthetic("train", size=256, num_classes=4, in_chans=1, img_size=28)
+    ref_t = ArrayTransform.for_pipeline(32, (0.2860,), (0.3530,), train=True, padding=2, hflip=0.5)
+    seeds = [sample_seed(3, 1, i) for i in range(256)]
+    images = torch.from_numpy(src.array)
+    got = DeviceTransform.from_array_transform(ref_t)(images.to(dev), torch.tensor(seeds, device=dev))
+    assert got.device.type == dev.type
+    assert torch.equal(got.cpu(), ref_t(images, seeds))
+
+
+def test_ensemble_on_device_matches_runs_alone(dev):
+    """Two deit members (own inits, LRs, batches) vmapped on the device: each member's losses are
+    those of the run alone on the same device (fp32, no TF32)."""
+    from mixerlab.engine.ensemble import Ensemble
+    from mixerlab.engine.optim import build_optimizer, lr_at
+    from mixerlab.engine.task import ClassificationTask
+    sched = dict(total_steps=10, warmup_steps=1, warmup_lr=1e-6, min_lr=1e-5)
+    lrs = [1e-3, 3e-3]
+    models = []
+    for s in range(2):
+        torch.manual_seed(s)
+        models.append(mixerlab.create_model("deit_micro", num_classes=10, in_chans=1, img_size=28, patch_size=7,
+                                            dim=32, num_heads=2, depth=2).to(dev))
+    refs = [copy.deepcopy(m) for m in models]
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(2, 16, 1, 28, 28, generator=g).to(dev), torch.randint(0, 10, (2, 16), generator=g).to(dev))
+            for _ in range(3)]
+    task = ClassificationTask(mixup=None, label_smoothing=0.1, aux_weights={})
+    with exact_fp32():
+        ens = Ensemble(models, lrs=lrs, aux_weights={}, **sched)
+        got = torch.stack([ens.train_step(x, y)["loss"] for x, y in data]).cpu()
+        for i, model in enumerate(refs):
+            opt = build_optimizer(model, lr=lrs[i], weight_decay=0.05)
+            for step, (x, y) in enumerate(data):
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, base_lr=lrs[i], **sched)
+                out = task(model, x[i], y[i])
+                out["loss"].backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                assert abs(out["loss"].item() - got[step, i].item()) < 1e-4, (i, step)
+
+
+def test_collects_on_a_torch_without_the_fake_tensor_mismatch_error():
+    """This file (through test_fake_cuda's FAMILIES) must collect on a torch whose private
+    ``torch._subclasses.fake_tensor`` lacks ``FakeTensorDeviceMismatchError`` (torch 2.11). In a
+    subprocess the module is replaced in ``sys.modules`` by a view without that name (torch's own
+    code keeps the real module), then both files are collected and test_fake_cuda's fallback read."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = """
+import sys, types
+import torch._subclasses.fake_tensor as real
+class WithoutName(types.ModuleType):
+    def __getattr__(self, name):
+        if name == "FakeTensorDeviceMismatchError":
+            raise AttributeError(name)
+        return getattr(real, name)
+sys.modules["torch._subclasses.fake_tensor"] = WithoutName(real.__name__)
+try:
+    from torch._subclasses.fake_tensor import FakeTensorDeviceMismatchError
+    sys.exit("the name was not removed")
+except ImportError:
+    pass
+import pytest
+rc = pytest.main(["-q", "--collect-only", "-p", "no:cacheprovider", "tests/test_cuda.py", "tests/test_fake_cuda.py"])
+import test_fake_cuda
+assert test_fake_cuda.FakeTensorDeviceMismatchError is RuntimeError, test_fake_cuda.FakeTensorDeviceMismatchError
+sys.exit(int(rc))
+"""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                       text=True, timeout=300, env=env)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "tests collected" in out and "ERROR" not in out and "errors" not in out, out[-3000:]

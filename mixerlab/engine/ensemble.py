@@ -30,10 +30,12 @@ How one member stays the run it would be alone:
   random op that was not expected fails loudly); with them, ``randomness="different"`` gives each
   member its own masks, but not the masks of the run alone: such members are the same
   *distribution* of runs, not the same runs (``Ensemble.exact`` is False);
-* fast paths: under ``torch.func`` transforms the hand-written CPU kernels (``onednn_linear``,
-  ``fused_star_relu``) already fall back to the reference ops
-  (:func:`mixerlab.layers.fast_paths.plain_eager_cpu`). ``fused_attn`` is switched off inside the
-  ensemble by default: the CPU SDPA kernel has no ``vmap`` batching rule (PyTorch falls back to a
+* fast paths: every switch of :func:`mixerlab.fast_paths` is off inside the ensemble. Under
+  ``torch.func`` transforms the hand-written CPU kernels (``onednn_linear``, ``fused_star_relu``)
+  fall back to the reference ops anyway (:func:`mixerlab.layers.fast_paths.plain_eager_cpu`), but
+  that check reads a private torch probe (``torch._C._are_functorch_transforms_active``) that a
+  torch without it answers "no transform" for; switching them off does not depend on it.
+  ``fused_attn`` is off by default too: the CPU SDPA kernel has no ``vmap`` batching rule (PyTorch falls back to a
   per-member loop with a warning) and LaViT's attention residual, passed to SDPA as an
   ``attn_mask`` that needs a gradient, fails under it. ``fused_attn=True`` keeps it (for a CUDA
   trial; untested here).
@@ -61,6 +63,9 @@ from ..layers.fast_paths import switches_of
 from .optim import build_optimizer, lr_at
 from .task import ClassificationTask
 
+# the dropout base class is private (torch.nn.modules.dropout); nn.Dropout is the fallback
+_DROPOUT = getattr(nn.modules.dropout, "_DropoutNd", nn.Dropout)
+
 __all__ = ["Ensemble", "EnsembleError", "NonFiniteMemberError", "is_stochastic"]
 
 
@@ -80,7 +85,7 @@ def is_stochastic(model: nn.Module) -> bool:
     """Whether a training forward of ``model`` draws random numbers: dropout, drop path, or an
     attention-map dropout rate (``attn_drop_p``, SDPA's ``dropout_p``)."""
     for m in model.modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+        if isinstance(m, _DROPOUT) and m.p > 0:
             return True
         if isinstance(m, DropPath) and getattr(m, "drop_prob", 0.0) > 0:
             return True
@@ -119,7 +124,7 @@ class Ensemble:
         label_smoothing, aux_weights: the objective (:class:`~mixerlab.engine.task.ClassificationTask`,
             no Mixup).
         clip_grad: per-member global gradient-norm clip, or None.
-        fused_attn: keep the ``fused_attn`` fast path inside ``vmap`` (see the module docstring).
+        fused_attn: keep the ``fused_attn`` fast path (SDPA) inside ``vmap`` (module docstring).
 
     ``train_step(x, y)`` takes one batch shared by all members (``x`` ``(B, C, H, W)``, ``y``
     ``(B,)``) or one per member (``(N, B, C, H, W)``, ``(N, B)``, e.g. from
@@ -151,10 +156,11 @@ class Ensemble:
         # the architecture, without weights of its own: every tensor it uses comes in through
         # functional_call (a forgotten one fails on the meta device instead of reading stale data)
         self.base = copy.deepcopy(models[0]).to("meta")
-        if not self.fused_attn:  # the base is private to the ensemble: switched for good
-            for m in self.base.modules():
-                if "fused_attn" in switches_of(m):
-                    m.fused_attn = False
+        # every fast path off but (on request) fused_attn; the base is private: switched for good
+        for m in self.base.modules():
+            for switch in switches_of(m):
+                if not (switch == "fused_attn" and self.fused_attn):
+                    setattr(m, switch, False)
         # stacked leaves, and the members' tensors as views of them
         self.params: dict[str, torch.Tensor] = {}
         self.buffers: dict[str, torch.Tensor] = {}
