@@ -67,7 +67,10 @@ def test_token_and_diagonality_metrics():
     assert M.token_similarity(x, x) == pytest.approx(1.0, abs=1e-6)
     assert M.intra_token_similarity(torch.ones(1, 4, 3)) == pytest.approx(1.0, abs=1e-6)
     t = M.diagonality_terms(torch.eye(5).view(1, 1, 5, 5))
-    assert t["asymmetry"] == 0 and t["diag_mass"] == pytest.approx(1.0) and t["dp_diag"] == pytest.approx(-1.0)
+    # identity: fully dominant, so the (bounded, clipped) diagonal term is 0, not a reward
+    assert t["asymmetry"] == 0 and t["diag_mass"] == pytest.approx(1.0) and t["dp_diag"] == pytest.approx(0.0)
+    perm = torch.eye(5)[[1, 2, 3, 4, 0]].view(1, 1, 5, 5)  # every token attends only to another: worst
+    assert M.diagonality_terms(perm)["dp_diag"] == pytest.approx(1.0)
 
 
 def test_layer_labels():
@@ -151,3 +154,22 @@ def test_analyze_cli_bad_input(tmp_path, capsys):
     assert main(["analyze", "deit_mikro", "--out", str(tmp_path)]) == 2
     assert main(["analyze", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_corrupt_cached_analysis_is_named_and_recomputed(tmp_path):
+    """A torn ``analysis-<n>.json`` ("Expecting value: line 2 column 1") is reported by name and
+    treated as absent; a good one is returned as it is."""
+    from mixerlab.analysis.report import read_cached_analysis
+
+    model = mixerlab.create_model("lavit_micro")
+    rec, _ = analyze_model(model, torch.randn(2, 3, 32, 32), batch_size=2)
+    good = tmp_path / "analysis-2.json"
+    good.write_text(json.dumps(rec))
+    assert read_cached_analysis(good) == json.loads(json.dumps(rec))
+    bad = tmp_path / "analysis-64.json"
+    bad.write_text('{"model":\n')
+    logs = []
+    assert read_cached_analysis(bad, logs.append) is None
+    assert len(logs) == 1 and str(bad) in logs[0] and "Expecting value" in logs[0]
+    (tmp_path / "other.json").write_text("[1, 2]")
+    assert read_cached_analysis(tmp_path / "other.json", logs.append) is None and "not an analysis" in logs[-1]

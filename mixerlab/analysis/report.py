@@ -9,8 +9,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..engine.checkpoint import atomic_write_text
 from . import plots
 from .analyze import layer_label
+
+
+def read_cached_analysis(path: str | Path, log=None) -> dict | None:
+    """The records of a cached analysis (``analysis.json``, or ``analysis-<n>.json`` in a run
+    folder), or None -- after logging the file's name and what is wrong -- when it cannot be read
+    (torn write, disk error, not an analysis): the caller computes it again (and should write it
+    with :func:`~mixerlab.engine.checkpoint.atomic_write_text`)."""
+    path = Path(path)
+    try:
+        rec = json.loads(path.read_text())
+        if isinstance(rec, dict) and "diagonality" in rec and "layers" in rec:
+            return rec
+        problem = "not an analysis record"
+    except (OSError, ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        problem = f"{type(e).__name__}: {e}"
+    if log is not None:
+        log(f"cached analysis {path} is unreadable ({problem}); computing it again")
+    return None
 
 
 def _fmt(v, nd=3) -> str:
@@ -69,7 +88,7 @@ def write_report(records: dict, pictures: dict, show_images, out_dir, *, plots_o
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "analysis.json"}
-    paths["json"].write_text(json.dumps(records, indent=1))
+    atomic_write_text(paths["json"], json.dumps(records, indent=1))  # a killed writer leaves no torn cache
     figures: dict[str, str] = {}
     if plots_on:
         title = records["model"]
