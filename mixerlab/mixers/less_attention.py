@@ -58,10 +58,20 @@ Proposals adopted (PROPOSAL = not published in arXiv 2406.00427):
 8. Diagonality-preserving loss (``dp_mode="corrected"``) on a square map: P = softmax(M_l) is
    N x N_k; its query rows are averaged over the R x R blocks that share one key cell (rows stay
    stochastic), giving a square N_k x N_k map per head. On it dp_sym = mean_ij |P_ij - P_ji| and
-   dp_diag = mean_i (1 - N_k P_ii) / (N_k - 1) (the printed diagonal term with its sign corrected:
-   minimising it raises the diagonal; normalised to [-1, 1/(N_k - 1)]), averaged over batch and
-   heads. ``dp_mode="literal"`` sums the printed expression on the raw (block-averaged) M_l
-   (unbounded; for paper-parity experiments only). Terms go to ``ctx.aux`` as ``dp_sym`` /
+   dp_diag = mean_i sum_{j != i} max(0, P_ij - P_ii), averaged over batch and heads. The printed
+   diagonal term is sum_i ((N-1) A_ii - sum_{j != i} A_ij) = sum_i sum_{j != i} (A_ii - A_ij);
+   minimising it lowers the diagonal, so its sign is corrected to sum_i sum_{j != i} (A_ij - A_ii).
+   That form rewards every increase of the diagonal: its minimum is the identity map (each token
+   attends only to itself; -1 per layer once normalised, as mixerlab had it), and with
+   the terms summed over the LA layers at weight 1 the total loss went negative within 60 steps
+   and the maps collapsed to the identity. The paper's stated goal is diagonal *dominance*
+   (arXiv:2406.00427: each token relates most to itself), so [proposal] each pairwise difference
+   A_ij - A_ii is clipped at 0: the term is 0 once every row's diagonal is at least its largest
+   entry and only penalises keys that out-attend the token itself; it lies in [0, 1] (a row's
+   clipped excess is at most 1 - P_ii), so the loss stays >= the cross-entropy and no longer pays
+   for making maps more diagonal than dominant. ``dp_mode="literal"`` sums the printed expression
+   on the raw (block-averaged) M_l (unbounded; for paper-parity experiments only).
+   Terms go to ``ctx.aux`` as ``dp_sym`` /
    ``dp_diag``; the model sums them over layers (``model(x, return_aux=True)``) and the trainer
    adds lambda_DP times the sum.
 9. Placement is model configuration, see ``zoo/lavit.py``.
@@ -554,6 +564,14 @@ class LessAttention(AttentionMixer):
     def diagonality_map(self, p: torch.Tensor) -> torch.Tensor:
         return self.square_map(p)
 
+    @staticmethod
+    def dominance_term(p: torch.Tensor) -> torch.Tensor:
+        """dp_diag of square row-stochastic maps P (..., N, N): mean over rows (and the leading
+        axes) of sum_{j != i} max(0, P_ij - P_ii), in [0, 1]; 0 when every diagonal entry is its
+        row's largest (proposal 8, module docstring)."""
+        diag = p.diagonal(dim1=-2, dim2=-1)  # (..., N); the j = i entry contributes max(0, 0) = 0
+        return (p - diag[..., None]).clamp_min(0).sum(dim=-1).mean()
+
     def dp_terms(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(dp_sym, dp_diag) of one layer's pre-softmax matrix M (B, H, N, N_k)."""
         if self.dp_mode == "literal":
@@ -564,10 +582,8 @@ class LessAttention(AttentionMixer):
             diag_term = ((n - 1) * diag - (m.sum(dim=-1) - diag)).sum(dim=-1).mean()
             return sym, diag_term
         p = self.square_map(m.softmax(dim=-1))
-        n = p.shape[-1]
         sym = (p - p.transpose(-2, -1)).abs().mean()
-        diag_term = ((1.0 - n * p.diagonal(dim1=-2, dim2=-1)) / max(n - 1, 1)).mean()
-        return sym, diag_term
+        return sym, self.dominance_term(p)
 
     def add_dp_terms(self, ctx: TokenContext, m: torch.Tensor) -> None:
         sym, diag = self.dp_terms(m)
