@@ -68,7 +68,7 @@ def test_lavit_layout():
 
 def test_lavit_input_size_the_ratios_cannot_divide():
     # 96 px: grids 24/12/6/3, divisible by the ratios 8/4/2/1; 112 px: stage 0's 28 x 28 is not by 8
-    assert mixerlab.get_model_info("lavit_tiny").resolve(img_size=96).img_size == 96
+    assert mixerlab.get_model_info("lavit_tiny").resolve(img_size=96).img_size == (96, 96)
     with pytest.raises(ValueError, match=r"stage 0 \('V'\): its 28x28 token grid at img_size 112 is "
                                          "not divisible by its reduction ratio 8"):
         mixerlab.create_model("lavit_tiny", img_size=112)
@@ -76,7 +76,7 @@ def test_lavit_input_size_the_ratios_cannot_divide():
     with pytest.raises(ValueError, match=r"stage 3 \('LL'\): the 5x5 map of stage 2 .* cannot be carried"):
         mixerlab.create_model("lavit_micro", img_size=40)
     # the vanilla twin (PVT attention floors the reduced grid) builds at any size
-    assert mixerlab.get_model_info("lavit_tiny_vanilla").resolve(img_size=112).img_size == 112
+    assert mixerlab.get_model_info("lavit_tiny_vanilla").resolve(img_size=112).img_size == (112, 112)
 
 
 def test_misspelt_override_names_the_allowed_keys():

@@ -286,8 +286,8 @@ def _signature_of_sd(sd: dict, family: str):
 
 def _signature_of_cfg(cfg, family: str):
     if family in ("vit", "convit"):
-        n_pos = (cfg.img_size // cfg.patch_size) ** 2 + (1 if family == "vit" else 0) \
-            if isinstance(cfg.img_size, int) else None
+        h, w = cfg.img_size
+        n_pos = (h // cfg.patch_size) * (w // cfg.patch_size) + (1 if family == "vit" else 0)
         return family, cfg.dim, len(cfg.mixers), cfg.patch_size, n_pos
     return (family, tuple(s.dim for s in cfg.stages), tuple(len(s.mixers) for s in cfg.stages),
             tuple(_spec(s.mixers[0])[0] for s in cfg.stages))

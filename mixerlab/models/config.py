@@ -28,7 +28,18 @@ class BlockConfig:
 
 
 class _ModelConfig:
-    """``to_dict()`` / ``from_dict()`` of the model configs (see :func:`config_to_dict`)."""
+    """``to_dict()`` / ``from_dict()`` of the model configs (see :func:`config_to_dict`).
+
+    ``img_size`` has one type in mixerlab: a model's input size is an ``(H, W)`` pair (as the
+    built model's ``img_size`` attribute); an int ``n`` (a builder argument, a stored config
+    written before) is read as ``(n, n)`` when the config is made."""
+
+    def __post_init__(self) -> None:
+        v = self.img_size
+        if isinstance(v, int) and not isinstance(v, bool):
+            object.__setattr__(self, "img_size", (v, v))
+        elif isinstance(v, list):
+            object.__setattr__(self, "img_size", tuple(v))
 
     def to_dict(self) -> dict:
         return config_to_dict(self)
@@ -48,7 +59,7 @@ class IsotropicConfig(_ModelConfig):
     mixers: tuple  # one MixerSpec per block (depth = len(mixers))
     dim: int = 192
     patch_size: int = 16
-    img_size: int | tuple = 224
+    img_size: tuple = (224, 224)  # (H, W); an int n is read as (n, n)
     in_chans: int = 3
     num_classes: int = 1000
     block: BlockConfig = field(default_factory=BlockConfig)
@@ -82,7 +93,7 @@ class HierarchicalConfig(_ModelConfig):
     """A 4-stage (or n-stage) model with strided-conv downsampling, as PoolFormer and LaViT."""
 
     stages: tuple  # StageConfig per stage
-    img_size: int | tuple = 224
+    img_size: tuple = (224, 224)  # (H, W); an int n is read as (n, n)
     in_chans: int = 3
     num_classes: int = 1000
     block: BlockConfig = field(default_factory=lambda: BlockConfig(norm="groupnorm1"))

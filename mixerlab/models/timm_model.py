@@ -96,9 +96,10 @@ class TimmModel(nn.Module):
         self.num_classes, self.in_chans = cfg.num_classes, cfg.in_chans
         self.pretrained_cfg = dict(getattr(self.net, "pretrained_cfg", {}) or {})
         native = tuple(self.pretrained_cfg.get("input_size", (cfg.in_chans, 224, 224)))
-        self.img_size = cfg.img_size if cfg.img_size is not None else native[-1]
+        side = cfg.img_size if cfg.img_size is not None else native[-1]
+        self.img_size = (side, side)  # (H, W), as every mixerlab model's
         # the size this model is trained and counted at (count_macs reads it), not timm's ImageNet one
-        self.pretrained_cfg.update(input_size=(cfg.in_chans, self.img_size, self.img_size),
+        self.pretrained_cfg.update(input_size=(cfg.in_chans, *self.img_size),
                                    num_classes=cfg.num_classes, architecture=self.zoo_name)
 
     def forward(self, x: torch.Tensor, return_aux: bool = False):

@@ -120,36 +120,18 @@ def _held_out(train_cfg: dict) -> list[int] | None:
 
 def load_subject(source: str | os.PathLike) -> tuple[nn.Module, dict]:
     """The trained model of a run folder, a training checkpoint, a mixerlab weight file or a
-    timm checkpoint of a covered architecture; returns (model, info)."""
-    from ..engine.checkpoint import CheckpointError, load_checkpoint
-    from ..engine.factory import build_from_checkpoint
-    from ..factory import create_from_timm, model_from_weights
-    from ..convert.timm import is_timm_state_dict
-    from ..weights import read_weights
+    timm checkpoint of a covered architecture (``mixerlab.open_model``); returns (model, info)."""
+    from ..engine.factory import TIMM, ZOO, identify, open_model
 
-    p = Path(source)
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    if p.is_dir():
-        model, ckpt = build_from_checkpoint(p)
-        return model, {"kind": "run folder", "data": ckpt.config.get("data"), "path": str(ckpt.path),
-                       "held_out": _held_out(ckpt.config)}
-    try:
-        ckpt = load_checkpoint(p)
-    except CheckpointError as e:
-        if "not a mixerlab training checkpoint" not in str(e):
-            raise
-    else:
-        model, _ = build_from_checkpoint(ckpt)
-        return model, {"kind": "training checkpoint", "data": ckpt.config.get("data"), "path": str(p),
-                       "held_out": _held_out(ckpt.config)}
-    sd, meta = read_weights(p)
-    if "model_config" in meta:
-        return model_from_weights(p), {"kind": "mixerlab weights", "data": None, "path": str(p)}
-    if is_timm_state_dict(sd):
-        return create_from_timm(p), {"kind": "timm checkpoint", "data": None, "path": str(p)}
-    raise ValueError(f"{p}: not a mixerlab run folder, checkpoint or weight file, nor a timm checkpoint of a "
-                     "covered architecture (see `mixerlab convert --help`)")
+    kind = identify(source)
+    if kind in (ZOO, TIMM):
+        raise ValueError(f"{source!r} is a model name: ablate needs a trained model (a run folder, a training "
+                         "checkpoint, a mixerlab weight file or a timm checkpoint)")
+    model, src = open_model(source)
+    info = {"kind": src.kind, "data": src.data, "path": src.path}
+    if src.train_config is not None:
+        info["held_out"] = _held_out(src.train_config)
+    return model, info
 
 
 def validation_indices(targets: np.ndarray, size: int, seed: int) -> np.ndarray:
