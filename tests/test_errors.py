@@ -44,9 +44,9 @@ def test_fixed_size_model_says_why():
     m = mixerlab.create_model("ffonly_micro")
     with pytest.raises(ValueError, match=r"accepts only 32x32.*token_ff.*img_size=\(48, 48\)"):
         m(torch.randn(1, 3, 48, 48))
-    l_ = mixerlab.create_model("lavit_micro")
-    with pytest.raises(ValueError, match="less_attention"):
-        l_(torch.randn(1, 3, 64, 64))
+    r = mixerlab.create_model("randformer_s12", img_size=64, num_classes=10)
+    with pytest.raises(ValueError, match=r"accepts only 64x64"):
+        r(torch.randn(1, 3, 96, 96))
 
 
 def test_size_not_multiple_of_patch():

@@ -179,8 +179,8 @@ def test_zoo_family_forward_on_fake_cuda(family, monkeypatch):
     calls = {"transform_factored": 0, "transform": 0}
     for name in calls:  # LaViT: count which less-attention paths ran
         orig = getattr(LessAttention, name)
-        monkeypatch.setattr(LessAttention, name, lambda self, m, _o=orig, _n=name: (
-            calls.__setitem__(_n, calls[_n] + 1), _o(self, m))[1])
+        monkeypatch.setattr(LessAttention, name, lambda self, m, g=None, _o=orig, _n=name: (
+            calls.__setitem__(_n, calls[_n] + 1), _o(self, m, g))[1])
     with fake_cuda():
         run_forward_paths(to_fake_cuda(model))
     if family == "lavit":  # the factored path (8 x 8 grid) and the dense one (4 x 4) both ran

@@ -28,7 +28,7 @@ def test_less_attention_fast_paths_equal_explicit(name, kw, monkeypatch):
     calls = []
     orig = la_mod.LessAttention.transform_factored
     monkeypatch.setattr(la_mod.LessAttention, "transform_factored",
-                        lambda self, c: calls.append(self.psi_kind) or orig(self, c))
+                        lambda self, c, g=None: calls.append(self.psi_kind) or orig(self, c, g))
     torch.manual_seed(0)
     m = mixerlab.create_model(name, **kw).eval()
     randomise_less_attention(m)

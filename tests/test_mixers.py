@@ -254,16 +254,20 @@ def test_less_attention_transform_is_psi_a_theta_t():
 
 def test_less_attention_dp_terms_hand_computed():
     la = LessAttention(8, num_heads=1, num_tokens=2, mode="la")
-    m = torch.tensor([[[[math.log(3.0), 0.0], [0.0, 0.0]]]])  # softmax rows: [.75, .25], [.5, .5]
+    m = torch.tensor([[[[0.0, math.log(3.0)], [0.0, 0.0]]]])  # softmax rows: [.25, .75], [.5, .5]
     sym, diag = la.dp_terms(m)
-    # |P - P^T|: off-diagonals |.25 - .5| twice over 4 entries -> 0.125
+    # |P - P^T|: off-diagonals |.75 - .5| twice over 4 entries -> 0.125
     assert abs(sym.item() - 0.125) < 1e-6
-    # mean_i (1 - 2 P_ii) / 1 = ((1 - 1.5) + (1 - 1.0)) / 2 = -0.25
-    assert abs(diag.item() + 0.25) < 1e-6
+    # mean_i sum_{j != i} max(0, P_ij - P_ii) = (max(0, .75 - .25) + max(0, .5 - .5)) / 2 = 0.25
+    assert abs(diag.item() - 0.25) < 1e-6
+    # a diagonally dominant map costs nothing (the term is bounded below by 0, never rewarded)
+    dominant = torch.tensor([[[[math.log(3.0), 0.0], [0.0, 0.0]]]])
+    assert la.dp_terms(dominant)[1].item() == 0.0
     la.dp_mode = "literal"
     sym_l, diag_l = la.dp_terms(m)
-    assert abs(sym_l.item()) < 1e-6  # raw logits are symmetric
-    assert abs(diag_l.item() - (math.log(3.0) - 0.0 + 0.0 - 0.0)) < 1e-6
+    assert abs(sym_l.item() - 2 * math.log(3.0)) < 1e-6  # raw logits: |M_01 - M_10| twice
+    # sum_i ((N - 1) M_ii - sum_{j != i} M_ij) = (0 - log 3) + (0 - 0)
+    assert abs(diag_l.item() + math.log(3.0)) < 1e-6
 
 
 def test_attention_residual_averages_2x2_blocks_and_mixes_heads():
@@ -362,13 +366,14 @@ def test_less_attention_dp_loss_on_block_averaged_square_map():
     torch.testing.assert_close(p.sum(-1), torch.ones(2, 1, 4))
     sym, diag = la.dp_terms(m)
     torch.testing.assert_close(sym, (p - p.transpose(-2, -1)).abs().mean())
-    torch.testing.assert_close(diag, ((1 - 4 * p.diagonal(dim1=-2, dim2=-1)) / 3).mean())
-    # sign: a map concentrated on the diagonal has the lower (better) diagonal term
+    ref = (p - p.diagonal(dim1=-2, dim2=-1)[..., None]).clamp_min(0).sum(-1).mean()
+    torch.testing.assert_close(diag, ref)
+    # sign: a map concentrated on the diagonal costs nothing, one concentrated off it costs
     own_key = torch.tensor([(i // 2) * 2 + j // 2 for i in range(4) for j in range(4)])
     eye = F.one_hot(own_key, 4).float()  # each query's own key cell
     good = la.dp_terms((eye * 10)[None, None])[1]
     bad = la.dp_terms((-eye * 10)[None, None])[1]
-    assert good < 0 < bad
+    assert good == 0 < bad
 
 
 def test_less_attention_needs_a_source():
