@@ -112,3 +112,24 @@ def test_cli_refuses_model_args_that_contradict_the_run_and_the_dry_run_checks_t
 
 def test_open_model_is_the_public_entry():
     assert mixerlab.open_model is open_model
+
+
+def test_dense_backbones_come_through_the_resolver(run_dir, tmp_path):
+    """A detector's or segmenter's backbone from a run folder, a weight file or a zoo name plus a
+    weight file: the trained weights, unchanged, in the backbone."""
+    from mixerlab.dense import build_backbone, create_segmenter
+    ref, _ = build_from_checkpoint(run_dir)
+    got = build_backbone(run_dir)
+    assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), ref.state_dict().values()))
+    torch.manual_seed(1)
+    pool = mixerlab.create_model("poolformer_micro")
+    w = tmp_path / "pool.safetensors"
+    save_weights(pool.state_dict(), w, metadata=weights_metadata(pool))
+    for kw in (dict(backbone=w), dict(backbone="poolformer_micro", backbone_weights=w)):
+        seg = create_segmenter("semantic_fpn", num_classes=3, neck_channels=8, head_channels=8, **kw)
+        sd = {k.split("stages.", 1)[1]: v for k, v in seg.state_dict().items() if "stages." in k}
+        assert sd and all(torch.equal(v, pool.state_dict()["stages." + k]) for k, v in sd.items())
+    with pytest.raises(ValueError, match="holds its own weights"):
+        build_backbone(run_dir, weights=w)
+    with pytest.raises(ValueError, match="not a mixerlab backbone"):
+        build_backbone("timm:resnet18")

@@ -28,39 +28,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..factory import create_model, load_pretrained
+from ..engine.factory import TIMM, ZOO, identify, open_model
+from ..factory import load_pretrained
 from ..models.hierarchical import HierarchicalModel
 from ..models.isotropic import IsotropicModel
-from ..zoo import list_models
 
 SIZE_DIVISOR = 32  # input sides must be multiples of this (the coarsest stride of the paper models)
 
 
 # -- backbone construction (the single swappable place) -------------------------------------------
-def build_backbone(backbone: str | nn.Module, *, weights: str | os.PathLike | None = None,
+def build_backbone(backbone: str | os.PathLike | nn.Module, *, weights: str | os.PathLike | None = None,
                    **model_kwargs) -> nn.Module:
-    """THE place where a dense model's backbone is built: a mixerlab zoo name (``list_models()``)
-    and optional weights (a mixerlab weight file or checkpoint, or a timm state dict, through
-    ``mixerlab.factory.load_pretrained``), or an already built mixerlab model (returned as is).
-    ``model_kwargs`` go to ``create_model`` (e.g. ``img_size``, ``drop_path_rate``).
-
-    To be replaced by the general model resolver (``open_model``) once it exists; nothing else in
-    ``mixerlab.dense`` builds a backbone.
+    """THE place where a dense model's backbone is built, through the package's one model resolver
+    (``mixerlab.open_model``): a zoo name (``list_models()``; ``weights``: a mixerlab weight file or
+    a timm state dict to load into it), a classification run folder, a training checkpoint, a
+    mixerlab weight file or a timm checkpoint of a covered architecture; or an already built mixerlab
+    model (returned as is, ``weights`` loaded into it). ``model_kwargs`` go to the zoo builder (e.g.
+    ``img_size``, ``drop_path_rate``); a trained model is rebuilt exactly as saved and takes none.
 
     Raises:
-        ValueError: an unknown backbone name (one line, with what is allowed).
+        ValueError: a source that names no model (one line, with what is allowed).
     """
     if isinstance(backbone, nn.Module):
         if weights is not None:
             load_pretrained(backbone, weights)
         return backbone
-    names = list_models()
-    if backbone not in names:
-        raise ValueError(f"unknown backbone {backbone!r}; allowed: a mixerlab zoo name "
-                         f"(mixerlab.list_models(), e.g. 'poolformer_s12', 'lavit_small', 'deit_small')")
-    model = create_model(backbone, **model_kwargs)
-    if weights is not None:
-        load_pretrained(model, weights)
+    try:
+        kind = identify(backbone)
+    except (ValueError, FileNotFoundError) as e:
+        if isinstance(backbone, str) and not os.path.exists(backbone) and os.sep not in backbone:
+            raise ValueError(f"unknown backbone {backbone!r}; allowed: a mixerlab zoo name (mixerlab.list_models(), "
+                             "e.g. 'poolformer_s12', 'lavit_small', 'deit_small'), a run folder, a training "
+                             "checkpoint, a mixerlab weight file or a timm checkpoint") from None
+        raise ValueError(f"backbone {os.fspath(backbone)}: {e}") from None
+    if kind == TIMM:
+        raise ValueError(f"backbone {backbone!r}: a timm model is not a mixerlab backbone; allowed: a mixerlab "
+                         "zoo name (mixerlab.list_models(), e.g. 'poolformer_s12', 'lavit_small', 'deit_small'), "
+                         "a run folder, a training checkpoint, a mixerlab weight file or a timm checkpoint")
+    if weights is not None and kind != ZOO:
+        raise ValueError(f"weights= applies to a zoo name; {backbone} is a {kind} and holds its own weights")
+    model, _ = open_model(backbone, pretrained=weights, **model_kwargs) if kind == ZOO else open_model(
+        backbone, **model_kwargs)
     return model
 
 

@@ -84,7 +84,9 @@ def create_detector(name: str, backbone: str | nn.Module = "poolformer_s12", num
 
     Args:
         name: ``"retinanet"`` or ``"mask_rcnn"``.
-        backbone: a mixerlab zoo name (hierarchical or isotropic) or a built mixerlab model.
+        backbone: a mixerlab zoo name (hierarchical or isotropic), a classification run folder, a
+            training checkpoint, a mixerlab weight file, a timm checkpoint (``build_backbone``) or a
+            built mixerlab model.
         num_classes: object classes (80 for COCO), background not counted.
         backbone_weights: a weight file for the backbone (mixerlab or timm; ``build_backbone``).
         backbone_kwargs: ``create_model`` overrides for the backbone (``drop_path_rate=0.1``).
