@@ -16,7 +16,7 @@ from . import timm_registry as _timm_registry  # noqa: F401  (registers mixerlab
 __all__ = [
     "BlockConfig", "HierarchicalConfig", "IsotropicConfig", "MetaFormerBlock", "StageConfig",
     "__version__", "attention_maps", "build_from_checkpoint", "build_model", "config_from_dict",
-    "create_from_timm", "create_model", "explicit_attention", "fast_paths", "get_mixer", "get_model_info",
+    "create_detector", "create_from_timm", "create_model", "create_segmenter", "explicit_attention", "fast_paths", "get_mixer", "get_model_info",
     "list_mixers", "list_models", "load_pretrained", "open_model",
 ]
 
@@ -27,6 +27,8 @@ def __getattr__(name):
     import importlib
     if name in ("train", "evaluate", "TrainConfig", "build_from_checkpoint", "open_model"):
         return getattr(importlib.import_module("mixerlab.engine"), name)
+    if name in ("create_detector", "create_segmenter"):  # detection / segmentation (torchvision heads)
+        return getattr(importlib.import_module("mixerlab.dense"), name)
     if name in ("load_timm_weights", "export_timm_weights"):
         return getattr(importlib.import_module("mixerlab.convert"), name)
     raise AttributeError(f"module 'mixerlab' has no attribute {name!r}")

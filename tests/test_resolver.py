@@ -133,3 +133,11 @@ def test_dense_backbones_come_through_the_resolver(run_dir, tmp_path):
         build_backbone(run_dir, weights=w)
     with pytest.raises(ValueError, match="not a mixerlab backbone"):
         build_backbone("timm:resnet18")
+
+
+def test_top_level_names_resolve():
+    """Every name in ``mixerlab.__all__`` is reachable (the lazy ones included)."""
+    for name in mixerlab.__all__:
+        assert getattr(mixerlab, name) is not None, name
+    from mixerlab.dense import create_detector
+    assert mixerlab.create_detector is create_detector
