@@ -417,3 +417,43 @@ def test_model_options_are_checked_at_the_api_boundary():
         mixerlab.create_model("deit_micro", num_classes="ten")
     with pytest.raises(TypeError, match="a model name must be a string.*got None"):
         mixerlab.create_model(None)
+
+
+# ----------------------------------------------------------------------------- issue 31: 13 and 15
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_refuses_a_checkpoint_another_run_wrote(tmp_path, capsys):
+    """Issue 31 (13): a last.safetensors copied in from a run on other data is refused in one
+    line, exit 2, and not one byte of the folder changes (its best, metrics, summary, config)."""
+    run, other = tmp_path / "run", tmp_path / "other"
+    assert _main(capsys, "train", *TINY, "--epochs", "1", "--out", run)[0] == 0
+    assert _main(capsys, "train", *TINY, "--epochs", "1", "--synthetic-classes", "4", "--out", other)[0] == 0
+    shutil.copyfile(other / "last.safetensors", run / "last.safetensors")
+    before = _snapshot(run)
+    code, out, err = _main(capsys, "train", "--resume", run)
+    assert "another run" in _one_line(err, code) and "synthetic_classes=4" in err
+    assert _snapshot(run) == before
+
+
+def test_each_command_refuses_another_commands_folder(tmp_path, capsys):
+    """Issue 31 (15): train --out a compare or ablate folder (marked, or from before marks by its
+    files) is refused before anything is written; a run folder is marked as one."""
+    from mixerlab.engine.run_folder import MARK_NAME, claim_folder, folder_kind
+
+    compare = claim_folder(tmp_path / "cmp", "compare")
+    legacy_ablate = tmp_path / "abl"
+    (legacy_ablate / "cells").mkdir(parents=True)
+    (legacy_ablate / "settings.json").write_text("{}")
+    for folder, kind in ((compare, "compare"), (legacy_ablate, "ablate")):
+        before = _snapshot(folder)
+        code, out, err = _main(capsys, "train", *TINY, "--epochs", "1", "--out", folder)
+        assert f"is a {kind} folder" in _one_line(err, code)
+        assert _snapshot(folder) == before
+    run = tmp_path / "run"
+    assert _main(capsys, "train", *TINY, "--epochs", "1", "--out", run)[0] == 0
+    assert json.loads((run / MARK_NAME).read_text())["kind"] == "train" and folder_kind(run) == "train"
+    with pytest.raises(ValueError, match="is a train folder"):
+        claim_folder(run, "compare")
+    assert folder_kind(tmp_path / "absent") is None and not (tmp_path / "absent").exists()

@@ -49,6 +49,7 @@ from .evaluate import evaluate_model
 from .factory import build_from_checkpoint, model_for_run
 from .optim import build_optimizer, lr_at
 from .report import Reporter, Throughput, ThroughputWatch
+from .run_folder import check_folder, claim_folder, unmark_folder
 from .runlock import run_folder_lock
 from .task import ClassificationTask
 
@@ -169,6 +170,7 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool) -> dict | None
                               "move it away and start a new run")
     ckpt = load_checkpoint(last)  # CheckpointError (a ValueError) if corrupt
     stored = config_from_dict(ckpt.config)
+    _check_same_run(run_dir, stored)
     changed = [f.name for f in dataclasses.fields(TrainConfig) if getattr(stored, f.name) != getattr(cfg, f.name)]
     bad = [k for k in changed if k not in RESUMABLE_CHANGES]
     if bad:
@@ -177,6 +179,34 @@ def _check_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool) -> dict | None
             f"only {', '.join(RESUMABLE_CHANGES)} may change on resume"
         )
     return ckpt
+
+
+def _check_same_run(run_dir: Path, stored: TrainConfig) -> None:
+    """Refuse a ``last.safetensors`` that another run wrote (copied in from another folder or
+    dataset): its config must agree with the folder's ``config.yaml`` on everything a resume may
+    not change. Checked before anything in the folder is written."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return  # a folder of an older mixerlab, or one whose config.yaml was lost: the checkpoint decides
+    try:
+        folder = config_from_dict(yaml.safe_load(path.read_text()) or {})
+    except (yaml.YAMLError, UnicodeDecodeError, TypeError, AttributeError, ValueError) as e:
+        raise CheckpointError(f"cannot resume {run_dir}: its config.yaml is unreadable ({error_text(e)}); "
+                              "the checkpoint cannot be checked against it") from None
+    bad = [f.name for f in dataclasses.fields(TrainConfig)
+           if f.name not in RESUMABLE_CHANGES and getattr(stored, f.name) != getattr(folder, f.name)]
+    if bad:
+        diffs = ", ".join(f"{k}={getattr(stored, k)!r} (folder: {getattr(folder, k)!r})" for k in bad[:4])
+        raise CheckpointError(
+            f"cannot resume {run_dir}: its last.safetensors was written by another run ({diffs}"
+            f"{', ...' if len(bad) > 4 else ''}) than the folder's config.yaml; nothing was changed. "
+            "Put that run's own checkpoint back, or start a new run with --out")
+
+
+def error_text(e: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
 
 
 def resume_config(run_dir: str | Path, overrides: dict | None = None) -> TrainConfig:
@@ -225,6 +255,7 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
     cfg = config
     run_dir = Path(out_dir) if out_dir else default_run_dir(cfg)
     _check_out_path(run_dir)
+    check_folder(run_dir, "train")  # a compare, ablate or analysis folder is refused before anything is written
     dist_info = distributed.setup(cfg.device)
     threads = torch.get_num_threads()
     if cfg.num_threads is not None:
@@ -252,6 +283,7 @@ def _discard_unstarted(run_dir: Path, lock_path: Path | None, created: bool) -> 
     folder itself if this run created it), so nothing half-written stays behind."""
     with contextlib.suppress(OSError):
         (run_dir / "config.yaml").unlink(missing_ok=True)
+        unmark_folder(run_dir)
         if created:
             if lock_path is not None:
                 lock_path.unlink(missing_ok=True)
@@ -366,6 +398,8 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
     if di.is_main:
         clean_stale_temps(run_dir)  # a killed writer's temporary files (we hold the lock)
     ckpt = _check_run_dir(run_dir, cfg, resume)
+    if di.is_main:
+        claim_folder(run_dir, "train")  # after the checks: a refused resume leaves the folder as it was
     _seed_all(cfg.seed + di.rank)  # model init differs per rank, but DDP broadcasts rank 0's weights
 
     # ---- data, model, optimiser, EMA, objective
