@@ -1,4 +1,4 @@
-"""LaViT vs its all-vanilla twin (same skeleton, every layer PVT attention): MACs and CPU time.
+"""LaViT vs its all-vanilla twin (same skeleton, every layer PVT attention): MACs and time (CPU or CUDA).
 
 For each input size it builds ``MODEL`` and ``MODEL_vanilla`` at that size and measures, per stage
 (downsampling + blocks) and in total:
@@ -25,6 +25,8 @@ import statistics
 import time
 from collections import defaultdict
 
+import contextlib
+
 import torch
 
 import mixerlab
@@ -41,11 +43,23 @@ def stage_macs(model, size) -> dict:
     return out
 
 
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, dtype: str):
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))
+
+
 class StageTimer:
     """Wall-clock per stage (its downsampling, position embedding and blocks) from block hooks."""
 
-    def __init__(self, model):
+    def __init__(self, model, device: torch.device):
         self.model, self.acc, self.hooks, self.t0 = model, defaultdict(float), [], {}
+        self.device = device
         for i, st in enumerate(model.stages):
             first, last = st.blocks[0], st.blocks[-1]
             mod = st.downsample if i > 0 else first
@@ -53,10 +67,14 @@ class StageTimer:
             self.hooks.append(last.register_forward_hook(self._stop(i)))
 
     def _start(self, i):
-        return lambda m, a: self.t0.__setitem__(i, time.perf_counter())
+        def f(m, a):
+            sync(self.device)
+            self.t0[i] = time.perf_counter()
+        return f
 
     def _stop(self, i):
         def f(m, a, o):
+            sync(self.device)
             self.acc[f"stage{i + 1}"] += time.perf_counter() - self.t0[i]
         return f
 
@@ -70,21 +88,26 @@ class StageTimer:
             h.remove()
 
 
-def infer_once(model, x, timer) -> dict:
+def infer_once(model, x, timer, dtype: str) -> dict:
+    sync(x.device)
     t = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(x.device, dtype):
         model(x)
+    sync(x.device)
     out = timer.take()
     out["total"] = time.perf_counter() - t
     return out
 
 
-def train_once(model, x) -> float:
+def train_once(model, x, dtype: str) -> float:
+    sync(x.device)
     t = time.perf_counter()
-    logits, aux = model(x, return_aux=True)
-    loss = logits.float().logsumexp(-1).mean() + sum(aux.values(), torch.zeros(()))
+    with autocast(x.device, dtype):
+        logits, aux = model(x, return_aux=True)
+        loss = logits.float().logsumexp(-1).mean() + sum(aux.values(), torch.zeros((), device=x.device))
     loss.backward()
     model.zero_grad(set_to_none=True)
+    sync(x.device)
     return time.perf_counter() - t
 
 
@@ -115,23 +138,31 @@ def main():
     ap.add_argument("--sr-ratios", type=int, nargs=4, default=None, metavar="R",
                     help="per-stage key/value reduction ratios for both models (builder argument; "
                          "default the zoo's 8 4 2 1, keys on a 7 x 7 grid at 224 px)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="autocast dtype (float32: none)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    device = torch.device(a.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device {a.device}: CUDA is not available on this machine; allowed here: cpu")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     names = (a.model, f"{a.model}_vanilla")
     result = {"model": a.model, "batch": a.batch, "train_batch": a.train_batch, "reps": a.reps,
-              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": a.dtype,
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "sr_ratios": a.sr_ratios, "load_avg_start": os.getloadavg(), "sizes": {}}
     extra = {"sr_ratios": tuple(a.sr_ratios)} if a.sr_ratios else {}
     for size in a.sizes:
         models = {n: mixerlab.create_model(n, img_size=size, **extra) for n in names}
         rec = {n: {"macs": stage_macs(m, size), "infer": [], "train": []} for n, m in models.items()}
-        x = torch.randn(a.batch, 3, size, size)
-        timers = {n: StageTimer(m.eval()) for n, m in models.items()}
+        models = {n: m.to(device) for n, m in models.items()}
+        x = torch.randn(a.batch, 3, size, size, device=device)
+        timers = {n: StageTimer(m.eval(), device) for n, m in models.items()}
         for r in range(a.warmup + a.reps):  # alternately: LaViT, twin, LaViT, twin, ...
             for n, m in (list(models.items()) if r % 2 == 0 else list(models.items())[::-1]):
-                t = infer_once(m, x, timers[n])
+                t = infer_once(m, x, timers[n], a.dtype)
                 if r >= a.warmup:
                     rec[n]["infer"].append(t)
         for t in timers.values():
@@ -142,7 +173,7 @@ def main():
                 m.train()
             for r in range(a.warmup + a.reps):
                 for n, m in (list(models.items()) if r % 2 == 0 else list(models.items())[::-1]):
-                    t = train_once(m, xt)
+                    t = train_once(m, xt, a.dtype)
                     if r >= a.warmup:
                         rec[n]["train"].append(t)
         for n in names:
@@ -167,8 +198,9 @@ def main():
 
 def print_size(size, names, rec, a):
     stages = [k for k in rec[names[0]]["macs"] if k != "total"] + ["total"]
+    where = f"{torch.get_num_threads()} threads" if a.device == "cpu" else f"{a.device}, {a.dtype}"
     print(f"\n{size} px; inference batch {a.batch}, training step batch {a.train_batch}; "
-          f"{torch.get_num_threads()} threads; medians of {a.reps} alternate rounds")
+          f"{where}; medians of {a.reps} alternate rounds")
     print("| model | " + " | ".join(f"{s} GMACs" for s in stages) + " | "
           + " | ".join(f"{s} ms" for s in stages) + " | train step ms |")
     print("|" + "---|" * (2 * len(stages) + 2))
