@@ -61,5 +61,14 @@ def no_decay_names(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if id(p) in exempt]
 
 
-def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8,
+                    fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`. ``fused`` (None: when every parameter is on a CUDA device)
+    selects PyTorch's fused CUDA kernel, one launch for the whole update instead of a few per
+    parameter group, the same update up to rounding; on the CPU the default (foreach) kernel is
+    kept, so CPU results do not change."""
+    params = list(model.parameters())
+    if fused is None:
+        fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps,
+                             **({"fused": True} if fused else {}))
