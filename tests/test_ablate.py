@@ -157,3 +157,24 @@ def test_validation_images_of_a_run_are_the_ones_it_held_out():
     val_idx = set(int(i) for i in d.val.ds.indices)
     assert len(val_idx) == 16 and val_idx <= set(pool.tolist())
     assert set(int(i) for i in d.tune.ds.indices) == set(rest.tolist())
+
+
+def test_cli_refuses_a_training_run_as_out_and_a_timm_run(tmp_path, capsys):
+    """Issue 31: ablate --out a training run folder is refused before any work (15); a
+    `train --model timm:NAME` run is refused in words (17). One line, exit 2, nothing written."""
+    from conftest_train import tiny_config
+    from mixerlab.cli.main import main
+    from mixerlab.engine import train
+    run = tmp_path / "run"
+    train(tiny_config(epochs=1), out_dir=run)
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["ablate", str(run), "--out", str(run), "--finetune-steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "is a train folder" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in run.iterdir()) == before
+    timm_run = tmp_path / "timm"
+    train(tiny_config(epochs=1, model="timm:resnet18", model_args={}), out_dir=timm_run)
+    assert main(["ablate", str(timm_run), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "timm:resnet18, a timm model" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -173,3 +173,29 @@ def test_corrupt_cached_analysis_is_named_and_recomputed(tmp_path):
     assert len(logs) == 1 and str(bad) in logs[0] and "Expecting value" in logs[0]
     (tmp_path / "other.json").write_text("[1, 2]")
     assert read_cached_analysis(tmp_path / "other.json", logs.append) is None and "not an analysis" in logs[-1]
+
+
+def test_analyze_refuses_another_commands_folder_and_a_timm_run_and_takes_a_run_as_weights(tmp_path, capsys):
+    """Issue 31: analyze --out a run folder is refused (15); a timm:NAME run is refused in words
+    (17); --weights RUN_FOLDER is accepted like the rest (19)."""
+    from conftest_train import tiny_config
+    from mixerlab.cli.main import main
+    from mixerlab.engine import train
+    run = tmp_path / "run"
+    train(tiny_config(epochs=1), out_dir=run)
+    small = ["--num-images", "2", "--batch-size", "2", "--no-plots"]
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["analyze", str(run), *small, "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "is a train folder" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in run.iterdir()) == before
+    out = tmp_path / "w"
+    assert main(["analyze", "deit_micro", "--weights", str(run)] + small + ["--out", str(out)]) == 0
+    rec = json.loads((out / "analysis.json").read_text())
+    assert rec["source"]["weights"].endswith("best.safetensors")
+    timm_run = tmp_path / "timm"
+    train(tiny_config(epochs=1, model="timm:resnet18", model_args={}), out_dir=timm_run)
+    capsys.readouterr()
+    assert main(["analyze", str(timm_run), *small]) == 2
+    err = capsys.readouterr().err
+    assert "a timm model" in err and len(err.strip().splitlines()) == 1

@@ -143,3 +143,25 @@ def test_corrupt_data_file_is_a_clear_error(tmp_path, capsys):
                          "--out", str(tmp_path / "run"))
     assert code == 2 and "train-labels-idx1-ubyte.gz is corrupt or truncated" in err
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_eval_takes_the_run_as_its_argument_and_refuses_a_file_or_foreign_folder_as_out(tmp_path, capsys):
+    """Issue 31: ``eval RUN`` like analyze/ablate (10; --checkpoint kept); ``--out FILE`` that exists
+    says it is a file (19); ``--out`` another command's folder is refused (15)."""
+    from mixerlab.engine.run_folder import claim_folder
+    run = tmp_path / "run"
+    assert _main(capsys, "train", *TINY, "--out", str(run))[0] == 0
+    code, out, _ = _main(capsys, "eval", str(run), "--json")
+    assert code == 0 and json.loads(out)["n"] == 16
+    assert (run / "eval").is_dir()
+    f = tmp_path / "metrics.txt"
+    f.write_text("keep")
+    code, _, err = _main(capsys, "eval", str(run), "--out", str(f))
+    assert code == 2 and "is a file; eval writes a folder" in err and len(err.strip().splitlines()) == 1
+    assert f.read_text() == "keep"
+    claim_folder(tmp_path / "abl", "ablate")
+    for out_dir, kind in ((tmp_path / "abl", "ablate"), (run, "train")):
+        code, _, err = _main(capsys, "eval", str(run), "--out", str(out_dir))
+        assert code == 2 and f"is a {kind} folder" in err and len(err.strip().splitlines()) == 1
+    code, _, err = _main(capsys, "eval")
+    assert code == 2 and "mixerlab eval RUN_DIR" in err

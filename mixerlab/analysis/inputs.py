@@ -44,6 +44,12 @@ def load_model(spec: str, *, weights: str | None = None, ema: bool = False, **ov
             model, src = open_model(spec, pretrained=weights, **overrides)
     else:
         model, src = open_model(spec, weights="ema" if ema else "model", **overrides)
+    from ..models.timm_model import TimmModel
+    if isinstance(model, TimmModel):  # a `train --model timm:NAME` run, or timm:NAME itself
+        raise ValueError(f"{spec} is {model.zoo_name}, a timm model: analyze reads attention maps and gates "
+                         "through mixerlab's mixer probes, which a timm model does not have (its report would be "
+                         "empty); analyze a mixerlab zoo model, or convert timm weights with mixerlab convert "
+                         "--from timm")
     if src.train_config is not None:
         return LoadedModel(model, src.train_config.get("model", src.name), src.path, data=src.data,
                            data_dir=src.data_dir,

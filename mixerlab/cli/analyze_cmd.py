@@ -62,6 +62,8 @@ def run(args) -> int:
     overrides = {"img_size": args.img_size} if args.img_size else {}
     loaded = load_model(args.model, weights=args.weights, ema=args.ema, **overrides)
     out = Path(args.out) if args.out else default_out(loaded)
+    from ..engine.run_folder import check_folder, claim_folder
+    check_folder(out, "analyze")  # a run, compare or ablate folder: its files would mix with ours
     if (out / "analysis.json").exists() and not args.force:
         raise ValueError(f"{out} already holds an analysis (analysis.json); pass --force to replace it "
                          "or --out to write elsewhere")
@@ -76,6 +78,7 @@ def run(args) -> int:
     records["source"] = dict(spec=args.model, weights=loaded.source, data=data,
                              command="mixerlab analyze " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["analyze"] else "",
                              **loaded.info)
+    claim_folder(out, "analyze")
     paths = write_report(records, pictures, show[: args.pictures], out, plots_on=not args.no_plots)
     sim = records["attention_similarity"]
     print(f"{loaded.name} ({loaded.source}): {len(records['layers'])} attention layers, "

@@ -23,6 +23,7 @@ from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from .config import config_from_dict
 from .distributed import all_reduce_sum
 from .factory import build_from_checkpoint
+from .run_folder import claim_folder
 
 
 @torch.no_grad()
@@ -164,7 +165,10 @@ def evaluate(
         changes["data_dir"] = None  # the stored folder belongs to the other dataset
     cfg = dataclasses.replace(config_from_dict(ckpt.config), **changes, num_workers=num_workers)
     out = Path(out_dir) if out_dir is not None else path.parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)  # an unwritable place fails here, before the evaluation
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; eval writes a folder (eval_*.json and a confusion PNG): "
+                         "give a folder name")
+    claim_folder(out, "eval")  # a run, compare, ablate or analysis folder is refused; an unwritable place fails here
     di = distributed.setup(device)
     try:
         bundle = build_data(cfg)

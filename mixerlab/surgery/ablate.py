@@ -128,6 +128,11 @@ def load_subject(source: str | os.PathLike) -> tuple[nn.Module, dict]:
         raise ValueError(f"{source!r} is a model name: ablate needs a trained model (a run folder, a training "
                          "checkpoint, a mixerlab weight file or a timm checkpoint)")
     model, src = open_model(source)
+    from ..models.timm_model import TimmModel
+    if isinstance(model, TimmModel):  # a `train --model timm:NAME` run
+        raise ValueError(f"{source} holds {model.zoo_name}, a timm model: ablate replaces mixerlab's token "
+                         "mixers block by block, which a timm model does not have; train a mixerlab zoo model "
+                         "(mixerlab list) to ablate it")
     info = {"kind": src.kind, "data": src.data, "path": src.path}
     if src.train_config is not None:
         info["held_out"] = _held_out(src.train_config)
@@ -454,8 +459,8 @@ def ablate(source: str | os.PathLike, *, data: str | None = None, data_dir: str 
     slots = block_slots(model)
     chosen = parse_blocks(blocks, len(slots))
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
+    from ..engine.run_folder import check_folder, claim_folder
+    check_folder(out, "ablate")  # a file, a run folder, a compare or analysis folder: refused before any work
     st = AblateSettings(source=str(Path(source).resolve()), data=data, val_size=val_size,
                         finetune_steps=finetune_steps, finetune_lr=finetune_lr, batch_size=batch_size,
                         tolerance=tolerance, seed=seed, stages=stages, blocks=chosen, replacements=replace,
@@ -478,6 +483,7 @@ def ablate(source: str | os.PathLike, *, data: str | None = None, data_dir: str 
     info["validation"] = ("held out by the training run (never trained on)" if held else
                           "carved out of the training set here: the model may have been trained on these images")
     from ..engine.runlock import run_folder_lock
+    claim_folder(out, "ablate")
     (out / "cells").mkdir(parents=True, exist_ok=True)
     with run_folder_lock(out, what="ablate folder"):
         return _run(model, info, slots, groups, ad, st, out, search, log)
