@@ -7,7 +7,7 @@ import sys
 
 # Sub-command modules, in the order ``mixerlab --help`` shows them. A module that is not
 # present (a feature not installed) is skipped.
-COMMANDS = ("list", "train", "eval", "convert", "bench", "analyze", "compare", "ablate")
+COMMANDS = ("list", "train", "eval", "convert", "bench", "analyze", "compare", "ablate", "dense")
 
 
 class HelpFormatter(argparse.HelpFormatter):
