@@ -5,18 +5,24 @@
   (the gradient all-reduce runs even with one process) and check that the weights agree on every
   rank. ``mixerlab train`` itself skips the process group when ``WORLD_SIZE`` is 1, so a 1-GPU
   ``torchrun`` training does not touch NCCL; this step does.
-* ``compile``: ``torch.compile`` a micro model (``--backend``; inductor by default) and compare one
-  training step with eager mode: the loss (aux terms included) and the gradients, then time
-  further compiled steps.
+* ``compile``: ``torch.compile`` a model (``--backend``, inductor by default; ``--mode``, e.g.
+  ``max-autotune`` or ``reduce-overhead`` for CUDA graphs) and compare one fp32 training step with
+  eager mode: the loss (aux terms included) and the gradients. Then time training steps (AdamW,
+  under ``--dtype`` autocast), compiled and eager alternately, and report images/s of both and,
+  with ``--matmul-rate``, the compiled path's training FLOP/s (6 x the counted forward MACs per
+  image) as a share of a measured dense matmul rate in ``--dtype`` (8192^3 on CUDA).
 
 Each prints one JSON line with what it measured and exits 1 when a check fails.
 
 Usage: torchrun --standalone --nproc_per_node 1 scripts/gpu_check_steps.py ddp --device cuda
        python scripts/gpu_check_steps.py compile --model deit_micro --device cuda
+       python scripts/gpu_check_steps.py compile --model deit_small --batch 256 --dtype bfloat16 \
+           --mode max-autotune-no-cudagraphs --steps 20 --matmul-rate --device cuda
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -92,12 +98,51 @@ def ddp(args) -> int:
     return 0 if (ok and same and finite) else 1
 
 
+def autocast(device, dtype: str):
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, dtype))
+
+
+def matmul_tflops(device, dtype: str, n: int, reps: int = 10) -> float:
+    """Dense n x n x n matmul rate in ``dtype`` (TFLOP/s, median of ``reps``)."""
+    a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    a @ b
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / sorted(times)[len(times) // 2] / 1e12
+
+
+def timed_steps(fwd, model, x, y, steps: int, dtype: str) -> list[float]:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = []
+    for _ in range(steps):
+        sync(x.device)
+        t = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with autocast(x.device, dtype):
+            loss = loss_of(fwd, x, y)
+        loss.backward()
+        opt.step()
+        sync(x.device)
+        times.append(time.perf_counter() - t)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {loss.item()}")
+    return times
+
+
 def compile_step(args) -> int:
     device = torch.device(args.device)
     torch.manual_seed(0)
     eager = mixerlab.create_model(args.model).to(device).train()
     model = copy.deepcopy(eager)
-    compiled = torch.compile(model, backend=args.backend)
+    compiled = torch.compile(model, backend=args.backend, **({"mode": args.mode} if args.mode else {}))
     x, y = batch(eager, device, args.batch)
     t0 = time.perf_counter()
     loss_c = loss_of(compiled, x, y)
@@ -114,22 +159,34 @@ def compile_step(args) -> int:
         scale = pe.grad.abs().max().clamp_min(1e-6)
         worst = max(worst, ((pc.grad - pe.grad).abs().max() / scale).item())
     grads_close = worst <= args.grad_rtol
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    times, losses = [], []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = loss_of(compiled, x, y)
-        loss.backward()
-        opt.step()
-        sync(device)
-        times.append(time.perf_counter() - t)
-        losses.append(loss.item())
-    finite = all(torch.isfinite(torch.tensor(losses)))
-    print(json.dumps(dict(step="compile", model=args.model, backend=args.backend, device=str(device),
-                          first_step_s=round(first_s, 2), step_ms=round(1e3 * sorted(times)[len(times) // 2], 2),
-                          loss_eager=loss_e.item(), loss_compiled=loss_c.item(), loss_close=loss_close,
-                          worst_grad_rel_diff=worst, grads_close=grads_close, finite=finite)))
+    # timing: compiled and eager alternately (same batch, same dtype), after one warm-up step each
+    finite = True
+    t_c, t_e = [], []
+    try:
+        for fwd, m in ((compiled, model), (eager, eager)):
+            timed_steps(fwd, m, x, y, 1, args.dtype)
+        for _ in range(args.steps):
+            t_c += timed_steps(compiled, model, x, y, 1, args.dtype)
+            t_e += timed_steps(eager, eager, x, y, 1, args.dtype)
+    except FloatingPointError:
+        finite = False
+    out = dict(step="compile", model=args.model, backend=args.backend, mode=args.mode, device=str(device),
+               dtype=args.dtype, batch=args.batch, first_step_s=round(first_s, 2),
+               loss_eager=loss_e.item(), loss_compiled=loss_c.item(), loss_close=loss_close,
+               worst_grad_rel_diff=worst, grads_close=grads_close, finite=finite)
+    if finite and t_c:
+        med_c, med_e = sorted(t_c)[len(t_c) // 2], sorted(t_e)[len(t_e) // 2]
+        out.update(step_ms=round(1e3 * med_c, 2), eager_step_ms=round(1e3 * med_e, 2),
+                   img_s=round(args.batch / med_c, 1), eager_img_s=round(args.batch / med_e, 1),
+                   compiled_over_eager=round(med_e / med_c, 3))
+        if args.matmul_rate:
+            from mixerlab.bench.flops import counted_macs
+            macs = counted_macs(mixerlab.create_model(args.model), (eager.in_chans, *eager.img_size))[0]
+            rate = matmul_tflops(device, args.dtype if args.dtype != "float32" else "float32", args.matmul_n)
+            achieved = 6 * macs * args.batch / med_c / 1e12
+            out.update(gmacs=round(macs / 1e9, 4), train_tflops=round(achieved, 2), matmul_tflops=round(rate, 1),
+                       share_of_matmul_rate=round(achieved / rate, 4))
+    print(json.dumps(out))
     return 0 if (loss_close and grads_close and finite) else 1
 
 
@@ -147,6 +204,12 @@ def main(argv=None) -> int:
             p.add_argument("--rtol", type=float, default=1e-3, help="loss tolerance, compiled vs eager")
             p.add_argument("--grad-rtol", type=float, default=1e-2,
                            help="max |g_compiled - g_eager| / max |g_eager| per parameter")
+            p.add_argument("--mode", default=None, help="torch.compile mode (e.g. max-autotune, reduce-overhead)")
+            p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                           help="autocast dtype of the timed steps (the equality check is fp32)")
+            p.add_argument("--matmul-rate", action="store_true",
+                           help="also measure the dense matmul rate and report the share the training reaches")
+            p.add_argument("--matmul-n", type=int, default=8192, help="matmul size for --matmul-rate")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print(f"{args.cmd}: --device cuda but no CUDA device is available", file=sys.stderr)
