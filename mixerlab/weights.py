@@ -18,7 +18,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -84,6 +83,37 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return read_weights(path)[0]
 
 
+def remove_dead_temps(path: str | os.PathLike) -> list[str]:
+    """Remove the temporary files ``.<name>.tmp-<pid>`` of ``path`` whose writer process is gone
+    (a ``kill -9`` during :func:`save_weights`); a live writer's file is left alone."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp.name)
+        except OSError:
+            pass
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def save_weights(sd: dict[str, torch.Tensor], path: str | os.PathLike, *,
                  metadata: dict[str, str] | None = None) -> Path:
     """Write a state dict atomically (temporary file in the same folder, fsync, rename).
@@ -99,11 +129,10 @@ def save_weights(sd: dict[str, torch.Tensor], path: str | os.PathLike, *,
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output folder does not exist: {path.parent}")
     tensors = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_dead_temps(path)  # what a killed (kill -9) writer of this file left behind
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the usual mode, after the umask
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
             if path.suffix == ".safetensors":
                 from safetensors.torch import save

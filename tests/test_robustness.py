@@ -385,3 +385,25 @@ def test_corrupt_ablate_cache_is_named_and_recomputed(tmp_path):
     (out / "settings.json").write_text("{\n")
     with pytest.raises(ValueError, match="settings.json"):
         ablate(path, log=lambda s: None, **kw)
+
+
+def test_convert_leaves_no_temporary_file_after_a_kill(tmp_path, capsys):
+    """Issue 31 (16): a ``kill -9`` while convert writes OUT leaves ``.OUT.tmp-<pid>``; the next
+    write of OUT removes it (a live writer's temporary file is left alone)."""
+    import subprocess
+    import sys
+
+    import timm
+    from safetensors.torch import save_file
+
+    from mixerlab.cli.main import main
+    src, dst = tmp_path / "in.safetensors", tmp_path / "out.safetensors"
+    save_file(timm.create_model("deit_tiny_patch16_224").state_dict(), str(src))
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    stale, live = tmp_path / f".out.safetensors.tmp-{dead}", tmp_path / ".out.safetensors.tmp-1"
+    stale.write_bytes(b"half a file")
+    live.write_bytes(b"someone else writing")
+    assert main(["convert", "--from", "timm", str(src), str(dst)]) == 0
+    assert dst.is_file() and not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.safetensors.tmp-1", "in.safetensors", "out.safetensors"]

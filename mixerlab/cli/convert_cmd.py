@@ -9,7 +9,9 @@ From timm: the weights are loaded into the mixerlab zoo model (guessed from the 
 those options (MetaFormer v2: ``head_hidden_norm_eps=1e-6``, timm's MLP-head LayerNorm eps), so
 ``create_model(name, pretrained=OUT)`` rebuilds the same model. From mixerlab:
 the model's weights are exported in timm's layout. The output is written atomically (temporary
-file in the same folder, then rename): a failure never leaves a partial OUT.
+file ``.OUT.tmp-<pid>`` in the same folder, then rename): a failure never leaves a partial OUT; an
+interrupt or ``kill`` removes the temporary file, and the temporary file of a ``kill -9`` is removed
+by the next write of OUT.
 """
 from __future__ import annotations
 
@@ -80,9 +82,16 @@ def run(args) -> int:
             out_sd = export_timm_weights(model)
             what = f"timm {'/'.join(timm_names_for(model.zoo_name))} state dict"
         meta_out = {"format": "pt"}
-    save_weights(out_sd, dst, metadata=meta_out)
+    import signal
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # kill: the temporary file is removed (like Ctrl-C)
+        signal.signal(signal.SIGTERM, _interrupt)
+    save_weights(out_sd, dst, metadata=meta_out)  # a kill -9's temporary file is removed by the next write
     n_params = sum(v.numel() for v in out_sd.values()) / 1e6
     opts = meta_out.get("options")
     print(f"wrote {dst}: {what} ({len(out_sd)} tensors, {n_params:.2f}M values)"
           + (f"; model options {opts}" if opts else ""))
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
