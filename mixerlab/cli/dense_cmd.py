@@ -49,8 +49,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     for name, kw in _OPTIONS.items():
         t.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=name.upper(), **kw)
-    t.add_argument("--scenes-train", type=int, metavar="N", help="training scenes (default 1500)")
-    t.add_argument("--scenes-val", type=int, metavar="N", help="validation scenes (default 300)")
+    t.add_argument("--scenes-train", type=int, metavar="N", help="training scenes (default 1000)")
+    t.add_argument("--scenes-val", type=int, metavar="N", help="validation scenes (default 200)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other DenseConfig field (YAML value), e.g. --set milestones=[0.5,0.9]")
     e = acts.add_parser("eval", help="evaluate a dense run (box / mask AP, mIoU)")
@@ -64,8 +64,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     e.add_argument("--json", metavar="FILE", help="also write the metrics here")
     s = acts.add_parser("scenes", help="write (once, cached) the Fashion-MNIST scenes and print their folder")
     s.add_argument("--canvas", type=int, default=128, help="canvas side (multiple of 32, <= 256)")
-    s.add_argument("--num-train", type=int, default=1500, help="training scenes")
-    s.add_argument("--num-val", type=int, default=300, help="validation scenes")
+    s.add_argument("--num-train", type=int, default=1000, help="training scenes")
+    s.add_argument("--num-val", type=int, default=200, help="validation scenes")
     s.add_argument("--seed", type=int, default=0, help="generator seed")
     s.add_argument("--data-dir", metavar="DIR", help="the Fashion-MNIST folder")
     return p

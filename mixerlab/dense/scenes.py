@@ -51,7 +51,8 @@ class SceneSpec:
 
     Attributes:
         num_train / num_val: scenes per split.
-        canvas: side in pixels (a multiple of 32, at most 256).
+        canvas: side in pixels (a multiple of 16 from 32 to 256; the paper backbones need multiples
+            of 32).
         min_objects / max_objects: garments per scene (uniform).
         min_size / max_size: garment side as a fraction of the canvas (log-uniform).
         max_occlusion: the largest fraction of a garment's mask later garments may hide.
@@ -73,8 +74,8 @@ class SceneSpec:
     seed: int = 0
 
     def check(self) -> None:
-        if self.canvas % 32 or not 32 <= self.canvas <= MAX_CANVAS:
-            raise ValueError(f"scenes canvas {self.canvas}; allowed: a multiple of 32 from 32 to {MAX_CANVAS}")
+        if self.canvas % 16 or not 32 <= self.canvas <= MAX_CANVAS:
+            raise ValueError(f"scenes canvas {self.canvas}; allowed: a multiple of 16 from 32 to {MAX_CANVAS}")
         if not 1 <= self.min_objects <= self.max_objects:
             raise ValueError(f"scenes objects {self.min_objects}..{self.max_objects}; allowed: 1 <= min <= max")
         if not 0 < self.min_size <= self.max_size <= 1:
@@ -95,7 +96,8 @@ def _garment(image: np.ndarray, side: int) -> np.ndarray:
 
 def compose_scene(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, spec: SceneSpec):
     """One scene: ``(canvas (H, W) uint8, objects)``, each object ``{"label", "mask" (H, W) bool
-    (visible part), "bbox" [x, y, w, h] of the visible mask}``, in drawing order."""
+    (visible part), "full_area" (its mask's pixels before occlusion), "bbox" [x, y, w, h] of the
+    visible mask}``, in drawing order."""
     c = spec.canvas
     canvas = np.zeros((c, c), np.uint8)
     for _ in range(int(rng.integers(0, spec.clutter + 1))):  # unlabelled clutter, under the garments
@@ -130,7 +132,7 @@ def compose_scene(rng: np.random.Generator, images: np.ndarray, labels: np.ndarr
         painted = np.zeros((c, c), np.uint8)
         painted[y:y + side, x:x + side] = g
         canvas[mask] = painted[mask]
-        objects.append({"label": int(labels[idx]), "mask": mask})
+        objects.append({"label": int(labels[idx]), "mask": mask, "full_area": int(mask.sum())})
         full_area.append(int(mask.sum()))
     for o in objects:
         ys, xs = np.nonzero(o["mask"])
