@@ -135,6 +135,19 @@ def test_macs_follow_the_trained_data(tmp_path):
     assert count_macs(m) != count_macs(m1)
 
 
+def test_a_corrupt_analysis_cache_is_named_and_recomputed(smoke):
+    out, res, _ = smoke
+    caches = sorted(out.glob("runs/*/analysis-8.json"))
+    assert caches
+    caches[0].write_text('{"layers": \n')  # a torn write
+    logs = []
+    run_compare("smoke", out=out, log=logs.append, report_only=True)
+    assert any(str(caches[0]) in line and "unreadable" in line for line in logs), logs
+    assert "layers" in json.loads(caches[0].read_text())  # computed again, written whole
+    mark = json.loads((out / ".mixerlab-folder.json").read_text())
+    assert mark["kind"] == "compare" and mark["version"] >= 1
+
+
 def test_report_only_trains_nothing_and_lists_missing_runs(smoke, tmp_path):
     out, res, _ = smoke
     # An empty folder: every run is missing, the report is still written.
@@ -455,14 +468,14 @@ def test_report_sections_have_intervals_and_a_verdict_word(smoke):
 
     import numpy as np
 
-    from mixerlab.compare.stats import WORDS, paired_bootstrap
+    from mixerlab.compare.stats import WORDS, paired_with_seeds
     out, res, _ = smoke
     report = (out / "report.md").read_text()
     summary = report.split("## Verdicts", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in summary.splitlines() if line.startswith("| E")]
     assert [r.split("|")[1].strip() for r in rows] == ["E1", "E2", "E3", "E4", "E5"]
     assert all(any(f"**{w}**" in r for w in WORDS) for r in rows)
-    assert "No GPU result exists" in report
+    assert "No GPU result exists" not in report and "Ran on: CPU (" in report
     sections = re.split(r"\n## (?=E\d:)", report)[1:]
     assert len(sections) == 5
     for sec in sections:
@@ -477,8 +490,12 @@ def test_report_sections_have_intervals_and_a_verdict_word(smoke):
     assert len(n) == 1  # the same test images for every run
     bits = lambda key: np.array([int(c) for c in runs[key]["correct"]])  # noqa: E731
     t = res_json["tests"]["E1"]["tests"][0]
-    again = paired_bootstrap(bits(("E1", "ffonly", None)), bits(("E1", "deit", None)))
+    again = paired_with_seeds(bits(("E1", "ffonly", None)), bits(("E1", "deit", None)))
     assert (again["diff"], again["lo"], again["hi"]) == pytest.approx((t["diff"], t["lo"], t["hi"]))
+    # smoke trains one seed and has no calibration: the interval covers test images only, says so,
+    # and its verdict stays inconclusive
+    assert t["seed_source"] == "none" and t["verdict"] == "inconclusive" and "p_flip" in t
+    assert "none (one seed, no calibration" in report
     assert runs[("E1", "deit", None)]["top1"] == pytest.approx(100 * bits(("E1", "deit", None)).mean())
     # the run folders keep the predicted classes
     from mixerlab.compare.predictions import load_predictions

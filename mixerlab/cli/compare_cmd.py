@@ -1,4 +1,5 @@
-"""``mixerlab compare --preset quick|standard|full [--data ...] [--out DIR]``."""
+"""``mixerlab compare --preset quick|standard|full|gpu [--seeds S ...] [--calibration FILE] [--dry-run]
+[--data ...] [--out DIR]``."""
 from __future__ import annotations
 
 
@@ -9,11 +10,13 @@ def add_parser(sub):
         description="Train the models of the papers' central experiments (E1 every mixer at matched size, "
                     "E2 ConViT vs DeiT with less data, E3 DeepViT vs ViT in depth, E4 mixers in one "
                     "MetaFormer backbone, E5 LaViT's less attention) on one recipe, with learning rates "
-                    "chosen on a validation split, then write OUT/report.md (paired 95 %% intervals and a "
-                    "verdict per claim: agrees / does not agree / inconclusive), results.json/.csv and "
-                    "figures. Finished runs are cached in OUT/runs and reused.")
+                    "chosen on a validation split, then write OUT/report.md (paired 95 %% intervals holding "
+                    "the test images and the training seeds, Holm-corrected per experiment, and a verdict "
+                    "per claim: agrees / does not agree / inconclusive, with the probability that a rerun "
+                    "flips it), results.json/.csv and figures. Finished runs are cached in OUT/runs and reused.")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS),
-                   help="quick: <= 15 min on 2 CPU cores; standard: <= 90 min on 2 CPU cores; full: one GPU; "
+                   help="quick: <= 15 min on 2 CPU cores; standard: <= 90 min on 2 CPU cores; gpu: <= 8 min on "
+                        "one H100/H200 (needs CUDA; --dry-run tries it on a CPU); full: one GPU, ~30 min; "
                         "smoke: seconds, for tests")
     p.add_argument("--data", default=None,
                    help="fashion-mnist (default) | cifar10 | cifar100 | imagefolder | synthetic")
@@ -32,17 +35,42 @@ def add_parser(sub):
                    help="size of the validation split held out of the training set (default: the preset's)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report from the finished runs in --out")
+    p.add_argument("--seeds", nargs="*", default=None, metavar="S",
+                   help="training seeds, replacing the preset's (integers >= 0, each once); e.g. a "
+                        "replicate of a compare with disjoint seeds")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="seed-calibration table (JSON, mixerlab.compare.calibration) giving the seed term "
+                        "of the intervals when fewer than 5 seeds are trained; it must hold every "
+                        "configuration the preset runs")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run the preset shrunk to toy sizes on the CPU (synthetic data, one epoch, at most "
+                        "two seeds): checks that every run builds, trains and is reported, e.g. the gpu "
+                        "preset on a machine without a GPU")
     p.add_argument("--threads-per-job", type=int, default=None,
                    help="intra-op threads per job (default: CPU count / jobs)")
     return p
 
 
+def _seeds(values):
+    """``--seeds`` as integers; a value that is not one is refused in one line."""
+    if values is None:
+        return None
+    out = []
+    for v in values:
+        try:
+            out.append(int(v))
+        except ValueError:
+            raise ValueError(f"--seeds takes integers >= 0, got {v!r}") from None
+    return out
+
+
 def run(args) -> int:
     from ..compare import run_compare
-    out = args.out or f"runs/compare-{args.preset}"
+    out = args.out or f"runs/compare-{args.preset}" + ("-dry-run" if args.dry_run else "")
     run_compare(args.preset, data=args.data, data_dir=args.data_dir, out=out,
                 experiments=args.experiments, log=lambda s: print(s, flush=True),
                 jobs=args.jobs, threads_per_job=args.threads_per_job,
                 report_only=args.report_only, sweep_only=args.sweep_only,
-                overrides=None if args.val_images is None else {"val_images": args.val_images})
+                overrides=None if args.val_images is None else {"val_images": args.val_images},
+                seeds=_seeds(args.seeds), calibration=args.calibration, dry_run=args.dry_run)
     return 0

@@ -56,7 +56,8 @@ def table_from_results(path, min_seeds: int = 5) -> dict[str, Calibration]:
 
 def save_table(table: dict[str, Calibration], path) -> None:
     """Write the table as JSON: ``{key: {"sd": points, "seeds": n, "what": text}}``."""
-    Path(path).write_text(json.dumps({k: dict(sd=c.sd, seeds=c.seeds, what=c.what) for k, c in table.items()},
+    from ..engine.checkpoint import atomic_write_text
+    atomic_write_text(path, json.dumps({k: dict(sd=c.sd, seeds=c.seeds, what=c.what) for k, c in table.items()},
                                      indent=1, sort_keys=True) + "\n")
 
 
@@ -66,6 +67,35 @@ def load_table(path) -> dict[str, Calibration]:
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a calibration table is a JSON object of key -> {{sd, seeds, what}}")
     return {k: Calibration(float(v["sd"]), v.get("seeds"), v.get("what", "")) for k, v in raw.items()}
+
+
+def resolve_table(name) -> Path:
+    """The path of a calibration table: a file name in ``mixerlab/compare/`` (committed beside the
+    presets) or a path; a ``ValueError`` when it does not exist."""
+    p = Path(name)
+    here = Path(__file__).resolve().parent / p
+    if not p.is_absolute() and here.is_file():
+        return here
+    if p.is_file():
+        return p
+    raise ValueError(f"calibration table {name} not found (a file name in mixerlab/compare/ or a path)")
+
+
+def check_table(path, specs, preset_name: str) -> dict[str, Calibration]:
+    """Load the table at ``path`` and check that it holds every configuration of ``specs`` (the
+    runs a preset plans, ``RunSpec``); a ``ValueError`` names the missing ones (and a table that
+    cannot be read) before anything is written."""
+    try:
+        table = load_table(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"calibration table {path} cannot be read: {type(e).__name__}: {e}") from None
+    keys = list(dict.fromkeys(config_key(s.exp, s.label, s.x) for s in specs))
+    missing = [k for k in keys if k not in table]
+    if missing:
+        more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+        raise ValueError(f"calibration table {path} lacks {len(missing)} configuration(s) preset "
+                         f"{preset_name!r} runs: {', '.join(missing[:6])}{more}")
+    return table
 
 
 def for_statistic(cals: list[Calibration]) -> Calibration:

@@ -32,25 +32,28 @@ def _macs(results: list[RunResult]) -> dict:
 
 
 def _analyses(results: list[RunResult], preset, data, data_dir, log) -> dict:
-    """Diagnostics of the runs marked ``analyze`` (first seed), cached in the run folder."""
+    """Diagnostics of the runs marked ``analyze`` (first seed), cached in the run folder; a cache
+    that cannot be read (torn write, not an analysis) is named in the log and computed again, and
+    a new one is written atomically."""
     from ..analysis.analyze import analyze_model
     from ..analysis.inputs import load_images, load_model
+    from ..analysis.report import read_cached_analysis
+    from ..engine.checkpoint import atomic_write_text
     out: dict = {}
     for r in results:
         if not r.spec.analyze or r.status not in ("done", "cached") or r.seed != preset.seeds[0]:
             continue
         name = f"{r.spec.label}" + (f" (x={r.spec.x:g})" if r.spec.x is not None else "")
         cache = r.run_dir / f"analysis-{preset.analysis_images}.json"
-        if cache.exists():
-            rec = json.loads(cache.read_text())
-        else:
+        rec = read_cached_analysis(cache, log) if cache.exists() else None
+        if rec is None:
             log(f"analysing {r.spec.exp} {name}")
             lm = load_model(str(r.run_dir))
             m = lm.model.eval()
             images, _, _ = load_images(data, preset.analysis_images, in_chans=m.in_chans,
                                        img_size=m.img_size, data_dir=data_dir)
             rec, _ = analyze_model(m, images, batch_size=16)
-            cache.write_text(json.dumps(rec))
+            atomic_write_text(cache, json.dumps(rec))
         out.setdefault(r.spec.exp, {})[name] = rec
     return out
 
@@ -79,17 +82,79 @@ def check_preset(p: Preset, data: str, data_dir: str | None, specs: list[RunSpec
                              f"fewer than one batch of {cfg.batch_size}: the budget cannot fit one optimiser step")
 
 
-def machine_desc() -> dict:
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_desc(device: str = "auto") -> dict:
+    """Where the runs of this invocation train: ``device`` is the runs' ``TrainConfig.device``
+    (``auto``: CUDA when available). ``device`` in the record names it (the CUDA device's name, or
+    the CPU with its core count), never one that was not used."""
     import torch
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    desc = gpu or f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU"
-    return dict(desc=desc, torch=torch.__version__, platform=platform.platform())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu = f"{_cpu_model()}, {cores} cores"
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    if use_cuda:
+        name = torch.cuda.get_device_name(0)
+        dev = f"CUDA device {name} (torch CUDA {torch.version.cuda})"
+    else:
+        name = None
+        dev = f"CPU ({cpu}), no GPU used"
+    return dict(desc=dev, device=dev, gpu=name, cpu=cpu, cores=cores, torch=torch.__version__,
+                platform=platform.platform())
+
+
+def check_seeds(seeds) -> tuple:
+    """The seeds of a compare: at least one, each an integer >= 0, none repeated."""
+    seeds = tuple(seeds) if seeds is not None else ()
+    if not seeds:
+        raise ValueError("--seeds needs at least one seed (an integer >= 0)")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad:
+        raise ValueError(f"--seeds takes integers >= 0, got {', '.join(repr(b) for b in bad)}")
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        raise ValueError(f"--seeds repeats {', '.join(str(d) for d in dup)}: each seed once")
+    return seeds
+
+
+def _resolve_preset(preset, experiments, overrides, seeds, dry_run) -> Preset:
+    import dataclasses
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    if dry_run:
+        from .presets import dry_run_preset
+        p = dry_run_preset(p)
+    if experiments:
+        allowed = list_experiments()
+        unknown = sorted(set(experiments) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown experiment(s) {unknown}; allowed: {', '.join(allowed)}")
+        selected = allowed if p.experiments is None else p.experiments
+        p = dataclasses.replace(p, experiments=tuple(e for e in selected if e in experiments))
+    if overrides:
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Preset)})
+        if unknown:
+            raise ValueError(f"unknown preset field(s) {unknown}")
+        p = dataclasses.replace(p, **overrides)
+    if seeds is not None:
+        p = dataclasses.replace(p, seeds=check_seeds(seeds))
+    else:
+        check_seeds(p.seeds)
+    return p
 
 
 def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data_dir: str | None = None,
                 out: str | os.PathLike = "runs/compare", experiments=None, log=print,
                 jobs: int = 1, threads_per_job: int | None = None, report_only: bool = False,
-                sweep_only: bool = False, overrides: dict | None = None) -> dict:
+                sweep_only: bool = False, overrides: dict | None = None, seeds=None,
+                calibration: str | os.PathLike | None = None, dry_run: bool = False) -> dict:
     """Train (or take from the cache) every run of the preset, analyse, and write the report.
 
     ``jobs`` distinct runs train at once in worker processes (``threads_per_job`` threads each;
@@ -98,32 +163,44 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
     still training), the others are listed as not trained. ``sweep_only`` runs the preset's LR
     sweep alone and writes ``lr_sweep.json`` (what ``scripts/sweep_lr.py`` commits as a preset's
     LR table). ``overrides``: preset fields (e.g. ``val_images``), checked like the preset's own.
+    ``seeds``: the training seeds, replacing the preset's (integers >= 0, each once).
+    ``calibration``: a seed-calibration table (``mixerlab.compare.calibration``; a file name in
+    ``mixerlab/compare/`` or a path) replacing the preset's; it must hold every configuration the
+    preset runs. ``dry_run``: the preset shrunk to toy sizes on the CPU
+    (:func:`~mixerlab.compare.presets.dry_run_preset`), how a ``gpu`` preset is tried without one.
+
+    Everything is checked before anything is written (bad input raises ``ValueError`` and leaves
+    no folder behind): the options, the seeds, the calibration table, the device, the budget, and
+    that ``out`` holds no other command's output (compare marks its folders,
+    :mod:`mixerlab.engine.run_folder`).
 
     Returns ``dict(report=path, rows=..., aggregate=...)``.
     """
-    p = get_preset(preset) if isinstance(preset, str) else preset
-    if experiments:
-        allowed = list_experiments()
-        unknown = sorted(set(experiments) - set(allowed))
-        if unknown:
-            raise ValueError(f"unknown experiment(s) {unknown}; allowed: {', '.join(allowed)}")
-        import dataclasses
-        selected = allowed if p.experiments is None else p.experiments
-        p = dataclasses.replace(p, experiments=tuple(e for e in selected if e in experiments))
-    if overrides:
-        import dataclasses
-        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(Preset)})
-        if unknown:
-            raise ValueError(f"unknown preset field(s) {unknown}")
-        p = dataclasses.replace(p, **overrides)
+    from ..engine.run_folder import check_folder, claim_folder
+    from .calibration import check_table, resolve_table
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    if threads_per_job is not None and (not isinstance(threads_per_job, int) or threads_per_job < 1):
+        raise ValueError(f"threads_per_job must be an integer >= 1 or None, got {threads_per_job!r}")
+    p = _resolve_preset(preset, experiments, overrides, seeds, dry_run)
+    if p.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise ValueError(f"preset {p.name!r} needs a CUDA device and this machine has none; on a CPU, "
+                             f"`mixerlab compare --preset {p.name} --dry-run` runs it shrunk to toy sizes")
     data = data or p.data
     out = Path(out)
     t0 = time.time()
     specs = plan(p)
+    cal_path = resolve_table(calibration or p.calibration) if (calibration or p.calibration) else None
+    calibrations = check_table(cal_path, specs, p.name) if cal_path else None
     check_preset(p, data, data_dir, specs)  # before anything is written
+    check_folder(out, "compare")
     kw = dict(out=out, data=data, data_dir=data_dir, log=log, jobs=jobs, threads_per_job=threads_per_job)
+    claim_folder(out, "compare")
     # One compare trains into a folder at a time; --report-only only reads (e.g. beside a running one).
     import contextlib
+    from ..engine.checkpoint import atomic_write_text
     from ..engine.runlock import run_folder_lock
     with contextlib.nullcontext() if report_only else run_folder_lock(out, what="compare folder"):
         if sweep_only:
@@ -131,9 +208,9 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
                 raise ValueError(f"preset {p.name!r} defines no LR sweep (sweep_lrs)")
             table = run_sweep(p, specs, **kw)
             path = out / "lr_sweep.json"
-            path.write_text(json.dumps(dict(preset=p.name, data=data, lrs=list(p.sweep_lrs),
-                                            sweep_fraction=p.sweep_fraction, sweep_epochs=p.sweep_epochs,
-                                            val_images=p.val_images, models=table), indent=1) + "\n")
+            atomic_write_text(path, json.dumps(dict(preset=p.name, data=data, lrs=list(p.sweep_lrs),
+                                                    sweep_fraction=p.sweep_fraction, sweep_epochs=p.sweep_epochs,
+                                                    val_images=p.val_images, models=table), indent=1) + "\n")
             log(f"LR sweep: {path}")
             return dict(sweep=path, table=table)
         lrs, lr_info = lr_table(p, specs, report_only=report_only, **kw)
@@ -142,14 +219,24 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
         macs = _macs(results)
         analyses = _analyses(results, p, data, data_dir, log)
         rows = run_rows(results, macs)
-        agg = aggregate(rows)
-        report, sections = write_report(out, p, data, rows, agg, analyses, machine_desc(), time.time() - t0,
+        agg = aggregate(rows, calibrations)
+        device = build_config(specs[0], p, p.seeds[0], data, data_dir).device if specs else "auto"
+        machine = machine_desc(device)
+        wall = time.time() - t0
+        report, sections = write_report(out, p, data, rows, agg, analyses, machine, wall,
                                         experiments=selected_experiments(p), lr_info=lr_info)
         tests = {k: dict(verdict=sec.word, tests=sec.tests) for k, sec in sections.items()}
         write_tables(out, rows, agg, extra=dict(
-            preset=p.name, data=data, tests=tests, lr=lr_info,
-            statistics=dict(bootstrap="paired, over test images, seeds averaged per image; 2000 resamples, "
-                                      "numpy default_rng(0), percentile 95 % interval (mixerlab.compare.stats)",
-                            mcnemar="exact binomial, mid-p, first seed of each model")))
+            preset=p.name, data=data, seeds=list(p.seeds), machine=machine, wall_s=wall, tests=tests, lr=lr_info,
+            calibration=None if cal_path is None else str(cal_path),
+            statistics=dict(
+                interval="seed-aware (mixerlab.compare.stats.paired_with_seeds): crossed seed x image "
+                         "variance, per-seed paired differences plus the image term, t with guarded "
+                         "Welch-Satterthwaite df; seed term from the seeds of this run (>= 2 seeds and no "
+                         "calibration, or >= 5 seeds), else from the calibration table, else none "
+                         "(image-only, verdict inconclusive)",
+                multiplicity="Holm over the criteria of one experiment (mixerlab.compare.stats.holm)",
+                p_flip="probability that a rerun with as many new seeds lands on the other side of the threshold",
+                mcnemar="exact binomial, mid-p, first seed of each model (image noise only, for reference)")))
         log(f"report: {report}")
         return dict(report=report, rows=rows, aggregate=agg)

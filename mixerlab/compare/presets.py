@@ -83,6 +83,10 @@ class Preset:
     analysis_images: int = 64
     train_overrides: dict = field(default_factory=dict)  # any further TrainConfig fields
     knobs: dict = field(default_factory=dict)  # experiment id -> {knob: value} (see experiments/)
+    # committed seed-calibration table (mixerlab/compare/<file>, ``mixerlab.compare.calibration``):
+    # the seed term of every interval when the preset trains fewer than 5 seeds
+    calibration: str | None = None
+    device: str | None = None  # TrainConfig.device of every run; "cuda": refused on a machine without one
 
 
 PRESETS = {
@@ -113,6 +117,19 @@ PRESETS = {
         sweep_epochs=5, sweep_extend=2, analysis_images=256,
         knobs={"E2": {"fractions": (0.05, 0.1, 0.25, 0.5, 1.0)}, "E3": {"depths": (4, 8, 12, 16)}}),
 }
+
+
+def dry_run_preset(p: Preset) -> Preset:
+    """``p`` shrunk to toy sizes on the CPU (``mixerlab compare --preset NAME --dry-run``): the same
+    experiments, seeds (at most two) and LR sweep grid as ``p``, on 64 synthetic images, one
+    epoch of the zoo's ``*_micro`` models, no calibration table, on the CPU. What it checks is the
+    plumbing (every run builds, trains, is predicted, analysed and reported), not the numbers."""
+    import dataclasses
+    smoke = PRESETS["smoke"]
+    return dataclasses.replace(
+        smoke, name=f"{p.name}-dry-run", experiments=p.experiments, seeds=tuple(p.seeds[:2]),
+        sweep_lrs=tuple(p.sweep_lrs[:2]), sweep_fraction=1.0, sweep_epochs=1, sweep_extend=min(p.sweep_extend, 1),
+        device="cpu", train_overrides={**smoke.train_overrides, "device": "cpu"})
 
 
 def get_preset(name: str) -> Preset:

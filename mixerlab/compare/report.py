@@ -88,12 +88,17 @@ def run_rows(results, macs: dict) -> list[dict]:
     return rows
 
 
-def aggregate(rows: list[dict]) -> list[dict]:
-    """Rows grouped by (experiment, label, x) over seeds: mean test top-1 with its bootstrap
-    interval over test images (seeds combined), ``correct`` the (seeds, images) matrix."""
+def aggregate(rows: list[dict], calibrations: dict | None = None) -> list[dict]:
+    """Rows grouped by (experiment, label, x) over seeds: mean test top-1 with its seed-aware 95 %
+    interval (:func:`mixerlab.compare.stats.accuracy_with_seeds`: test images and training seeds;
+    the seed term from the seeds of this run, or from ``calibrations`` -- a table of
+    :func:`mixerlab.compare.calibration.load_table`, keyed by ``config_key`` -- when the run has
+    fewer than 5 seeds), ``correct`` the (seeds, images) matrix, ``correct_by_seed`` the same by
+    seed id, ``per_seed`` the test top-1 of each seed, ``curves`` the validation curve of each seed."""
     import numpy as np
 
-    from .stats import accuracy
+    from .calibration import config_key
+    from .stats import accuracy_with_seeds
     groups: "OrderedDict[tuple, list]" = OrderedDict()
     for row in rows:
         groups.setdefault((row["experiment"], row["label"], row["x"]), []).append(row)
@@ -101,21 +106,29 @@ def aggregate(rows: list[dict]) -> list[dict]:
     for (exp, label, x), rs in groups.items():
         ok = [r for r in rs if r["status"] in ("done", "cached") and r["correct"] is not None]
         m, sd = _mean_sd([r["top1"] for r in ok])
-        correct = np.stack([r["correct"] for r in ok]) if ok and len({len(r["correct"]) for r in ok}) == 1 else None
-        ci = accuracy(correct) if correct is not None else None
+        same = ok and len({len(r["correct"]) for r in ok}) == 1
+        correct = np.stack([r["correct"] for r in ok]) if same else None
+        by_seed = {r["seed"]: r["correct"] for r in ok} if same else None
+        cal = (calibrations or {}).get(config_key(exp, label, x))
+        ci = accuracy_with_seeds(by_seed, calibration=cal) if by_seed else None
         out.append(dict(experiment=exp, label=label, x=x, model=rs[0]["model"], seeds=len(ok),
                         failed=sum(r["status"] == "failed" for r in rs),
                         missing=sum(r["status"] == "missing" for r in rs), top1=m, top1_sd=sd,
                         top1_lo=ci and ci["lo"], top1_hi=ci and ci["hi"],
+                        top1_source=ci and ci["seed_source"],
+                        seed_ids=[r["seed"] for r in ok], per_seed=[r["top1"] for r in ok],
+                        val_per_seed=[r["val_top1"] for r in ok],
                         val_top1=_mean_sd([r["val_top1"] for r in ok])[0],
                         params_m=_mean_sd([r["params_m"] for r in ok])[0],
                         gmacs=_mean_sd([r["gmacs"] for r in ok])[0],
                         train_img_s=_mean_sd([r["train_img_s"] for r in ok])[0],
                         peak_mem_mb=_mean_sd([r["peak_mem_mb"] for r in ok])[0],
                         images_seen=ok[0]["images_seen"] if ok else None, steps=ok[0]["steps"] if ok else None,
+                        train_images=ok[0].get("train_images") if ok else None,
                         lr=ok[0]["lr"] if ok else None, recipe=ok[0]["recipe"] if ok else None,
                         test_images=ok[0]["test_images"] if ok else None,
-                        curve=ok[0]["curve"] if ok else [], correct=correct,
+                        curve=ok[0]["curve"] if ok else [], curves={r["seed"]: r["curve"] for r in ok},
+                        correct=correct, correct_by_seed=by_seed, calibration=cal,
                         errors=[r["error"] for r in rs if r["error"]]))
     return out
 
@@ -124,20 +137,32 @@ def _bits(v) -> str | None:
     return None if v is None else "".join("1" if b else "0" for b in v.tolist())
 
 
+def _jsonable_agg(a: dict) -> dict:
+    out = {k: v for k, v in a.items() if k not in ("correct", "correct_by_seed", "calibration")}
+    cal = a.get("calibration")
+    out["calibration"] = None if cal is None else dict(sd=cal.sd, seeds=cal.seeds, what=cal.what)
+    return out
+
+
 def write_tables(out: Path, rows: list[dict], agg: list[dict], extra: dict | None = None) -> None:
     """``results.csv`` (one line per run) and ``results.json``: every run with its per-image test
     correctness (``correct``: a string of 0/1, test image i at position i, the same test images for
-    every run), the aggregates and ``extra`` (the experiments' paired tests, the LR table)."""
+    every run), the aggregates and ``extra`` (the experiments' paired tests, the LR table). Both
+    written atomically (a killed compare leaves the old file or the new one, never part of it)."""
+    import io
+
+    from ..engine.checkpoint import atomic_write_text
     skip = ("correct", "curve", "model_args")
-    with open(out / "results.csv", "w", newline="") as f:
-        keys = [k for k in rows[0].keys() if k not in skip] if rows else ["experiment"]
-        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO(newline="")
+    keys = [k for k in rows[0].keys() if k not in skip] if rows else ["experiment"]
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
     runs = [{**r, "correct": _bits(r["correct"])} for r in rows]
-    aggs = [{k: v for k, v in a.items() if k != "correct"} for a in agg]
-    (out / "results.json").write_text(json.dumps(dict(runs=runs, aggregate=aggs, **(extra or {})),
-                                                 indent=1, default=str))
+    aggs = [_jsonable_agg(a) for a in agg]
+    atomic_write_text(out / "results.json", json.dumps(dict(runs=runs, aggregate=aggs, **(extra or {})),
+                                                       indent=1, default=str))
+    atomic_write_text(out / "results.csv", buf.getvalue())
 
 
 def _f(v, nd=2, suffix=""):
@@ -148,12 +173,18 @@ def _acc(a):
     if a["top1"] is None:
         return "not run" if a.get("missing") and not a["failed"] else "failed"
     ci = f" [{a['top1_lo']:.1f}, {a['top1_hi']:.1f}]" if a.get("top1_lo") is not None else ""
-    return _f(a["top1"]) + ci + (f" (sd {a['top1_sd']:.2f} over {a['seeds']} seeds)" if a["seeds"] > 1 else "")
+    src = {"seeds": "", "calibration": " cal.", "none": " images only"}.get(a.get("top1_source") or "", "")
+    seeds = ""
+    if a["seeds"] > 1:
+        seeds = (f" (seeds: {', '.join(f'{v:.2f}' for v in a.get('per_seed') or [])}; "
+                 f"SD {a['top1_sd']:.2f})")
+    return _f(a["top1"]) + ci + src + seeds
 
 
 def markdown_table(aggs: list[dict], x_name: str | None = None, extra=None) -> str:
-    """Per variant: test top-1 with its 95 % bootstrap interval over test images, final
-    validation top-1, size, cost and images seen."""
+    """Per variant: test top-1 with its seed-aware 95 % interval (``cal.``: seed term from a
+    committed calibration; ``images only``: one seed and no calibration) and, with several seeds,
+    each seed's value and their SD; final validation top-1, size, cost and images seen."""
     head = ["variant"] + ([x_name] if x_name else []) + ["test top-1 (%) [95% CI]", "val top-1 (%)",
                                                         "params (M)", "GMACs", "train img/s",
                                                         "images seen", "LR"]
@@ -169,45 +200,94 @@ def markdown_table(aggs: list[dict], x_name: str | None = None, extra=None) -> s
     return "\n".join(lines)
 
 
+SOURCE_WORDS = {"seeds": "seeds of this run", "calibration": "committed calibration",
+                "none": "none (one seed, no calibration: test images only)"}
+
+
+def _source_text(t: dict) -> str:
+    src = t.get("seed_source")
+    if src is None:
+        return "–"
+    text = SOURCE_WORDS.get(src, src)
+    if src == "calibration" and t.get("calibration_sd") is not None:
+        text += f" (seed SD {t['calibration_sd']:.2f}, {t.get('calibration_seeds') or '?'} seeds)"
+    return text
+
+
 def paired_test(criterion, a, b, c=None, d=None) -> dict:
-    """The paired comparison behind one criterion: A - B (or (A - B) - (C - D)) in points with its
-    bootstrap interval over the shared test images, McNemar's mid-p for two single-seed models,
-    and the three-state verdict."""
-    from .stats import INCONCLUSIVE, mcnemar, paired_bootstrap, verdict
-    rec = dict(stat=criterion.stat, criterion=criterion.text(), why=criterion.why, diff=None, lo=None,
-               hi=None, n=None, p_mid=None, verdict=INCONCLUSIVE, note=None)
+    """The paired comparison behind one criterion: A - B (or (A - B) - (C - D)) in points, models
+    paired by seed, with the seed-aware 95 % interval of :func:`mixerlab.compare.stats.seed_test`
+    (test images *and* training seeds; the seed term from this run's seeds, else from the
+    configurations' committed calibrations combined by
+    :func:`mixerlab.compare.calibration.for_statistic`, else absent and the verdict inconclusive),
+    the rerun flip probability ``p_flip``, and McNemar's mid-p for two single-seed models (image
+    noise only, for reference). ``a``..``d``: aggregates of :func:`aggregate`."""
+    from .calibration import for_statistic
+    from .stats import INCONCLUSIVE, mcnemar, seed_test
+    rec = dict(stat=criterion.stat, criterion=criterion.text(), why=criterion.why, op=criterion.op,
+               threshold=criterion.threshold, diff=None, lo=None, hi=None, se=None, n=None, p_mid=None,
+               p_flip=None, seed_source=None, per_seed=[], seed_sd=None, verdict=INCONCLUSIVE, note=None)
     groups = [g for g in (a, b, c, d) if g is not None] if c is not None else [a, b]
-    if any(g is None or g.get("correct") is None for g in groups):
+    if any(g is None or not g.get("correct_by_seed") for g in groups):
         rec["note"] = "missing runs"
         return rec
+    cals = [g.get("calibration") for g in groups]
+    cal = for_statistic(cals) if all(x is not None for x in cals) else None
     try:
-        r = paired_bootstrap(*[g["correct"] for g in groups])
+        r = seed_test(criterion, *[g["correct_by_seed"] for g in groups], calibration=cal)
     except ValueError as e:
         rec["note"] = str(e)
         return rec
-    rec.update(diff=r["diff"], lo=r["lo"], hi=r["hi"], n=r["n"], verdict=verdict(r["lo"], r["hi"], criterion))
+    rec.update(r)
     if c is None and a["seeds"] == 1 and b["seeds"] == 1:
         m = mcnemar(a["correct"], b["correct"])
         rec.update(p_mid=m["p_mid"], p_exact=m["p_exact"], discordant=[m["b"], m["c"]])
     return rec
 
 
+def decide(tests: list[dict]) -> tuple[list[dict], str]:
+    """An experiment's criteria corrected together (Holm's step-down over its criteria,
+    :func:`mixerlab.compare.stats.holm`: each interval widened to its Holm level) and the
+    experiment's word (:func:`mixerlab.compare.stats.combine`)."""
+    from .stats import combine, holm
+    tests = holm(tests) if tests else []
+    return tests, combine([t["verdict"] for t in tests])
+
+
+def _per_seed_text(t: dict) -> str:
+    vals = t.get("per_seed") or []
+    if not vals:
+        return "–"
+    text = ", ".join(f"{v:+.2f}" for v in vals)
+    return text + (f" (SD {t['seed_sd']:.2f})" if t.get("seed_sd") is not None else " (one seed)")
+
+
 def tests_table(tests: list[dict]) -> str:
-    lines = ["| statistic | difference (points) [95% CI] | McNemar mid-p | criterion (fixed before the run) | verdict |",
-             "|---|---|---|---|---|"]
+    """One row per criterion: the estimate with its seed-aware interval (Holm-adjusted when the
+    experiment has several criteria), each seed's value and their SD, the source of the seed
+    term, the probability that a rerun lands on the other side, the criterion and the verdict."""
+    lines = ["| statistic | difference (points) [95% CI, seed-aware] | per seed (SD) | seed term from "
+             "| P(rerun flips) | criterion (fixed before the run) | verdict |",
+             "|---|---|---|---|---|---|---|"]
     for t in tests:
         diff = "–" if t["diff"] is None else f"{t['diff']:+.2f} [{t['lo']:+.2f}, {t['hi']:+.2f}]"
-        p = "–" if t.get("p_mid") is None else f"{t['p_mid']:.3g}"
+        if t.get("m", 1) > 1 and t["diff"] is not None:
+            diff += f" (Holm: {100 * t['holm_level']:.1f} %)"
+        pf = "–" if t.get("p_flip") is None else f"{t['p_flip']:.2f}"
         note = f" ({t['note']})" if t.get("note") else ""
-        lines.append(f"| {t['stat']} | {diff} | {p} | {t['criterion']} | **{t['verdict']}**{note} |")
+        lines.append(f"| {t['stat']} | {diff} | {_per_seed_text(t)} | {_source_text(t)} | {pf} | "
+                     f"{t['criterion']} | **{t['verdict']}**{note} |")
     return "\n".join(lines)
 
 
 def verdict_sentence(word: str, tests: list[dict], claim: str) -> str:
-    crit = "; ".join(f"{t['criterion']}: {t['verdict']}" for t in tests)
+    crit = "; ".join(f"{t['criterion']}: {t['verdict']}"
+                     + ("" if t.get("p_flip") is None else f" (P(rerun flips) {t['p_flip']:.2f})")
+                     for t in tests)
     lead = f"is **{word}** about" if word == "inconclusive" else f"**{word}** with"
-    return (f"{lead} {claim} (criteria: {crit}; agrees when every 95 % interval lies on the "
-            "claim's side, does not agree when one lies wholly on the other side, inconclusive otherwise).")
+    return (f"{lead} {claim} (criteria: {crit}; agrees when every interval -- test images and training "
+            "seeds, Holm-corrected across the experiment's criteria -- lies on the claim's side, does not "
+            "agree when one lies wholly on the other side, inconclusive otherwise).")
 
 
 # -- plots --------------------------------------------------------------------------------------
@@ -219,15 +299,17 @@ def _yerr(aggs):
 
 
 def _val_curves(aggs, title, path):
-    """Validation top-1 against images seen, one line per run (first seed)."""
+    """Validation top-1 against images seen, one line per configuration and seed (the first seed
+    solid, the others thin in the same colour)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     n = 0
-    for a in aggs:
-        c = a.get("curve") or []
-        if c:
-            name = a["label"] + (f" x={a['x']:g}" if a["x"] is not None else "")
-            ax.plot([p[0] for p in c], [p[1] for p in c], marker="o", label=name)
+    for i, a in enumerate(aggs):
+        curves = a.get("curves") or ({0: a["curve"]} if a.get("curve") else {})
+        name = a["label"] + (f" x={a['x']:g}" if a["x"] is not None else "")
+        for j, c in enumerate(v for v in curves.values() if v):
+            ax.plot([p[0] for p in c], [p[1] for p in c], marker="o" if j == 0 else None, color=f"C{i % 10}",
+                    lw=1.5 if j == 0 else 0.7, alpha=1.0 if j == 0 else 0.6, label=name if j == 0 else None)
             n += 1
     if not n:
         plt.close(fig)
@@ -405,6 +487,83 @@ def _lr_section(lr_info: dict | None) -> list[str]:
     return lines
 
 
+def plateau_check(a: dict, epochs: int, val_images: int) -> dict:
+    """Whether a configuration's runs stopped on a flat validation curve.
+
+    The rise of each seed's validation top-1 between its last two validation points, in points
+    per *epoch* -- the images of one epoch of the preset's own budget (the run's images seen /
+    the preset's ``epochs``, so an E2 run on a fraction f whose epochs were scaled by 1/f is read
+    per 1/f of its epochs) -- is compared with the configuration's seed spread: the SD over seeds
+    of the final validation top-1 (>= 2 seeds), else the committed calibration's seed SD of the
+    test top-1, else (no seed spread known) the binomial SD of one validation accuracy,
+    ``sqrt(p (1 - p) / val_images)``, which says so. A run rising by more than that per epoch is
+    ``rising`` (still learning: its verdict compares unfinished training)."""
+    curves = [c for c in (a.get("curves") or {}).values() if c]
+    vals = [v for v in a.get("val_per_seed") or [] if v is not None]
+    if len(vals) >= 2:
+        spread, source = statistics.stdev(vals), "SD over seeds"
+    elif a.get("calibration") is not None:
+        spread, source = a["calibration"].sd, "calibration"
+    elif vals and val_images:
+        p = min(max(vals[0] / 100.0, 1e-3), 1 - 1e-3)
+        spread, source = 100.0 * math.sqrt(p * (1 - p) / val_images), "no seed spread: validation image noise"
+    else:
+        spread, source = None, "unknown"
+    unit = (a.get("images_seen") or 0) / max(1, epochs)
+    slopes = []
+    for c in curves:
+        if len(c) >= 2 and unit > 0 and c[-1][0] > c[-2][0]:
+            slopes.append((c[-1][1] - c[-2][1]) / ((c[-1][0] - c[-2][0]) / unit))
+    if not slopes or spread is None:
+        state = "unknown (fewer than two validation points)" if not slopes else "unknown"
+        return dict(slope=max(slopes) if slopes else None, spread=spread, source=source, rising=None, state=state)
+    worst = max(slopes)
+    rising = worst > spread
+    return dict(slope=worst, spread=spread, source=source, rising=rising,
+                state="**still rising**" if rising else "flat")
+
+
+def plateau_table(aggs: list[dict], epochs: int, val_images: int) -> tuple[str, list[str]]:
+    """The plateau check of every configuration as a Markdown table, and the names of those still
+    rising."""
+    lines = ["| run | last rise of val top-1 (points / epoch, worst seed) | seed spread (points) | end of training |",
+             "|---|---|---|---|"]
+    rising = []
+    for a in aggs:
+        if a.get("top1") is None:
+            continue
+        name = a["label"] + (f" x={a['x']:g}" if a["x"] is not None else "")
+        c = plateau_check(a, epochs, val_images)
+        slope = "–" if c["slope"] is None else f"{c['slope']:+.2f}"
+        spread = "–" if c["spread"] is None else f"{c['spread']:.2f} ({c['source']})"
+        lines.append(f"| {name} | {slope} | {spread} | {c['state']} |")
+        if c["rising"]:
+            rising.append(name)
+    return "\n".join(lines), rising
+
+
+def seed_figures(exp_id: str, aggs: list[dict], tests: list[dict], fig_dir: Path) -> list:
+    """Strip plots of one experiment: each configuration's per-seed test top-1 with its interval,
+    and each criterion's per-seed statistic with its (Holm-adjusted) interval and threshold."""
+    from .calibration import strip_plot
+    accs = [dict(stat=a["label"] + (f" x={a['x']:g}" if a["x"] is not None else ""), per_seed=a["per_seed"],
+                 diff=a["top1"], lo=a["top1_lo"], hi=a["top1_hi"], seed_source=a.get("top1_source"))
+            for a in aggs if a.get("per_seed") and a.get("top1_lo") is not None]
+    return [strip_plot(accs, fig_dir / f"{exp_id.lower()}_seed_accuracy.png",
+                       f"{exp_id}: test top-1 (%) per seed"),
+            strip_plot([t for t in tests if t.get("diff") is not None], fig_dir / f"{exp_id.lower()}_seed_stats.png",
+                       f"{exp_id}: criteria per seed (points)")]
+
+
+def machine_line(machine: dict, preset, wall_s: float) -> str:
+    """Where and how this report was made: the device the runs trained on (named), the CPU, torch,
+    the seeds and the wall time."""
+    seeds = list(preset.seeds)
+    return (f"Ran on: {machine.get('device', '?')}; CPU {machine.get('cpu', '?')}; torch "
+            f"{machine.get('torch', '?')}; {len(seeds)} seed{'s' if len(seeds) != 1 else ''} per run "
+            f"({', '.join(str(x) for x in seeds)}); wall time of this invocation {wall_s / 60:.1f} min.")
+
+
 def write_report(out: Path, preset, data: str, rows: list[dict], agg: list[dict], analyses: dict,
                  machine: dict, wall_s: float, experiments, lr_info: dict | None = None,
                  ) -> tuple[Path, dict]:
@@ -422,22 +581,30 @@ def write_report(out: Path, preset, data: str, rows: list[dict], agg: list[dict]
             sections.append((exp, aggs, exp.section(aggs, analyses.get(exp.id, {}), fig_dir)))
     lines = [f"# mixerlab compare: preset `{preset.name}` on {data}", "",
              "## Verdicts", "",
-             "| experiment | verdict | criteria (fixed before the run) | difference (points) [95% CI] |",
-             "|---|---|---|---|"]
+             "| experiment | verdict | criteria (fixed before the run) | difference (points) [95% CI] "
+             "| seed term from | P(rerun flips) |",
+             "|---|---|---|---|---|---|"]
     for exp, _, sec in sections:
         crit = "; ".join(t["criterion"] for t in sec.tests) or "–"
         diffs = "; ".join("–" if t["diff"] is None else f"{t['diff']:+.2f} [{t['lo']:+.2f}, {t['hi']:+.2f}]"
                           for t in sec.tests) or "–"
-        lines.append(f"| {exp.title.split(':')[0]} | **{sec.word}** | {crit} | {diffs} |")
+        srcs = "; ".join(_source_text(t) for t in sec.tests) or "–"
+        flips = "; ".join("–" if t.get("p_flip") is None else f"{t['p_flip']:.2f}" for t in sec.tests) or "–"
+        lines.append(f"| {exp.title.split(':')[0]} | **{sec.word}** | {crit} | {diffs} | {srcs} | {flips} |")
     lines += ["",
-              "Verdicts: **agrees** when every criterion's 95 % interval (paired bootstrap over the shared "
-              "test images, seeds combined) lies on the claim's side of its threshold, **does not agree** "
-              "when one lies wholly on the other side, **inconclusive** when an interval allows both.", "",
-              f"Machine: {machine.get('desc', '?')}; torch {machine.get('torch', '?')}. Wall time of this "
-              f"invocation {wall_s / 60:.1f} min (runs found in the cache cost nothing); the "
-              f"{len(trained)} distinct runs took {sum(trained.values()) / 60:.1f} min of training "
-              "in total (sum over runs; runs train side by side with `--jobs`). No GPU result exists: "
-              "every number here comes from CPU runs until a `full` preset is run on a GPU.", "",
+              "Verdicts: **agrees** when every criterion's 95 % interval lies on the claim's side of its "
+              "threshold, **does not agree** when one lies wholly on the other side, **inconclusive** when an "
+              "interval allows both. Each interval holds the test images *and* the training seeds (the crossed "
+              "random-effects variance of `mixerlab.compare.stats`, per-seed paired differences plus the "
+              "image term, t with guarded Welch-Satterthwaite degrees of freedom; Bouthillier et al., MLSys "
+              "2021); the seed term comes from the seeds of this run, or from a committed calibration table "
+              "when the run has fewer than 5 seeds; with one seed and no calibration the interval covers the "
+              "test images only and its verdict stays inconclusive. The criteria of one experiment are "
+              "corrected together (Holm, 1979). P(rerun flips): the probability that a rerun with as many new "
+              "seeds puts its estimate on the other side of the threshold.", "",
+              machine_line(machine, preset, wall_s) + f" The {len(trained)} distinct runs took "
+              f"{sum(trained.values()) / 60:.1f} min of training in total (sum over runs; runs train side by "
+              "side with `--jobs`; runs found in the cache cost nothing).", "",
               f"Recipe for every run: `{preset.recipe}` (mixerlab.engine.recipes), {preset.epochs} epochs on "
               f"{preset.train_fraction:g} of the training pool (the training split minus a fixed, class-balanced "
               f"validation split of {preset.val_images:,} images), batch {preset.batch_size}, warm-up "
@@ -466,7 +633,15 @@ def write_report(out: Path, preset, data: str, rows: list[dict], agg: list[dict]
         lines += [f"## {exp.title}", "", f"**Paper's claim.** {exp.claim}", "", _setup(aggs, preset, data), "",
                   table, ""]
         lines += [f"**This run.** " + " ".join(finding), "", f"**Verdict.** This run {verdict}", ""]
+        ptable, rising = plateau_table(aggs, preset.epochs, preset.val_images)
+        lines += ["**Trained to a plateau?** The rise of the validation top-1 over the last epoch of each "
+                  "run (worst seed) against the configuration's seed spread; a run still rising by more "
+                  "than that was stopped while learning, and a verdict that uses it compares unfinished "
+                  "training (validation curves below).", "", ptable, ""]
+        if rising:
+            lines += [f"Still rising at the end: {', '.join(rising)}.", ""]
+        figs = list(figs) + seed_figures(exp.id, aggs, tests, fig_dir)
         lines += [f"![{p.stem}](figures/{p.name})" for p in figs if p is not None] + [""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
+    from ..engine.checkpoint import atomic_write_text
+    path = atomic_write_text(out / "report.md", "\n".join(lines))
     return path, {exp.id: sec for exp, _, sec in sections}

@@ -59,6 +59,8 @@ def build_config(spec: RunSpec, preset, seed: int, data: str, data_dir: str | No
                   warmup_epochs=preset.warmup_epochs, seed=seed, progress="none")
     if scale is not None:
         values["img_size"] = scale.img_size
+    if getattr(preset, "device", None):
+        values["device"] = preset.device
     values.update(preset.train_overrides)
     values.update(spec.train_args)
     return load_config(overrides=values)

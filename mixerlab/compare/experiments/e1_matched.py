@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..report import (_diff, _get, _scatter, _val_curves, markdown_table, paired_test, tests_table,
+from ..report import (decide, _diff, _get, _scatter, _val_curves, markdown_table, paired_test, tests_table,
                       verdict_sentence)
-from ..stats import Criterion, combine
+from ..stats import Criterion
 from .base import Experiment, RunSpec, Section, register_experiment
 
 MICRO_FAMILIES = ("deit_micro", "ffonly_micro", "convit_micro", "deepvit_micro", "poolformer_micro",
@@ -90,7 +90,7 @@ class MatchedSize(Experiment):
                                "families minus it: " + ", ".join(f"{a['label']} {a['top1'] - anc['top1']:+.2f}"
                                                                  for a in ok) + " points.")
         tests = [paired_test(self.criteria[0], _get(aggs, "ffonly"), _get(aggs, "deit"))]
-        word = combine([t["verdict"] for t in tests])
+        tests, word = decide(tests)
         figs.append(_val_curves(aggs, "E1: validation top-1 vs images seen", fig_dir / "e1_val_curves.png"))
         verdict = verdict_sentence(word, tests, "FF-only's claim that attention is not essential")
         return Section(markdown_table(aggs) + "\n\n" + tests_table(tests), figs, finding, verdict, tests, word)

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..report import (_diff, _get, _heatmaps, _lines, _val_curves, markdown_table, paired_test, tests_table,
+from ..report import (decide, _diff, _get, _heatmaps, _lines, _val_curves, markdown_table, paired_test, tests_table,
                       verdict_sentence)
-from ..stats import Criterion, combine
+from ..stats import Criterion
 from .base import Experiment, RunSpec, Section, register_experiment
 
 
@@ -78,7 +78,7 @@ class SampleEfficiency(Experiment):
         tests = [paired_test(self.criteria[0], c0, d0)]
         tests.append(paired_test(self.criteria[1], c0, d0, c1, d1) if len(xs) > 1 else
                      dict(paired_test(self.criteria[1], None, None), note="one fraction only"))
-        word = combine([t["verdict"] for t in tests])
+        tests, word = decide(tests)
         figs.append(_val_curves(aggs, "E2: validation top-1 vs images seen", fig_dir / "e2_val_curves.png"))
         for name, rec in analyses.items():
             g = rec.get("gpsa_gates") or {}

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..report import (_diff, _get, _heatmaps, _lines, _val_curves, markdown_table, paired_test, tests_table,
+from ..report import (decide, _diff, _get, _heatmaps, _lines, _val_curves, markdown_table, paired_test, tests_table,
                       verdict_sentence)
-from ..stats import Criterion, combine
+from ..stats import Criterion
 from .base import Experiment, RunSpec, Section, register_experiment
 
 
@@ -67,7 +67,7 @@ class DepthCollapse(Experiment):
             finding.append("Similar blocks (adjacent-layer similarity > 0.9): " +
                            ", ".join(f"{k}: {v}" for k, v in counts.items()) + ".")
         tests = [paired_test(self.criteria[0], _get(aggs, "deepvit", depth), _get(aggs, "vit", depth))]
-        word = combine([t["verdict"] for t in tests])
+        tests, word = decide(tests)
         figs.append(_val_curves(aggs, "E3: validation top-1 vs images seen", fig_dir / "e3_val_curves.png"))
         verdict = verdict_sentence(word, tests, "DeepViT")
         return Section(markdown_table(aggs, "depth") + "\n\n" + tests_table(tests), figs, finding, verdict,

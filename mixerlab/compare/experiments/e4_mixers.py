@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..report import _bars, _diff, _val_curves, markdown_table, paired_test, tests_table, verdict_sentence
-from ..stats import Criterion, combine
+from ..report import decide, _bars, _diff, _val_curves, markdown_table, paired_test, tests_table, verdict_sentence
+from ..stats import Criterion
 from .base import Experiment, RunSpec, Section, register_experiment
 
 VARIANTS = ("attention", "pooling", "random", "identity", "hybrid")
@@ -129,7 +129,7 @@ class MixersInMetaFormer(Experiment):
             tests += [paired_test(c, g.get(f"v2 {a}"), g.get(f"v2 {b}")) for c, (a, b) in zip(self.v2_criteria, pairs)]
             diffs = [(f"v2 {a} − v2 {b}", _diff(g.get(f"v2 {a}"), g.get(f"v2 {b}"))) for a, b in pairs]
             finding.append("; ".join(f"{n}: {'–' if d is None else f'{d:+.2f}'}" for n, d in diffs) + " points.")
-        word = combine([t["verdict"] for t in tests])
+        tests, word = decide(tests)
         figs.append(_val_curves(aggs, "E4: validation top-1 vs images seen", fig_dir / "e4_val_curves.png"))
         verdict = verdict_sentence(word, tests, "PoolFormer and the MetaFormer Baselines"
                                    if len(tests) > 3 else "PoolFormer")

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..report import (_curves, _diff, _f, _get, _scatter, _val_curves, markdown_table, paired_test,
+from ..report import (decide, _curves, _diff, _f, _get, _scatter, _val_curves, markdown_table, paired_test,
                       tests_table, verdict_sentence)
-from ..stats import Criterion, combine
+from ..stats import Criterion
 from .base import Experiment, RunSpec, Section, register_experiment
 
 NO_DP = {"aux_weights": {"dp_sym": 0.0, "dp_diag": 0.0}}
@@ -95,7 +95,7 @@ class LessAttentionStages(Experiment):
                    f"without the DP loss: {'–' if d_nodp is None else f'{d_nodp:+.2f}'} points; "
                    f"DP loss on minus off: {'–' if dp is None else f'{dp:+.2f}'} points."]
         tests = [paired_test(self.criteria[0], la, van), paired_test(self.criteria[1], la, la_nodp)]
-        word = combine([t["verdict"] for t in tests])
+        tests, word = decide(tests)
         figs.append(_val_curves(aggs, "E5: validation top-1 vs images seen", fig_dir / "e5_val_curves.png"))
         verdict = (verdict_sentence(word, tests, "LaViT") + " The transforms act on few tokens here, so "
                    "MACs barely change: the compute claim is not tested (see `docs/benchmarks.md`).")

@@ -1,0 +1,221 @@
+"""compare's seed-aware verdicts (issue 28): the report's paired tests with a seed term from the
+run's seeds or a committed calibration, Holm across an experiment's criteria, the plateau check,
+where the report says it ran, and bad input refused before anything is written."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mixerlab.compare.calibration import config_key, save_table
+from mixerlab.compare import report
+from mixerlab.compare.report import _source_text, decide, machine_line, paired_test, plateau_check, write_tables
+
+
+from mixerlab.compare.stats import (AGREES, DISAGREES, INCONCLUSIVE, Calibration, Criterion,
+                                    paired_bootstrap)
+
+
+def _agg(label, bits_by_seed, cal=None, **kw):
+    """An aggregate as ``report.aggregate`` makes it (only what ``paired_test`` reads)."""
+    m = np.stack(list(bits_by_seed.values()))
+    return dict(label=label, x=None, seeds=len(bits_by_seed), correct=m, correct_by_seed=bits_by_seed,
+                calibration=cal, **kw)
+
+
+def _seeded(rng, p_by_seed, n=2000, base=None):
+    """Per-image correctness with a per-seed accuracy; ``base`` couples the images of two models."""
+    base = rng.random(n) if base is None else base
+    return {s: (base < p).astype(np.int8) for s, p in p_by_seed.items()}
+
+
+def test_seed_term_widens_the_interval_and_blocks_a_verdict_the_images_alone_would_give():
+    rng = np.random.default_rng(0)
+    base = rng.random(4000)
+    # B at 80 %; A at 81 % on average, but the seeds move A by +-1.5 points
+    a = _agg("a", _seeded(rng, {0: 0.825, 1: 0.795, 2: 0.81}, base=base))
+    b = _agg("b", _seeded(rng, {0: 0.80, 1: 0.80, 2: 0.80}, base=base))
+    crit = Criterion("a - b", ">", 0.0)
+    t = paired_test(crit, a, b)
+    img = paired_bootstrap(a["correct"], b["correct"])
+    assert t["seed_source"] == "seeds" and t["seeds"] == 3 and len(t["per_seed"]) == 3
+    want = [100 * (a["correct_by_seed"][k].mean() - b["correct_by_seed"][k].mean()) for k in (0, 1, 2)]
+    assert t["per_seed"] == pytest.approx(want, abs=1e-9) and want[0] > 2 and want[1] < 0
+    assert img["lo"] > 0  # the image-only interval would say "agrees" ...
+    assert t["lo"] < 0 < t["hi"] and t["verdict"] == INCONCLUSIVE  # ... the seeds do not allow it
+    assert t["hi"] - t["lo"] > 3 * (img["hi"] - img["lo"])
+    assert 0.0 < t["p_flip"] < 0.5
+    row = report.tests_table([t]).splitlines()[-1]
+    assert "seeds of this run" in row and ", ".join(f"{v:+.2f}" for v in t["per_seed"]) in row and "**inconclusive**" in row
+
+
+def test_consistent_seeds_give_a_decisive_verdict_and_a_small_flip_probability():
+    rng = np.random.default_rng(1)
+    base = rng.random(4000)
+    a = _agg("a", _seeded(rng, {0: 0.85, 1: 0.851, 2: 0.849}, base=base))
+    b = _agg("b", _seeded(rng, {0: 0.80, 1: 0.80, 2: 0.80}, base=base))
+    t = paired_test(Criterion("a - b", ">", 0.0), a, b)
+    assert t["verdict"] == AGREES and t["lo"] > 0 and t["p_flip"] < 1e-3
+    t = paired_test(Criterion("a - b", "<", 0.0), a, b)
+    assert t["verdict"] == DISAGREES
+
+
+def test_one_seed_uses_the_committed_calibration_and_names_it():
+    rng = np.random.default_rng(2)
+    base = rng.random(10000)
+    a = _agg("a", _seeded(rng, {0: 0.83}, base=base), cal=Calibration(0.4, 5, "E1/a: 5 seeds"))
+    b = _agg("b", _seeded(rng, {0: 0.80}, base=base), cal=Calibration(0.3, 5, "E1/b: 5 seeds"))
+    t = paired_test(Criterion("a - b", ">", 0.0), a, b)
+    assert t["seed_source"] == "calibration" and t["calibration_sd"] == pytest.approx(0.5)
+    assert t["seed_var"] == pytest.approx(0.25)  # sd 0.5 points, one seed
+    assert t["verdict"] == AGREES
+    assert "committed calibration (seed SD 0.50" in _source_text(t)
+    # no calibration for one of the two: no seed term, no decisive verdict
+    t = paired_test(Criterion("a - b", ">", 0.0), a, dict(b, calibration=None))
+    assert t["seed_source"] == "none" and t["verdict"] == INCONCLUSIVE and t["lo"] > 0
+
+
+def test_holm_across_an_experiments_criteria():
+    rng = np.random.default_rng(3)
+    base = rng.random(3000)
+    # two criteria, each just decisive alone at 95 %: Holm tests the larger p at 95 %, the smaller
+    # one at 97.5 %
+    g = {k: _agg(k, _seeded(rng, {0: p0, 1: p1, 2: p2}, base=base)) for k, (p0, p1, p2) in
+         {"a": (0.80, 0.80, 0.80), "b": (0.78, 0.788, 0.772), "c": (0.79, 0.795, 0.785)}.items()}
+    tests = [paired_test(Criterion("a - b", ">", 0.0), g["a"], g["b"]),
+             paired_test(Criterion("a - c", ">", 0.0), g["a"], g["c"])]
+    adjusted, word = decide(tests)
+    assert [t["m"] for t in adjusted] == [2, 2]
+    assert sorted(t["holm_level"] for t in adjusted)[1] >= 0.975 - 1e-12
+    for before, after in zip(tests, adjusted):
+        assert after["hi"] - after["lo"] >= before["hi"] - before["lo"] - 1e-12
+        assert after["verdict_unadjusted"] == before["verdict"]
+    assert word in (AGREES, INCONCLUSIVE, DISAGREES)
+    assert "Holm" in report.tests_table(adjusted)
+    # missing runs count towards m and stay inconclusive
+    adjusted, word = decide(tests + [paired_test(Criterion("x", ">", 0.0), None, g["a"])])
+    assert adjusted[-1]["verdict"] == INCONCLUSIVE and word != AGREES and adjusted[0]["m"] == 3
+
+
+def test_plateau_check_marks_a_run_that_still_rises_by_more_than_its_seed_spread():
+    # two validation points one epoch apart (images seen / epochs = 1000 images per epoch)
+    flat = {0: [[1000, 80.0], [2000, 80.2]], 1: [[1000, 79.7], [2000, 79.8]]}
+    rising = {0: [[1000, 70.0], [2000, 75.0]], 1: [[1000, 71.0], [2000, 75.5]]}
+    a = dict(curves=flat, val_per_seed=[80.2, 79.8], images_seen=2000)
+    c = plateau_check(a, epochs=2, val_images=5000)
+    assert c["rising"] is False and c["spread"] == pytest.approx(np.std([80.2, 79.8], ddof=1))
+    assert c["slope"] == pytest.approx(0.2)  # the worst seed
+    c = plateau_check(dict(curves=rising, val_per_seed=[75.0, 75.5], images_seen=2000), epochs=2, val_images=5000)
+    assert c["rising"] is True and c["slope"] == pytest.approx(5.0) and "still rising" in c["state"]
+    # a run whose epochs were scaled by 1/f (E2): read per epoch of the preset's budget
+    scaled = dict(curves={0: [[1000, 70.0], [2000, 70.5]]}, val_per_seed=[70.5], images_seen=2000,
+                  calibration=Calibration(0.3, 5))
+    c = plateau_check(scaled, epochs=2, val_images=5000)
+    assert c["source"] == "calibration" and c["rising"] is True
+    one = dict(curves={0: [[2000, 70.5]]}, val_per_seed=[70.5], images_seen=2000)
+    assert plateau_check(one, epochs=1, val_images=5000)["rising"] is None
+
+
+def test_report_names_the_device_it_ran_on(monkeypatch):
+    import torch
+
+    from mixerlab.compare.pipeline import machine_desc
+    from mixerlab.compare.presets import get_preset
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    m = machine_desc("auto")
+    assert m["gpu"] is None and m["device"].startswith("CPU (") and "cores" in m["device"]
+    line = machine_line(m, get_preset("quick"), 125.0)
+    assert "no GPU used" in line and f"torch {torch.__version__}" in line and "1 seed per run (0)" in line
+    assert "2.1 min" in line
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H200")
+    assert "NVIDIA H200" in machine_desc("auto")["device"]
+    assert machine_desc("cpu")["gpu"] is None  # runs forced to the CPU do not claim the GPU
+
+
+def test_results_are_written_atomically(tmp_path, monkeypatch):
+    import csv
+    rows = [dict(experiment="E1", label="deit", x=None, seed=0, status="done", top1=80.0, curve=[],
+                 model_args={}, correct=np.ones(4, np.int8))]
+    agg = [dict(experiment="E1", label="deit", correct=np.ones((1, 4)), correct_by_seed={0: np.ones(4)},
+                calibration=Calibration(0.2, 5, "x"))]
+    write_tables(tmp_path, rows, agg)
+    before = {n: (tmp_path / n).read_text() for n in ("results.csv", "results.json")}
+    assert json.loads(before["results.json"])["aggregate"][0]["calibration"]["sd"] == 0.2
+
+    def boom(self, rows):
+        raise OSError("disk full")
+    monkeypatch.setattr(csv.DictWriter, "writerows", boom)
+    with pytest.raises(OSError):
+        write_tables(tmp_path, rows + rows, agg)
+    assert {n: (tmp_path / n).read_text() for n in before} == before  # the old files, whole
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# ---- bad input: one line, exit 2, nothing written
+def _cli(capsys, *argv):
+    from mixerlab.cli.main import main
+    rc = main(["compare", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--seeds"], "--seeds needs at least one seed"),
+    (["--seeds", "0", "-1"], "--seeds takes integers >= 0, got -1"),
+    (["--seeds", "0", "x"], "--seeds takes integers >= 0, got 'x'"),
+    (["--seeds", "1", "2", "1"], "--seeds repeats 1"),
+    (["--jobs", "0"], "jobs must be an integer >= 1, got 0"),
+    (["--threads-per-job", "0"], "threads_per_job must be an integer >= 1"),
+    (["--calibration", "no-such-table.json"], "calibration table no-such-table.json not found"),
+])
+def test_bad_options_are_one_line_and_write_nothing(tmp_path, capsys, argv, msg):
+    out = tmp_path / "o"
+    rc, err = _cli(capsys, "--preset", "smoke", "--out", str(out), *argv)
+    assert rc == 2 and len(err) == 1 and msg in err[0], err
+    assert not out.exists()
+
+
+def test_a_calibration_table_lacking_a_configuration_is_refused(tmp_path, capsys):
+    from mixerlab.compare.experiments import plan
+    from mixerlab.compare.presets import get_preset
+    keys = [config_key(s.exp, s.label, s.x) for s in plan(get_preset("smoke"))]
+    table = {k: Calibration(0.3, 5, k) for k in keys}
+    save_table(table, tmp_path / "full.json")
+    del table["E2/convit@0.5"]
+    save_table(table, tmp_path / "partial.json")
+    out = tmp_path / "o"
+    rc, err = _cli(capsys, "--preset", "smoke", "--out", str(out), "--calibration", str(tmp_path / "partial.json"))
+    assert rc == 2 and len(err) == 1 and "lacks 1 configuration(s) preset 'smoke' runs: E2/convit@0.5" in err[0]
+    assert not out.exists()
+    (tmp_path / "broken.json").write_text("{")
+    rc, err = _cli(capsys, "--preset", "smoke", "--out", str(out), "--calibration", str(tmp_path / "broken.json"))
+    assert rc == 2 and len(err) == 1 and "cannot be read" in err[0] and not out.exists()
+    # the full table passes the check (nothing trained here: check_table alone)
+    from mixerlab.compare.calibration import check_table
+    assert set(check_table(tmp_path / "full.json", plan(get_preset("smoke")), "smoke")) == set(keys)
+
+
+@pytest.mark.parametrize("kind,files", [
+    ("train", ("config.yaml", "last.safetensors", "metrics.jsonl")),
+    ("ablate", ("settings.json", "results.json", "report.md")),
+])
+def test_out_refuses_another_commands_folder(tmp_path, capsys, kind, files):
+    out = tmp_path / kind
+    out.mkdir()
+    for f in files:
+        (out / f).write_text("x")
+    before = sorted(p.name for p in out.iterdir())
+    rc, err = _cli(capsys, "--preset", "smoke", "--out", str(out))
+    assert rc == 2 and len(err) == 1 and f"is a {kind} folder" in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == before  # no .lock, no mark, no report
+
+
+def test_gpu_preset_without_cuda_points_to_the_dry_run(tmp_path, capsys, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "o"
+    rc, err = _cli(capsys, "--preset", "gpu", "--out", str(out))
+    assert rc == 2 and len(err) == 1 and "needs a CUDA device" in err[0] and "--dry-run" in err[0], err
+    assert not out.exists()
