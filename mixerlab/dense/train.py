@@ -527,6 +527,7 @@ def _train(cfg: DenseConfig, run_dir: Path, resume: bool, log, stop_after) -> di
         from ..engine.factory import ZOO, identify
         zoo = identify(cfg.backbone) == ZOO
         kwargs = {"in_chans": 1 if cfg.data == "scenes" else 3} if zoo else {}
+        torch.manual_seed(cfg.seed)  # the heads' (and a zoo backbone's) initialisation
         backbone, src = open_model(cfg.backbone, **kwargs)
         in_chans = backbone_in_chans(backbone)
         data = build_dense_data(cfg, in_chans, backbone_data=src.data, log=log)
@@ -552,8 +553,6 @@ def _train(cfg: DenseConfig, run_dir: Path, resume: bool, log, stop_after) -> di
         restore_rng(ckpt.rng())
         state.update({k: ckpt.state[k] for k in state if k in ckpt.state})
         log(f"resumed {run_dir} at iteration {state['iter']}/{total}")
-    else:
-        torch.manual_seed(cfg.seed)
     key = main_metric(cfg.task)
     cfg_d = {**config_dict(cfg), "kind": "dense"}
 
