@@ -119,3 +119,44 @@ def test_cli_version_and_dry_run_checks_the_model(capsys):
     assert "dpeth" in capsys.readouterr().err
     assert main(["train", "--model", "deit_micro", "--dry-run"]) == 0
     assert "model: deit_micro" in capsys.readouterr().out
+
+
+def _one_line_error(capsys, argv) -> str:
+    from mixerlab.cli.main import main
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_config_file_mistakes_are_named(tmp_path, capsys):
+    """Issue 31 (19): a YAML key given twice is refused (PyYAML silently keeps the second); a
+    folder given to --config is called a folder."""
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("epochs: 3\nlr: 1e-3\nepochs: 5\n")
+    err = _one_line_error(capsys, ["train", "--config", str(dup), "--dry-run"])
+    assert "'epochs' is given twice (lines 1 and 3)" in err
+    err = _one_line_error(capsys, ["train", "--config", str(tmp_path), "--dry-run"])
+    assert "is a folder" in err
+
+
+def test_bench_out_extension_is_checked_before_running(tmp_path, capsys, monkeypatch):
+    """Issue 31 (19): bench --out b.txt is refused before any benchmark runs."""
+    import mixerlab.bench.runner as runner
+
+    def never(*a, **k):
+        raise AssertionError("benchmark ran before --out was checked")
+    monkeypatch.setattr(runner, "bench_rows", never)
+    err = _one_line_error(capsys, ["bench", "deit_micro", "--flops-only", "--out", str(tmp_path / "b.txt")])
+    assert "expected a .csv or .json file name" in err
+
+
+def test_timm_model_args_name_the_argument_and_its_type(capsys):
+    """Issue 31 (19): a timm keyword with a value of the wrong type names the keyword, the value's
+    type and the type timm expects; an unknown keyword says it is unknown."""
+    err = _one_line_error(capsys, ["train", "--model", "timm:resnet18", "--model-args", "{channels: 5}",
+                                   "--data", "synthetic", "--dry-run"])
+    assert "channels=5 (int, expected a tuple like (64, 128, 256, 512))" in err
+    err = _one_line_error(capsys, ["train", "--model", "timm:resnet18", "--model-args", "{chanels: 5}",
+                                   "--data", "synthetic", "--dry-run"])
+    assert "does not take the option 'chanels'" in err

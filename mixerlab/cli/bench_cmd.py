@@ -77,10 +77,18 @@ def print_table(rows: list[dict], env: dict) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip())
 
 
-def write_rows(rows: list[dict], env: dict, path: str) -> Path:
+def check_out(path: str) -> Path:
+    """``--out``'s file name, checked before any benchmark runs."""
     out = Path(path)
     if out.suffix not in (".csv", ".json"):
         raise ValueError(f"--out {path}: expected a .csv or .json file name")
+    if out.is_dir():
+        raise ValueError(f"--out {path} is a folder; give a .csv or .json file name")
+    return out
+
+
+def write_rows(rows: list[dict], env: dict, path: str) -> Path:
+    out = check_out(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".json":
         out.write_text(json.dumps(dict(environment=env, rows=rows), indent=1))
@@ -101,6 +109,8 @@ def run(args) -> int:
 
     if any(b < 1 for b in args.batch_size) or args.reps < 1 or args.warmup < 0:
         raise ValueError("--batch-size and --reps must be >= 1, --warmup >= 0")
+    if args.out:
+        check_out(args.out)  # a wrong extension is refused before minutes of timing, not after
     for name in args.models:
         identify(name)  # a typo (close matches) or a missing file: one line, before any work
     if args.threads:

@@ -441,6 +441,24 @@ def _check_keys(keys, where: str) -> None:
             raise ValueError(f"unknown config key {key!r} in {where}{hint}; valid keys: {', '.join(valid)}")
 
 
+class DuplicateKeyError(ValueError):
+    """A YAML mapping names one key twice."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise DuplicateKeyError(f"key {key!r} is given twice (lines {seen[key] + 1} and "
+                                        f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(
     yaml_path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
@@ -465,10 +483,14 @@ def load_config(
     values: dict[str, Any] = {}
     if yaml_path is not None:
         path = Path(yaml_path)
+        if path.is_dir():
+            raise ValueError(f"--config {path} is a folder; give a recipe file inside it (e.g. configs/deit/*.yaml)")
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
+        except DuplicateKeyError as e:
+            raise ValueError(f"config file {path}: {e}") from None
         except UnicodeDecodeError as e:
             raise ValueError(f"config file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
         except yaml.YAMLError as e:

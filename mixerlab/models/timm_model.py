@@ -90,7 +90,7 @@ class TimmModel(nn.Module):
                     raise
                 self.net = timm.create_model(arch, **common)
         except TypeError as e:
-            raise TypeError(f"timm:{arch} does not accept the option(s) {sorted(cfg.kwargs)}: {e}") from None
+            raise TypeError(_option_error(arch, cfg.kwargs, e)) from None
         self.cfg = cfg
         self.zoo_name = TIMM_PREFIX + arch
         self.num_classes, self.in_chans = cfg.num_classes, cfg.in_chans
@@ -119,3 +119,35 @@ def timm_model_config(name: str, *, num_classes: int, in_chans: int, img_size: i
                       drop_path_rate: float, model_args: dict | None) -> TimmModelConfig:
     return TimmModelConfig(name=check_timm_name(name), num_classes=num_classes, in_chans=in_chans,
                            img_size=img_size, drop_path_rate=drop_path_rate, kwargs=dict(model_args or {}))
+
+
+def _option_error(arch: str, kwargs: dict, e: TypeError) -> str:
+    """What was wrong with timm's keywords: an unknown name, or a known one with a value of the
+    wrong type (named with the type its constructor's default has, e.g. ResNet's ``channels``)."""
+    import inspect
+    import re
+    import sys
+
+    from timm.models._registry import model_entrypoint
+
+    unknown = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+    if unknown:
+        return f"timm:{arch} does not take the option {unknown.group(1)!r} ({e})"
+    defaults = {}
+    module = sys.modules.get(getattr(model_entrypoint(arch), "__module__", ""), None)
+    for cls in vars(module).values() if module else ():
+        if inspect.isclass(cls) and issubclass(cls, nn.Module):
+            try:
+                params = inspect.signature(cls.__init__).parameters
+            except (TypeError, ValueError):
+                continue
+            for k in kwargs:
+                if k in params and k not in defaults and params[k].default not in (inspect.Parameter.empty, None):
+                    defaults[k] = params[k].default
+    parts = []
+    for k, v in kwargs.items():
+        d = defaults.get(k)
+        expected = (f", expected a {type(d).__name__} like {d!r}" if d is not None and type(d) is not type(v)
+                    else "")
+        parts.append(f"{k}={v!r} ({type(v).__name__}{expected})")
+    return f"timm:{arch} rejects the value of its option(s) {', '.join(parts)}: {e}"
