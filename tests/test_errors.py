@@ -159,4 +159,4 @@ def test_timm_model_args_name_the_argument_and_its_type(capsys):
     assert "channels=5 (int, expected a tuple like (64, 128, 256, 512))" in err
     err = _one_line_error(capsys, ["train", "--model", "timm:resnet18", "--model-args", "{chanels: 5}",
                                    "--data", "synthetic", "--dry-run"])
-    assert "does not take the option 'chanels'" in err
+    assert "does not accept the option(s) ['chanels']: an unknown keyword" in err

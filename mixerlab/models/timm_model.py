@@ -132,7 +132,7 @@ def _option_error(arch: str, kwargs: dict, e: TypeError) -> str:
 
     unknown = re.search(r"unexpected keyword argument '(\w+)'", str(e))
     if unknown:
-        return f"timm:{arch} does not take the option {unknown.group(1)!r} ({e})"
+        return f"timm:{arch} does not accept the option(s) [{unknown.group(1)!r}]: an unknown keyword ({e})"
     defaults = {}
     module = sys.modules.get(getattr(model_entrypoint(arch), "__module__", ""), None)
     for cls in vars(module).values() if module else ():
