@@ -24,13 +24,21 @@ def create_model(name: str, *, pretrained: str | os.PathLike | None = None, **ov
 
     Args:
         name: a name from ``list_models()`` (the ``mixerlab_`` prefix is accepted too).
-        pretrained: optional path to weights (a mixerlab checkpoint or weight file, or a timm
-            state dict).
+        pretrained: optional path to a local weight file (a mixerlab checkpoint or weight file, or
+            a timm state dict); nothing is downloaded, so ``True`` is refused with that advice.
         **overrides: the zoo builder's arguments (``depth=6, num_heads=4``; per-stage lists for
             hierarchical models; LaViT's ``layout``) and config fields (``num_classes=10,
             in_chans=1, img_size=32, drop_path_rate=0.1``). Unknown keys raise ``TypeError``
             listing the allowed ones.
     """
+    if isinstance(pretrained, bool):  # timm's pretrained=True downloads; mixerlab reads a local file only
+        if pretrained:
+            raise ValueError(
+                f"create_model({name!r}, pretrained=True): mixerlab downloads nothing; pretrained= takes a local "
+                "weight file: a mixerlab weight file or training checkpoint, or a timm checkpoint "
+                f"(e.g. create_model({name!r}, pretrained='convit_tiny.pth'), the file of "
+                "timm.create_model('convit_tiny', pretrained=True).state_dict() saved with torch.save)")
+        pretrained = None
     entry = get_model_info(name)
     model = build_model(entry.resolve(**overrides), name=entry.name)
     if pretrained is not None:

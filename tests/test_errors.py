@@ -160,3 +160,11 @@ def test_timm_model_args_name_the_argument_and_its_type(capsys):
     err = _one_line_error(capsys, ["train", "--model", "timm:resnet18", "--model-args", "{chanels: 5}",
                                    "--data", "synthetic", "--dry-run"])
     assert "does not accept the option(s) ['chanels']: an unknown keyword" in err
+
+
+def test_pretrained_true_says_nothing_is_downloaded():
+    """Issue 31 (4): timm's ``pretrained=True`` habit gets the reason and the remedy, not
+    "state dict does not hold a state dict of tensors"; ``pretrained=False`` is no weights."""
+    with pytest.raises(ValueError, match=r"mixerlab downloads nothing; pretrained= takes a local weight file"):
+        mixerlab.create_model("convit_tiny", pretrained=True)
+    assert mixerlab.create_model("deit_micro", pretrained=False).num_classes == 10
