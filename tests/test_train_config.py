@@ -118,3 +118,26 @@ def test_docs_train_config_is_generated_from_the_field_table():
         assert f.metadata.get("help"), f.name
         if f.metadata.get("check") is not None:
             assert f.metadata.get("allowed") is not None, f.name
+
+
+def test_one_default_recipe_whichever_door(capsys):
+    """Issue 31 (2): ``TrainConfig(data=...)`` in Python, ``load_config`` and ``mixerlab train``
+    start from the same recipe: ``small`` for the 28-32 px sets, ``deit`` for ImageFolder; a named
+    recipe and explicit values win, and ``dataclasses.replace`` keeps a config's own values."""
+    import dataclasses
+
+    import yaml
+
+    from mixerlab.cli.main import main
+    from mixerlab.engine.config import config_from_dict
+    for data, recipe in (("fashion-mnist", "small"), ("synthetic", "small"), ("imagefolder", "deit")):
+        py = TrainConfig(data=data)
+        assert py.recipe == recipe and py == load_config(overrides={"data": data})
+        if data == "imagefolder":
+            continue  # its dry run needs a folder of images
+        assert main(["train", "--data", data, "--dry-run"]) == 0
+        assert config_from_dict(yaml.safe_load(capsys.readouterr().out)) == py
+    assert TrainConfig() == TrainConfig(data="fashion-mnist") and TrainConfig().mixup == 0.0
+    assert TrainConfig(recipe="deit").mixup == 0.8 and TrainConfig(data="cifar10", mixup=0.3).mixup == 0.3
+    derived = dataclasses.replace(TrainConfig(recipe="deit"), data="cifar10")
+    assert derived.recipe == "deit" and derived.mixup == 0.8

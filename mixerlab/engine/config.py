@@ -57,8 +57,10 @@ def _valid_weights(v, cfg) -> bool:
 class TrainConfig:
     """Everything one training run needs. Frozen: derive variants with ``dataclasses.replace``.
 
-    The field defaults are the ``deit`` recipe (:mod:`.recipes`); ``load_config`` starts from the
-    recipe named by ``recipe`` (default: the dataset's, e.g. ``small`` for Fashion-MNIST)."""
+    One default recipe whichever door: ``TrainConfig(data="fashion-mnist")`` starts, like
+    ``mixerlab train`` and ``load_config``, from the recipe named by ``recipe``, else the dataset's
+    (``small`` for the 28-32 px sets, ``deit`` for ImageFolder; :mod:`.recipes`); the values passed
+    win over the recipe's. The field defaults below are the ``deit`` recipe."""
 
 
     # --- model ---
@@ -81,8 +83,9 @@ class TrainConfig:
         allowed='>= 8',
         check=lambda v, c: v >= 8)
     recipe: str = opt(
-        "deit",
-        help='named recipe the other values start from',
+        None,
+        help="named recipe the other values start from (null: the dataset's: small for fashion-mnist, cifar and "
+             "synthetic, deit for imagefolder), in Python as on the command line",
         allowed="one of " + ", ".join(RECIPES),
         check=lambda v, c: v in RECIPES)
     # --- data ---
@@ -292,6 +295,26 @@ class TrainConfig:
         return d
 
 
+_dataclass_init = TrainConfig.__init__
+
+
+def _init_from_recipe(self, **values) -> None:
+    # the recipe's values under the ones given (dataclasses.replace passes every field, so a
+    # derived config keeps its own values)
+    if values.get("recipe") is None:
+        values.pop("recipe", None)
+        name = default_recipe(values.get("data", _FIELD_DEFAULT_DATA))
+    else:
+        name = values["recipe"]
+    base = recipe_values(name) if name in RECIPES else {"recipe": name}  # an unknown name: __post_init__ says so
+    _dataclass_init(self, **{**base, **values})
+
+
+_init_from_recipe.__doc__ = TrainConfig.__init__.__doc__
+_FIELD_DEFAULT_DATA = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "data")
+TrainConfig.__init__ = _init_from_recipe
+
+
 def allowed_text(name: str, cfg: "TrainConfig | None" = None) -> str | None:
     """The allowed values of field ``name`` as its ``allowed`` entry says them (with ``cfg``'s
     values where they depend on other fields, e.g. ``min_lr`` in [0, lr])."""
@@ -361,7 +384,7 @@ def _recipe_names() -> list[str]:
 
 def recipe_config(name: str, **overrides) -> TrainConfig:
     """``TrainConfig`` of recipe ``name`` (:mod:`.recipes`) with ``overrides``."""
-    return dataclasses.replace(TrainConfig(), **{**recipe_values(name), **overrides})
+    return TrainConfig(**{**recipe_values(name), **overrides})
 
 
 def _field_types() -> dict[str, Any]:
@@ -505,7 +528,7 @@ def load_config(
         values[key] = _convert(key, value) if isinstance(value, str) else value
     fresh = base is None
     if fresh:
-        name = values.get("recipe") or default_recipe(values.get("data", TrainConfig.data))
+        name = values.get("recipe") or default_recipe(values.get("data", _FIELD_DEFAULT_DATA))
         base = recipe_config(name)
         values["recipe"] = name
     lr = values.get("lr")
