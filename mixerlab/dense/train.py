@@ -12,11 +12,12 @@ config, head options), so a run is rebuilt without the weight file it started fr
 
 Schedules (``RECIPES``; iteration-based, as mmcv's runners):
 
-* ``retinanet_1x`` / ``mask_rcnn_1x``: PoolFormer's COCO setup (arXiv 2111.11418, Sec. 4.2,
-  following PVT: sail-sg/poolformer ``detection/configs``): AdamW lr 1e-4, weight decay 1e-4,
+* ``retinanet_1x`` / ``mask_rcnn_1x``: PoolFormer's COCO setup (arXiv 2111.11418, following
+  PVT; sail-sg/poolformer ``detection/``): AdamW lr 1e-4, weight decay 1e-4,
   batch 16, 12 epochs, lr x 0.1 after epochs 8 and 11, linear warm-up over 500 iterations from
   0.001 x lr; images resized to 1333 x 800 (keep ratio), flipped with p 0.5.
-* ``semantic_fpn_40k``: PoolFormer's ADE20K setup (Sec. 4.3, following PVT): AdamW lr 2e-4,
+* ``semantic_fpn_40k``: PoolFormer's ADE20K setup (following PVT; sail-sg/poolformer
+  ``segmentation/``): AdamW lr 2e-4,
   weight decay 1e-4, batch 32, 40,000 iterations, poly decay (power 0.9) to 0; 512 x 512 crops of
   images rescaled by 0.5-2.0, flipped with p 0.5.
 * ``small``: the Fashion-MNIST scenes on a CPU in minutes: 1,000 + 200 scenes of 128 px, batch 8,
