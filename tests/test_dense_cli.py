@@ -143,3 +143,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, fm, capsys):
     # not a dense run
     rc, out, err = _cli(capsys, "eval", str(tmp_path / "nothing"))
     assert rc == 2 and "Traceback" not in err
+
+
+def test_mask_rcnn_trains_and_reports_box_and_mask_ap(tmp_path, fm):
+    opts = dict(task="mask_rcnn", backbone="poolformer_micro", data_dir=fm, img_size=64, batch_size=2, epochs=1,
+                num_threads=1, fpn_channels=32, eval_at_start=False, max_eval_images=1,
+                scenes={"num_train": 2, "num_val": 2})
+    summary = train_dense(dense_config(**opts), tmp_path / "mrcnn", log=lambda m: None)
+    assert summary["iters"] == 1 and summary["metric"] == "box_AP"
+    final = summary["final_metrics"]
+    assert {"box_AP", "mask_AP", "mask_AP50"} <= set(final) and 0.0 <= final["mask_AP"] <= 1.0
+    model, spec, _ = open_dense_run(tmp_path / "mrcnn")
+    assert spec["num_classes"] == 10 and model.roi_heads.box_predictor.cls_score.out_features == 11

@@ -284,3 +284,27 @@ def test_lr_schedules_by_hand():
     seg = dense_config("semantic_fpn_40k")
     assert (seg.iters, seg.lr, seg.batch_size, seg.schedule) == (40000, 2e-4, 32, "poly")
     assert lr_factor(seg, 20000, 40000, 625) == pytest.approx(0.5 ** 0.9)
+
+
+def test_torchvision_outputs_to_coco_results_mask_rcnn_labels_and_masks(scenes):
+    """Mask R-CNN's labels count the background (offset 1); masks are probabilities (N, 1, H, W):
+    the ground truth passed through that path scores box and mask AP 1.0."""
+    from mixerlab.dense.metrics import detections_to_coco
+
+    root, layout = scenes
+    p = scene_paths(root, "val")
+    ds = CocoDetection(p["ann_file"], p["images"], in_chans=1, masks=True)
+    boxes, masks = [], []
+    for i in range(len(ds)):
+        t = ds.target(i)
+        out = {"boxes": t["boxes"], "scores": torch.ones(len(t["labels"])), "labels": t["labels"] + 1,
+               "masks": t["masks"][:, None].float() * 0.9}
+        b, m = detections_to_coco(out, t["image_id"], ds.cat_ids, label_offset=1)
+        assert [d["category_id"] for d in b] == [ds.cat_ids[k] for k in t["labels"].tolist()]
+        boxes += b
+        masks += m
+    assert coco_evaluate(ds.dataset, masks, "segm")["AP"] == pytest.approx(1.0)
+    # boxes: xyxy -> xywh with the exclusive right edge of the COCO box
+    assert coco_evaluate(ds.dataset, boxes, "bbox")["AP"] == pytest.approx(1.0)
+    wrong = [dict(d, category_id=d["category_id"] % 3 + 1) for d in masks]
+    assert coco_evaluate(ds.dataset, wrong, "segm")["AP"] < 0.5
