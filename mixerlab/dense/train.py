@@ -94,6 +94,7 @@ class DenseConfig:
     fpn_channels: int = 64
     head_channels: int = 64
     seg_norm: str = "gn"
+    head_norm: str | None = None       # RetinaNet head: None (mmdet's RetinaHead) | "gn" (GroupNorm(32))
     eval_every: int = 1                # epochs
     eval_at_start: bool = True         # evaluate the untrained model first (the baseline)
     max_eval_images: int | None = None
@@ -259,7 +260,8 @@ def build_dense_model(spec: dict, backbone: torch.nn.Module) -> torch.nn.Module:
     if spec["task"] in DETECTORS:
         model = create_detector(spec["task"], backbone=backbone, num_classes=spec["num_classes"],
                                 fpn_channels=o["fpn_channels"], min_size=o["img_size"], max_size=o["max_size"],
-                                image_mean=list(o["mean"]), image_std=list(o["std"]))
+                                image_mean=list(o["mean"]), image_std=list(o["std"]),
+                                **({"head_norm": o["head_norm"]} if o.get("head_norm") else {}))
     else:
         model = create_segmenter("semantic_fpn", backbone=backbone, num_classes=spec["num_classes"],
                                  neck_channels=o["fpn_channels"], head_channels=o["head_channels"], norm=o["seg_norm"])
@@ -275,7 +277,8 @@ def model_spec(cfg: DenseConfig, data: DenseData, backbone: torch.nn.Module) -> 
             "classes": list(data.classes), "backbone_name": getattr(backbone, "zoo_name", type(backbone).__name__),
             "backbone_config": backbone.cfg.to_dict(),
             "options": {"fpn_channels": cfg.fpn_channels, "head_channels": cfg.head_channels,
-                        "seg_norm": cfg.seg_norm, "img_size": cfg.img_size, "max_size": cfg.max_size,
+                        "seg_norm": cfg.seg_norm, "head_norm": cfg.head_norm if cfg.task == "retinanet" else None,
+                        "img_size": cfg.img_size, "max_size": cfg.max_size,
                         "mean": list(data.mean), "std": list(data.std), "in_chans": backbone_in_chans(backbone)}}
 
 
