@@ -178,3 +178,14 @@ def test_cli_refuses_a_training_run_as_out_and_a_timm_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "timm:resnet18, a timm model" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_default_validation_split_adapts_to_a_small_training_set():
+    """Issue 31 (10): without --val-size a 300-image training set gives a 60-image validation
+    split (a fifth) instead of refusing the 2000 default; an explicit size is still checked."""
+    m = _tiny()
+    d = build_ablate_data(m, "synthetic", None, None, 0, synthetic_size=300)
+    assert len(d.val) == 60 and len(d.tune) == 240
+    assert len(build_ablate_data(m, "synthetic", None, None, 0, synthetic_size=20000).val) == 2000
+    with pytest.raises(ValueError, match="leaves no training images"):
+        build_ablate_data(m, "synthetic", None, 2000, 0, synthetic_size=300)

@@ -168,3 +168,34 @@ def test_pretrained_true_says_nothing_is_downloaded():
     with pytest.raises(ValueError, match=r"mixerlab downloads nothing; pretrained= takes a local weight file"):
         mixerlab.create_model("convit_tiny", pretrained=True)
     assert mixerlab.create_model("deit_micro", pretrained=False).num_classes == 10
+
+
+def test_one_name_per_idea_across_commands(capsys):
+    """Issue 31 (10): --threads in train as in bench and ablate (--num-threads still accepted,
+    hidden); --device defaults to auto in every command that has it; list fits a narrow terminal
+    or shows the columns asked for."""
+    import argparse
+
+    from mixerlab.cli.list_cmd import choose_columns, zoo_records
+    from mixerlab.cli.main import build_parser, main
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("train", "bench", "ablate"):
+        assert "--threads" in sub.choices[name]._option_string_actions, name
+    helps = {name: sub.choices[name].format_help() for name in sub.choices}
+    assert "--num-threads" not in helps["train"]
+    for name, p in sub.choices.items():
+        dev = p._option_string_actions.get("--device")
+        if dev is not None and name != "train":  # train's options default to its config's values
+            assert dev.default == "auto" and "auto" in dev.choices, name
+    assert mixerlab.TrainConfig().device == "auto"
+    for flag in ("--threads", "--num-threads"):
+        assert main(["train", "--data", "synthetic", flag, "1", "--dry-run"]) == 0
+        assert "num_threads: 1" in capsys.readouterr().out
+    rows = zoo_records(macs=False)
+    cols, dropped = choose_columns(rows, None, 80)
+    widths = [max(len(t), *(len(str(r[k]) if r[k] is not None else "-") for r in rows)) for _, k, t in cols]
+    assert sum(widths) + 2 * (len(widths) - 1) <= 80 and "paper" in dropped and cols[0][0] == "model"
+    assert [c[0] for c in choose_columns(rows, "model,paper", 80)[0]] == ["model", "paper"]
+    assert len(choose_columns(rows, None, None)[0]) == 9
+    with pytest.raises(ValueError, match="unknown column"):
+        choose_columns(rows, "model,nope", None)

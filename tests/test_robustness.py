@@ -204,12 +204,12 @@ def _feed(watch, clock, rate: float, seconds: float, batch: int = 64):
 def test_throughput_collapse_prints_one_advice_line(clock):
     from mixerlab.engine.report import ThroughputWatch
 
-    w = ThroughputWatch(threads=2, resume_cmd="mixerlab train --resume runs/x --num-threads 1")
+    w = ThroughputWatch(threads=2, resume_cmd="mixerlab train --resume runs/x --threads 1")
     assert _feed(w, clock, 387, 40) == []
     assert _feed(w, clock, 300, 40) == []  # a mild slowdown is not a collapse
     msgs = _feed(w, clock, 28, 120)
     assert len(msgs) == 1, msgs
-    assert "--num-threads 1" in msgs[0] and "OMP_NUM_THREADS=1" in msgs[0] and "28 images/s" in msgs[0]
+    assert "--threads 1" in msgs[0] and "OMP_NUM_THREADS=1" in msgs[0] and "28 images/s" in msgs[0]
     assert _feed(w, clock, 28, 120) == []  # once per run
     # a short dip (one window) does not trigger it
     w2 = ThroughputWatch(threads=2)
@@ -230,7 +230,7 @@ def test_throughput_collapse_in_the_training_loop(tmp_path, monkeypatch, clock):
 
     monkeypatch.setattr(loop, "ClassificationTask", Task)
     train(tiny_config(epochs=1, synthetic_size=16 * 60, progress="plain", log_every=1000), out_dir=tmp_path / "r")
-    advice = [s for _, s in seen if "--num-threads 1" in s]
+    advice = [s for _, s in seen if "--threads 1" in s]
     assert len(advice) == 1 and f"--resume {tmp_path / 'r'}" in advice[0]
 
 

@@ -30,7 +30,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="AdamW steps fine-tuning only the replaced mixers and their norms (0: zero-shot only)")
     p.add_argument("--finetune-lr", type=float, default=1e-3, help="learning rate of that fine-tune (> 0)")
     p.add_argument("--batch-size", type=int, default=64, help="images per fine-tune and evaluation batch (>= 1)")
-    p.add_argument("--val-size", type=int, default=2000, help="validation images carved out of the training set")
+    p.add_argument("--val-size", type=int, default=None,
+                   help="validation images carved out of the training set (default: 2000, or a fifth of a "
+                        "smaller training set)")
     p.add_argument("--tolerance", type=float, default=1.0, help="accuracy points the greedy search may lose")
     p.add_argument("--no-search", action="store_true", help="skip the greedy search")
     p.add_argument("--keep-variable-size", action="store_true",

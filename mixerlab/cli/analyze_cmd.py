@@ -26,7 +26,8 @@ def add_parser(sub):
     p.add_argument("--k", type=int, default=3, help="similarity with the next 1..k layers")
     p.add_argument("--threshold", type=float, default=0.9, help="'similar block' threshold (DeepViT: 0.9)")
     p.add_argument("--img-size", type=int, default=None, help="override the zoo model's input size")
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to run (auto: cuda when available, else cpu)")
     p.add_argument("--seed", type=int, default=0, help="which images are drawn")
     p.add_argument("--no-plots", action="store_true", help="records and summary only")
     p.add_argument("--out", default=None,
@@ -67,7 +68,8 @@ def run(args) -> int:
     if (out / "analysis.json").exists() and not args.force:
         raise ValueError(f"{out} already holds an analysis (analysis.json); pass --force to replace it "
                          "or --out to write elsewhere")
-    model = loaded.model.to(args.device).eval()
+    from ..engine.distributed import resolve_device
+    model = loaded.model.to(resolve_device(args.device)).eval()
     data = args.data or loaded.data or "fashion-mnist"
     torch.manual_seed(args.seed)
     x, show, _ = load_images(data, args.num_images, in_chans=model.in_chans, img_size=model.img_size,

@@ -17,7 +17,8 @@ def add_parser(sub):
     p.add_argument("models", nargs="+", metavar="MODEL", help="zoo names (see `mixerlab list`), run folders, checkpoints or weight files")
     p.add_argument("--batch-size", type=int, nargs="+", default=[1], help="one or more batch sizes")
     p.add_argument("--img-size", type=int, default=None, help="input resolution (default: each model's own)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to run (auto: cuda when available, else cpu)")
     p.add_argument("--mode", nargs="+", default=["infer"], choices=["infer", "train"],
                    help="inference and/or training steps")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions (median reported)")
@@ -115,8 +116,10 @@ def run(args) -> int:
         identify(name)  # a typo (close matches) or a missing file: one line, before any work
     if args.threads:
         torch.set_num_threads(args.threads)
+    from ..engine.distributed import resolve_device
+    device = str(resolve_device(args.device))
     rows = bench_rows(args.models, batch_sizes=args.batch_size, modes=args.mode, img_size=args.img_size,
-                      device=args.device, channels_last=args.channels_last, compile=args.compile,
+                      device=device, channels_last=args.channels_last, compile=args.compile,
                       dtype=args.dtype, vs_timm=args.vs_timm, reps=args.reps, warmup=args.warmup, min_time=args.min_time,
                       speed=not args.flops_only, progress=lambda m: print(f"... {m}", file=sys.stderr, flush=True))
     env = environment()

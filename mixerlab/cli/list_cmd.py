@@ -15,10 +15,49 @@ def add_parser(sub):
     p.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'convit_*'")
     p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.add_argument("--columns", default=None, metavar="COLS",
+                   help="comma-separated columns to show (" + ", ".join(c[0] for c in COLUMNS) + ") or all; "
+                        "default: as many as fit the terminal's width (all when not on a terminal)")
     p.add_argument("--no-macs", action="store_true",
                    help="leave the GMACs column empty (no counting; counts are otherwise cached in "
                         "$MIXERLAB_CACHE/zoo_macs.json, default ~/.cache/mixerlab)")
     return p
+
+
+# (option name, record key, title), in display order; FIT_ORDER: dropped first when the terminal is narrow
+COLUMNS = [("model", "name", "model"), ("family", "family", "family"), ("arch", "arch", "arch"),
+           ("params", "params_m", "params (M)"), ("paper_params", "reported_params_m", "paper params"),
+           ("gmacs", "gmacs", "GMACs"), ("input", "input", "input"), ("paper_top1", "reported_top1", "paper top-1"),
+           ("paper", "paper", "paper")]
+FIT_ORDER = ("paper", "arch", "paper_params", "input", "family", "paper_top1", "gmacs")
+
+
+def choose_columns(rows: list[dict], spec: str | None, width: int | None) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """The columns to print and the names left out: ``spec`` (``a,b`` or ``all``) when given, else
+    every column that fits in ``width`` characters (``None``: no limit), dropping ``FIT_ORDER`` first."""
+    names = [c[0] for c in COLUMNS]
+    if spec:
+        wanted = names if spec.strip() == "all" else [c.strip() for c in spec.split(",") if c.strip()]
+        bad = [c for c in wanted if c not in names]
+        if bad or not wanted:
+            raise ValueError(f"--columns {spec!r}: unknown column(s) {', '.join(bad) or '(none)'}; "
+                             f"choose from {', '.join(names)} or all")
+        return [c for c in COLUMNS if c[0] in wanted], []
+    cols = list(COLUMNS)
+    dropped = []
+
+    def total(cs):
+        return sum(max(len(t), *(len(_fmt(r[k])) for r in rows)) for _, k, t in cs) + 2 * (len(cs) - 1)
+    for name in FIT_ORDER:
+        if width is None or total(cols) <= width:
+            break
+        cols = [c for c in cols if c[0] != name]
+        dropped.append(name)
+    return cols, dropped
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else str(v)
 
 
 def macs_cache_path() -> Path:
@@ -102,27 +141,22 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    cols = [("name", "model"), ("family", "family"), ("arch", "arch"), ("params_m", "params (M)"),
-            ("reported_params_m", "paper params"), ("gmacs", "GMACs"), ("input", "input"),
-            ("reported_top1", "paper top-1"), ("paper", "paper")]
-    fmt = lambda v: "-" if v is None else str(v)  # noqa: E731
+    import shutil
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() and not args.markdown else None
+    chosen, dropped = choose_columns(rows, args.columns, width)
+    cols = [(k, t) for _, k, t in chosen]
+    fmt = _fmt
     if args.markdown:
         print("| " + " | ".join(t for _, t in cols) + " |")
         print("|" + "---|" * len(cols))
         for r in rows:
             print("| " + " | ".join(fmt(r[k]) for k, _ in cols) + " |")
-    elif sys.stdout.isatty():
-        from rich.console import Console
-        from rich.table import Table
-        t = Table(title="mixerlab zoo (MACs at the native input size, attention matmuls included)")
-        for _, title in cols:
-            t.add_column(title, overflow="fold")
-        for r in rows:
-            t.add_row(*(fmt(r[k]) for k, _ in cols))
-        Console().print(t)
     else:
         widths = [max(len(title), *(len(fmt(r[k])) for r in rows)) for k, title in cols]
         print("  ".join(t.ljust(w) for (_, t), w in zip(cols, widths)).rstrip())
         for r in rows:
             print("  ".join(fmt(r[k]).ljust(w) for (k, _), w in zip(cols, widths)).rstrip())
+        if dropped:
+            print(f"({', '.join(dropped)} left out to fit {width} columns; --columns all shows them, --json has "
+                  "every field)", file=sys.stderr)
     return 0

@@ -46,6 +46,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                "the dataset's (" + ", ".join(f"{k}: {v}" for k, v in DEFAULT_RECIPE.items()) + ")")
         if f.name == "data":
             kwargs.update(choices=DATASETS, metavar="{" + ",".join(DATASETS) + "}")
+        if f.name == "num_threads":  # one name across commands (bench, ablate): --threads; the old one still works
+            p.add_argument("--threads", **{**kwargs, "metavar": "N"})
+            p.add_argument(flag, **{**kwargs, "help": argparse.SUPPRESS})
+            continue
         p.add_argument(flag, **kwargs)
     return p
 

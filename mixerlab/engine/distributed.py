@@ -25,6 +25,18 @@ class DistInfo:
         return self.rank == 0
 
 
+def resolve_device(device: str = "auto") -> torch.device:
+    """``'auto'`` -> CUDA when available, else the CPU; ``'cpu'`` / ``'cuda'`` as asked
+    (``ValueError`` for CUDA without a device). The one rule of every command's ``--device``."""
+    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ValueError(f"--device {device!r}: choose auto, cpu or cuda")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available; use --device cpu (or auto)")
+    return torch.device(device)
+
+
 def setup(device: str = "auto") -> DistInfo:
     """Pick the device and, under torchrun, join the process group.
 

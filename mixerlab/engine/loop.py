@@ -455,7 +455,7 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
     reporter = Reporter(run_dir if di.is_main else None, mode=cfg.progress, total_steps=total_steps,
                         log_every=cfg.log_every, tensorboard=cfg.tensorboard)
     watch = ThroughputWatch(threads=torch.get_num_threads(), device=device.type,
-                            resume_cmd=f"mixerlab train --resume {run_dir} --num-threads 1")
+                            resume_cmd=f"mixerlab train --resume {run_dir} --threads 1")
     if di.is_main:
         try:
             if ckpt is not None:  # finish an epoch end that a kill or a write error cut short

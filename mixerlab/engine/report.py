@@ -217,7 +217,7 @@ class ThroughputWatch:
                f"of the epoch (below {self.ratio:.0%} for {span:.0f} s)")
         if self.device == "cpu":
             msg += (f"; another process is probably competing for the CPU cores and the {self.threads} torch "
-                    f"threads wait on each other: train with --num-threads 1 (or OMP_NUM_THREADS=1)"
+                    f"threads wait on each other: train with --threads 1 (or OMP_NUM_THREADS=1)"
                     + (f"; Ctrl-C saves a checkpoint, then `{self.resume_cmd}` continues this run"
                        if self.resume_cmd else "") + ", or stop the other job")
         else:

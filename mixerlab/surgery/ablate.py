@@ -175,7 +175,16 @@ class AblateData:
     num_classes: int
 
 
-def build_ablate_data(model: nn.Module, data: str, data_dir: str | None, val_size: int, seed: int,
+def auto_val_size(n_train: int, n_classes: int) -> int:
+    """The default validation split: 2000 images, or a fifth of a smaller training set (at least
+    one image per class), so a small training set is split instead of refused."""
+    return min(DEFAULT_VAL_SIZE, max(n_classes, n_train // 5))
+
+
+DEFAULT_VAL_SIZE = 2000
+
+
+def build_ablate_data(model: nn.Module, data: str, data_dir: str | None, val_size: int | None, seed: int,
                       synthetic_size: int = 512, held_out: tuple[int, int] | None = None) -> AblateData:
     """The fine-tune, validation and test images. ``held_out = (val_images, seed)`` of the run the
     model was trained in: the validation split is then taken from the images that run held out
@@ -191,6 +200,8 @@ def build_ablate_data(model: nn.Module, data: str, data_dir: str | None, val_siz
     mean, std = STATS.get(data, STATS["synthetic"])
     t = eval_transform(img[0], tuple(mean[: train.in_chans]), tuple(std[: train.in_chans]))
     targets = np.asarray(train.targets)
+    if val_size is None:
+        val_size = auto_val_size(len(targets), len(train.classes))
     if held_out and held_out[0] > 0:
         rest, pool = validation_split(targets, held_out[0], held_out[1])
         val = pool if val_size >= len(pool) else pool[validation_indices(targets[pool], val_size, seed)]
@@ -420,7 +431,7 @@ def greedy(model: nn.Module, slots, cells: list[dict], data: AblateData, st: Abl
 def ablate(source: str | os.PathLike, *, data: str | None = None, data_dir: str | None = None,
            out: str | os.PathLike = "runs/ablate", blocks: str | None = None,
            replace: list[str] | tuple[str, ...] | None = None, finetune_steps: int = 100,
-           finetune_lr: float = 1e-3, batch_size: int = 64, val_size: int = 2000, tolerance: float = 1.0,
+           finetune_lr: float = 1e-3, batch_size: int = 64, val_size: int | None = None, tolerance: float = 1.0,
            stages: bool = False, keep_variable_size: bool = False, search: bool = True, seed: int = 0,
            synthetic_size: int = 512, time_reps: int = 5, threads: int | None = None,
            log: Callable[[str], None] = print) -> dict:
@@ -433,7 +444,8 @@ def ablate(source: str | os.PathLike, *, data: str | None = None, data_dir: str 
         blocks: which blocks (``"3-11"``, ``"0,2"``); default every attention-family block.
         replace: replacement mixers (default all of ``REPLACEMENTS``).
         finetune_steps, finetune_lr, batch_size: the short fine-tune of each replaced block.
-        val_size: the validation split carved out of the training set (class-balanced, fixed).
+        val_size: the validation split carved out of the training set (class-balanced, fixed;
+            None: 2000, or a fifth of a smaller training set).
         tolerance: accuracy points the greedy search may lose against the original.
         stages: cells are whole stages (hierarchical models).
         keep_variable_size: refuse replacements that fix the token count.
@@ -445,6 +457,8 @@ def ablate(source: str | os.PathLike, *, data: str | None = None, data_dir: str 
         raise ValueError(f"unknown replacement(s) {unknown}; allowed: {', '.join(REPLACEMENTS)}")
     for name, v, lo in (("finetune_steps", finetune_steps, 0), ("batch_size", batch_size, 1),
                         ("val_size", val_size, 1), ("time_reps", time_reps, 1)):
+        if name == "val_size" and v is None:
+            continue
         if not isinstance(v, int) or v < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
     if not tolerance >= 0:
@@ -461,10 +475,6 @@ def ablate(source: str | os.PathLike, *, data: str | None = None, data_dir: str 
     out = Path(out)
     from ..engine.run_folder import check_folder, claim_folder
     check_folder(out, "ablate")  # a file, a run folder, a compare or analysis folder: refused before any work
-    st = AblateSettings(source=str(Path(source).resolve()), data=data, val_size=val_size,
-                        finetune_steps=finetune_steps, finetune_lr=finetune_lr, batch_size=batch_size,
-                        tolerance=tolerance, seed=seed, stages=stages, blocks=chosen, replacements=replace,
-                        keep_variable_size=keep_variable_size, time_reps=time_reps)
     groups = groups_of(slots, stages=stages, blocks=chosen)
     if not groups:
         raise ValueError("no block to ablate: the model has no attention-family block; choose blocks with --blocks")
@@ -480,6 +490,10 @@ def ablate(source: str | os.PathLike, *, data: str | None = None, data_dir: str 
                 raise ValueError(errs[0])
     held = info.get("held_out") if data == info.get("data") else None
     ad = build_ablate_data(model, data, data_dir, val_size, seed, synthetic_size, held_out=held)
+    st = AblateSettings(source=str(Path(source).resolve()), data=data, val_size=len(ad.val),
+                        finetune_steps=finetune_steps, finetune_lr=finetune_lr, batch_size=batch_size,
+                        tolerance=tolerance, seed=seed, stages=stages, blocks=chosen, replacements=replace,
+                        keep_variable_size=keep_variable_size, time_reps=time_reps)
     info["validation"] = ("held out by the training run (never trained on)" if held else
                           "carved out of the training set here: the model may have been trained on these images")
     from ..engine.runlock import run_folder_lock
