@@ -165,3 +165,28 @@ def test_eval_takes_the_run_as_its_argument_and_refuses_a_file_or_foreign_folder
         assert code == 2 and f"is a {kind} folder" in err and len(err.strip().splitlines()) == 1
     code, _, err = _main(capsys, "eval")
     assert code == 2 and "mixerlab eval RUN_DIR" in err
+
+
+def test_ctrl_c_under_the_launcher_checkpoints_then_one_line_exit_130(tmp_path):
+    """Issue 31 (11): ``mixerlab train --nproc-per-node N`` (torchrun's launcher in-process) on
+    Ctrl-C (SIGINT to the process group, as a terminal sends it): the worker saves a checkpoint,
+    and the command exits 130 with no traceback (a bare torchrun prints its SignalException)."""
+    import os
+    run, release = tmp_path / "run", tmp_path / "release"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": str(ROOT), "MIXERLAB_TEST_PAUSE": "step@2", "MIXERLAB_TEST_RELEASE": str(release)}
+    proc = subprocess.Popen([sys.executable, "-m", "mixerlab", "train", "--nproc-per-node", "1", *TINY,
+                             "--out", str(run)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if line.startswith("mixerlab-test-pause"):
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.2)
+    release.touch()
+    err = "".join(seen) + proc.stderr.read()
+    assert proc.wait(60) == 130, err
+    assert "Traceback" not in err and "SignalException" not in err, err
+    assert err.count("resume with: mixerlab train --resume") == 1 and (run / "last.safetensors").is_file()

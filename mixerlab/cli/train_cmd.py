@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from mixerlab.data.datasets import FASHION_MNIST_DIR
@@ -32,6 +33,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<model>-<data>-<time>); must be new")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly from its last checkpoint")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="generic config override (repeatable)")
+    p.add_argument("--nproc-per-node", type=int, default=None, metavar="N",
+                   help="train in N processes on this machine (torchrun's launcher, run by this command): "
+                        "Ctrl-C saves a checkpoint and exits 130 with one line, where a bare torchrun ends "
+                        "in its own traceback")
     p.add_argument("--dry-run", action="store_true", help="check the model name and its options, print the resolved config and exit")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -65,6 +70,48 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
     return out
 
 
+def _launch(args: argparse.Namespace, cfg, overrides: dict[str, str]) -> int:
+    """``--nproc-per-node N``: torchrun's launcher (``torch.distributed.run``) in this process,
+    starting N workers of this command without the option. The workers save a checkpoint on
+    Ctrl-C and say so; the launcher's own ``SignalException`` becomes exit 130, its failure
+    report one line."""
+    import logging
+
+    os.environ.setdefault("LOGLEVEL", "ERROR")  # torchelastic's per-signal warnings (read when it is imported)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run as torchrun
+
+    from mixerlab.engine.loop import default_run_dir
+
+    if args.nproc_per_node < 1:
+        raise ValueError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
+    out = args.resume or args.out or str(default_run_dir(cfg))  # one folder for every worker
+    child = ["train", "--resume" if args.resume else "--out", out]
+    if args.config and not args.resume:
+        child += ["--config", args.config]
+    for key, value in overrides.items():
+        child += ["--set", f"{key}={value}"]
+    launch = get_args_parser().parse_args(["--nproc-per-node", str(args.nproc_per_node), "--standalone",
+                                          "-m", "mixerlab", *child])
+    for name in [*logging.root.manager.loggerDict, "torch.distributed.elastic"]:  # (imported before)
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("OMP_NUM_THREADS", str(cfg.num_threads or 1))
+    try:
+        torchrun(launch)
+    except SignalException:  # Ctrl-C / SIGTERM: the workers checkpointed (and said where) and stopped
+        return 130
+    except ChildFailedError as e:
+        codes = sorted({f.exitcode for f in e.failures.values()})
+        if codes and all(c in (130, -2) for c in codes):
+            return 130
+        print(f"mixerlab train: error: {len(e.failures)} of {args.nproc_per_node} worker(s) failed (exit "
+              f"{', '.join(map(str, codes))}); their messages are above", file=sys.stderr)
+        return 2 if codes == [2] else 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from mixerlab.engine import NonFiniteLossError, load_config, resume_config, train
 
@@ -77,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = resume_config(args.resume, overrides)
     else:
         cfg = load_config(args.config, overrides)
+    if args.nproc_per_node is not None and not args.dry_run:
+        return _launch(args, cfg, overrides)
     if args.dry_run:
         # the model the run would build, for the data's shape, on the meta device (no memory):
         # whatever the run refuses (an unknown name or option, a size the patch does not divide,
@@ -96,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"mixerlab train: error: {e}", file=sys.stderr)
         return 1
     if summary.get("interrupted"):
+        if int(os.environ.get("RANK", "0")) > 0:  # rank 0 says it once
+            return 130
         print(f"mixerlab train: interrupted; resume with: mixerlab train --resume {summary['run_dir']}", file=sys.stderr)
         return 130
     best = summary["best_top1"]
