@@ -346,12 +346,13 @@ def test_e5_variants_are_layouts_and_aux_weights():
 # E4's v2 rows per preset (added after the knobs moved; quick leaves them out for its budget)
 _V2_ROWS = {"smoke": ("identity", "random", "caformer"), "quick": (),
             "standard": ("identity", "random", "pooling", "sepconv", "caformer"),
-            "full": ("identity", "random", "pooling", "sepconv", "caformer")}
+            "full": ("identity", "random", "pooling", "sepconv", "caformer"), "gpu": ()}
 # Each preset's values before the knobs moved into the experiment modules.
 _OLD_PRESET_KNOBS = {  # E2 fractions, E3 depths, E5 variants
     "smoke": ((0.5, 1.0), (2, 3), ("vanilla", "la_all", "la_all_no_dp")),
     "quick": ((0.05, 0.5), (4, 8), ("vanilla", "la_all", "la_all_no_dp")),
-    "standard": ((0.02, 0.1, 1.0), (4, 8), ("vanilla", "la_all", "la_all_no_dp")),
+    "standard": ((0.05, 1.0), (4, 8), ("vanilla", "la_all", "la_all_no_dp")),  # issue 28: E2's epochs x 1/f
+    "gpu": ((0.1, 1.0), (4, 8), ("vanilla", "la_all", "la_all_no_dp")),  # issue 29: the gpu preset
     "full": ((0.05, 0.1, 0.25, 0.5, 1.0), (4, 8, 12, 16), ("vanilla", "la_last", "la_all", "la_all_no_dp")),
 }
 _LA_LAYERS = {"vanilla": 0, "la_last": 1, "la_all": 4, "la_all_no_dp": 4}
@@ -379,7 +380,12 @@ def test_presets_plan_the_runs_they_planned_before(name):
         cfg = build_config(s, p, p.seeds[0], p.data, None)
         if s.exp == "E2":
             assert cfg.train_fraction == s.x
-            assert s.train_args == ({} if s.x == p.train_fraction else {"train_fraction": s.x})
+            if s.x >= p.train_fraction:
+                assert s.train_args == ({} if s.x == p.train_fraction else {"train_fraction": s.x})
+            else:  # ConViT's protocol: epochs x 1/f (relative to the preset's fraction), a subset per seed
+                k = p.train_fraction / s.x
+                assert cfg.epochs == max(1, round(p.epochs * k)) and cfg.warmup_epochs == pytest.approx(p.warmup_epochs * k)
+                assert s.subset_per_seed and build_config(s, p, 3, p.data, None).subset_seed == 3
     # The runs E1 shares with E2 (base fraction) and E4 (pooling, identity) are the same configs.
     cfgs = {(s.exp, s.label, s.x): build_config(s, p, 0, p.data, None) for s in specs}
     assert cfgs[("E1", "poolformer", None)] == cfgs[("E4", "pooling", None)]

@@ -219,3 +219,65 @@ def test_gpu_preset_without_cuda_points_to_the_dry_run(tmp_path, capsys, monkeyp
     rc, err = _cli(capsys, "--preset", "gpu", "--out", str(out))
     assert rc == 2 and len(err) == 1 and "needs a CUDA device" in err[0] and "--dry-run" in err[0], err
     assert not out.exists()
+
+
+# ---- the gpu preset (issue 29 item 4) and E2's protocol (issue 28 item 3)
+def test_gpu_preset_is_micro_models_three_seeds_a_sweep_and_fits_eight_minutes():
+    from mixerlab.compare.pipeline import training_images
+    from mixerlab.compare.presets import get_preset
+    p = get_preset("gpu")
+    assert p.scale is None and p.device == "cuda" and len(p.seeds) >= 3 and len(set(p.seeds)) == len(p.seeds)
+    assert len(p.sweep_lrs) >= 3 and not p.lr_table and p.train_fraction == 1.0
+    n = training_images(p)
+    # docs/compare_presets.md: ~50,000 images/s in all (8 processes at batch 512: 67,000 measured
+    # for deit_micro, the other families taken at 3/4 of it) plus ~90 s of start-up, evaluation,
+    # predictions, analyses and report, against 8 minutes
+    assert n["total_images"] / 50_000 + 90 <= 8 * 60, n
+    assert n["runs"] % len(p.seeds) == 0  # every configuration at every seed
+
+
+def test_e2_small_fractions_train_as_many_images_on_a_subset_per_seed():
+    from mixerlab.compare.experiments import get_experiment
+    from mixerlab.compare.presets import get_preset
+    from mixerlab.compare.runner import build_config
+    for name in ("quick", "standard", "gpu"):
+        p = get_preset(name)
+        specs = get_experiment("E2").for_preset(p).plan(p)
+        cfgs = {(s.label, s.x): build_config(s, p, 1, p.data, None) for s in specs}
+        base = cfgs[("deit", max(s.x for s in specs))]
+        for (label, x), c in cfgs.items():
+            seen = c.epochs * c.train_fraction
+            assert seen == pytest.approx(base.epochs * base.train_fraction, rel=0.05), (name, label, x)
+            if x < p.train_fraction:
+                assert c.subset_seed == 1 and c.eval_every > 1 and c.warmup_epochs > p.warmup_epochs
+    from mixerlab.data import build_data
+    from mixerlab.engine.config import recipe_config
+    b = [build_data(recipe_config("small", data="synthetic", synthetic_size=400, val_images=40, train_fraction=0.2,
+                                  subset_seed=s)) for s in (0, 1)]
+    t0, t1 = (set(x.train.indices.tolist()) for x in b)
+    assert len(t0) == len(t1) and t0 != t1  # a new class-balanced subset per seed
+
+
+def test_gpu_preset_dry_run_on_the_cpu(tmp_path):
+    import time
+    from mixerlab.compare import run_compare
+    t = time.time()
+    logs = []
+    res = run_compare("gpu", dry_run=True, out=tmp_path / "o", log=logs.append)
+    took = time.time() - t
+    report = (tmp_path / "o" / "report.md").read_text()
+    assert "preset `gpu-dry-run`" in report and "Ran on: CPU (" in report and "2 seeds per run (0, 1)" in report
+    assert "sweep inside this preset run" in report
+    tests = json.loads((tmp_path / "o" / "results.json").read_text())["tests"]
+    assert sorted(tests) == ["E1", "E2", "E3", "E4", "E5"]
+    judged = [t for sec in tests.values() for t in sec["tests"] if t.get("diff") is not None]
+    assert judged and all(t["seed_source"] == "seeds" and len(t["per_seed"]) == 2 for t in judged)
+    assert all("p_flip" in t and "holm_level" in t for t in judged)
+    for exp in ("e1", "e2", "e3", "e4", "e5"):
+        assert (tmp_path / "o" / "figures" / f"{exp}_seed_accuracy.png").is_file()
+    assert "**Trained to a plateau?**" in report
+    # E2's 50 % runs saw as many images as the 100 % ones (epochs x 2), to within the batch a
+    # 24-image toy subset leaves out per epoch
+    seen = {r["images_seen"] for r in res["rows"] if r["experiment"] == "E2"}
+    assert max(seen) - min(seen) <= 16 and len(seen) <= 2
+    assert took < 120, took  # ~40 s of CPU on an idle 2-core machine

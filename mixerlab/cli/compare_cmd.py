@@ -24,10 +24,11 @@ def add_parser(sub):
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<preset>)")
     p.add_argument("--experiments", nargs="+", default=None, metavar="E",
                    help="subset of E1 E2 E3 E4 E5")
-    p.add_argument("--jobs", type=int, default=2,
-                   help="train this many runs at once in separate processes, one thread each on 2 "
-                        "CPU cores (1.25-1.3x the images/s of one 2-thread job for most micro models, "
-                        "see docs/benchmarks.md; results do not depend on it)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="train this many runs at once in separate processes (default: the preset's, gpu: "
+                        "8; else 2: one thread each on 2 CPU cores, 1.25-1.3x the images/s of one "
+                        "2-thread job for most micro models, see docs/benchmarks.md; results do not "
+                        "depend on it)")
     p.add_argument("--sweep-only", action="store_true",
                    help="run only the preset's learning-rate sweep on the validation split and write "
                         "OUT/lr_sweep.json (scripts/sweep_lr.py commits it as the preset's LR table)")
@@ -67,9 +68,13 @@ def _seeds(values):
 def run(args) -> int:
     from ..compare import run_compare
     out = args.out or f"runs/compare-{args.preset}" + ("-dry-run" if args.dry_run else "")
+    from ..compare.presets import get_preset
+    jobs = args.jobs
+    if jobs is None:
+        jobs = 2 if args.dry_run else (get_preset(args.preset).jobs or 2)
     run_compare(args.preset, data=args.data, data_dir=args.data_dir, out=out,
                 experiments=args.experiments, log=lambda s: print(s, flush=True),
-                jobs=args.jobs, threads_per_job=args.threads_per_job,
+                jobs=jobs, threads_per_job=args.threads_per_job,
                 report_only=args.report_only, sweep_only=args.sweep_only,
                 overrides=None if args.val_images is None else {"val_images": args.val_images},
                 seeds=_seeds(args.seeds), calibration=args.calibration, dry_run=args.dry_run)

@@ -21,13 +21,22 @@ def _macs(results: list[RunResult]) -> dict:
 
     from ..bench.complexity import count_macs
     from ..engine.factory import open_model
-    out = {}
+    out, by_arch = {}, {}
     for r in results:
         if str(r.run_dir) in out or r.status not in ("done", "cached"):
             continue
         with torch.device("meta"):  # the model as it was trained, from its checkpoint's header
             m, _ = open_model(r.run_dir, weights=None)
-        out[str(r.run_dir)] = count_macs(m) / 1e9
+        # seeds of one configuration share the architecture: counted once
+        to_dict = getattr(getattr(m, "cfg", None), "to_dict", None)
+        arch = json.dumps(to_dict(), sort_keys=True, default=str) if callable(to_dict) else None
+        if arch is None or arch not in by_arch:
+            macs = count_macs(m) / 1e9
+            if arch is None:
+                out[str(r.run_dir)] = macs
+                continue
+            by_arch[arch] = macs
+        out[str(r.run_dir)] = by_arch[arch]
     return out
 
 
@@ -56,6 +65,31 @@ def _analyses(results: list[RunResult], preset, data, data_dir, log) -> dict:
             atomic_write_text(cache, json.dumps(rec))
         out.setdefault(r.spec.exp, {})[name] = rec
     return out
+
+
+def training_images(p: Preset, pool: int = 55_000) -> dict:
+    """What a preset trains, counted before it runs: distinct runs (configurations x seeds, shared
+    runs once), and the training images they see (``epochs x round(train_fraction x pool)``,
+    ``pool`` the training split less the validation images: 55,000 for Fashion-MNIST), the LR
+    sweep's included at its upper bound (every model extended ``sweep_extend`` times). The
+    ``gpu`` preset's time budget is this divided by a measured throughput
+    (``docs/compare_presets.md``)."""
+    from .runner import config_hash
+    from .sweep import sweep_plan
+    specs = plan(p)
+    seen, images = set(), 0
+    for spec in specs:
+        for seed in p.seeds:
+            cfg = build_config(spec, p, seed, p.data, None)
+            h = config_hash(cfg)
+            if h not in seen:
+                seen.add(h)
+                images += cfg.epochs * round(cfg.train_fraction * pool)
+    sweep_runs = sweep_plan(p, specs) if p.sweep_lrs and not p.lr_table else []
+    per_sweep_run = p.sweep_epochs * round(p.sweep_fraction * pool)
+    n_sweep = len(sweep_runs) + (p.sweep_extend * len({s.model for s in sweep_runs}) if sweep_runs else 0)
+    return dict(runs=len(seen), images=images, sweep_runs=n_sweep, sweep_images=n_sweep * per_sweep_run,
+                total_images=images + n_sweep * per_sweep_run)
 
 
 def check_preset(p: Preset, data: str, data_dir: str | None, specs: list[RunSpec]) -> None:
@@ -152,13 +186,14 @@ def _resolve_preset(preset, experiments, overrides, seeds, dry_run) -> Preset:
 
 def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data_dir: str | None = None,
                 out: str | os.PathLike = "runs/compare", experiments=None, log=print,
-                jobs: int = 1, threads_per_job: int | None = None, report_only: bool = False,
+                jobs: int | None = None, threads_per_job: int | None = None, report_only: bool = False,
                 sweep_only: bool = False, overrides: dict | None = None, seeds=None,
                 calibration: str | os.PathLike | None = None, dry_run: bool = False) -> dict:
     """Train (or take from the cache) every run of the preset, analyse, and write the report.
 
     ``jobs`` distinct runs train at once in worker processes (``threads_per_job`` threads each;
-    default: the CPU count divided by ``jobs``); the results do not depend on it. ``report_only``
+    default: the CPU count divided by ``jobs``); the results do not depend on it. None: the
+    preset's ``jobs``, else 1. ``report_only``
     trains nothing: the report is written from the finished runs (e.g. while another process is
     still training), the others are listed as not trained. ``sweep_only`` runs the preset's LR
     sweep alone and writes ``lr_sweep.json`` (what ``scripts/sweep_lr.py`` commits as a preset's
@@ -178,11 +213,12 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
     """
     from ..engine.run_folder import check_folder, claim_folder
     from .calibration import check_table, resolve_table
-    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     if threads_per_job is not None and (not isinstance(threads_per_job, int) or threads_per_job < 1):
         raise ValueError(f"threads_per_job must be an integer >= 1 or None, got {threads_per_job!r}")
     p = _resolve_preset(preset, experiments, overrides, seeds, dry_run)
+    jobs = jobs if jobs is not None else (p.jobs or 1)
     if p.device == "cuda":
         import torch
         if not torch.cuda.is_available():

@@ -14,11 +14,19 @@ preset, why ``standard`` keeps a three-value LR grid) are in ``docs/compare_pres
 * ``smoke``: synthetic data, seconds; for tests.
 * ``quick`` (budget 900 s on 2 CPU cores): the CPU scale (``CPU_SCALE``), half the training pool x 2
   epochs, the committed LR table ``lr_table_quick.json`` (``python scripts/sweep_lr.py --preset
-  quick``), E4's v2 rows left out (``knobs``).
+  quick``), E4's v2 rows left out (``knobs``). One seed and no calibration table: its intervals cover
+  test images only and its verdicts stay inconclusive unless ``--seeds`` (>= 2) or
+  ``--calibration`` is given (what pays for seeds: ``docs/compare_presets.md``).
 * ``standard`` (budget 90 min on 2 CPU cores): the CPU scale, the whole pool x 6 epochs, an LR
-  sweep on the validation split inside the preset, E2 at 2 %, 10 % and 100 %, E4's v2 rows.
+  sweep on the validation split inside the preset, E2 at 5 % and 100 % (a small-fraction run trains
+  as long as a full one under ConViT's protocol, so one small fraction fits), E4's v2 rows.
 * ``full``: sized for one GPU: the ``*_micro`` models as the zoo defines them (32 px), the full
-  pool, 30 epochs, three seeds, an extended LR sweep inside.
+  pool, 30 epochs, three seeds, an extended LR sweep inside (~60 min on an H200: more than the
+  15-minute loan of a device).
+* ``gpu`` (budget 8 min on one H100/H200 from a cold start; needs CUDA): the ``*_micro`` models,
+  three seeds per run, the whole pool x 5 epochs at batch 512 in bf16, 8 runs side by side, an LR
+  sweep inside; E2 at 10 % and 100 % with ConViT's epoch scaling; E4's v2 rows left out.
+  ``--dry-run`` (:func:`dry_run_preset`) tries it on a CPU at toy sizes.
 """
 from __future__ import annotations
 
@@ -87,6 +95,7 @@ class Preset:
     # the seed term of every interval when the preset trains fewer than 5 seeds
     calibration: str | None = None
     device: str | None = None  # TrainConfig.device of every run; "cuda": refused on a machine without one
+    jobs: int | None = None  # runs trained at once when the caller does not say (CLI --jobs); None: 2 (CLI)
 
 
 PRESETS = {
@@ -109,26 +118,45 @@ PRESETS = {
         warmup_epochs=0.3, scale=CPU_SCALE, sweep_lrs=(1e-3, 2e-3, 4e-3), sweep_fraction=0.5,
         sweep_epochs=1, analysis_images=128,  # sweep_extend off: see the docstring
         train_overrides=dict(eval_every=1, bn_calibration_batches=20),
-        knobs={"E2": {"fractions": (0.02, 0.1, 1.0)}, "E3": {"depths": (4, 8)},
+        # E2 at ConViT's smallest fraction (5 %) and the whole pool: with its epochs scaled by 1/f
+        # a small-fraction run costs as much as a full one (docs/compare_presets.md)
+        knobs={"E2": {"fractions": (0.05, 1.0)}, "E3": {"depths": (4, 8)},
                "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}}),
     "full": Preset(
         "full", train_fraction=1.0, val_fraction=1.0, val_images=5000, epochs=30, batch_size=128,
         warmup_epochs=3.0, seeds=(0, 1, 2), sweep_lrs=(5e-4, 1e-3, 2e-3), sweep_fraction=1.0,
         sweep_epochs=5, sweep_extend=2, analysis_images=256,
         knobs={"E2": {"fractions": (0.05, 0.1, 0.25, 0.5, 1.0)}, "E3": {"depths": (4, 8, 12, 16)}}),
+    # One H100/H200 in <= 8 min from a cold start (arithmetic in docs/compare_presets.md): the
+    # *_micro models as the zoo defines them (32 px), 3 seeds, the whole pool x 5 epochs at batch
+    # 512 in bf16, 8 runs side by side, an LR sweep inside (3 LRs per model, a quarter of the pool x 2
+    # epochs, extended once past an edge), E2 at 10 % (epochs x 10, ConViT's protocol) and 100 %,
+    # E4's v2 rows left out (5 configurations x 3 seeds would not fit).
+    "gpu": Preset(
+        "gpu", train_fraction=1.0, val_fraction=1.0, val_images=5000, epochs=5, batch_size=512, lr=4e-3,
+        warmup_epochs=0.5, seeds=(0, 1, 2), sweep_lrs=(2e-3, 4e-3, 8e-3), sweep_fraction=0.25, sweep_epochs=2,
+        sweep_extend=1, analysis_images=256, device="cuda", jobs=8,
+        train_overrides=dict(eval_every=1, bn_calibration_batches=10, amp="bf16"),
+        knobs={"E2": {"fractions": (0.1, 1.0)}, "E3": {"depths": (4, 8)}, "E4": {"v2_variants": ()},
+               "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}}),
 }
 
 
 def dry_run_preset(p: Preset) -> Preset:
     """``p`` shrunk to toy sizes on the CPU (``mixerlab compare --preset NAME --dry-run``): the same
-    experiments, seeds (at most two) and LR sweep grid as ``p``, on 64 synthetic images, one
-    epoch of the zoo's ``*_micro`` models, no calibration table, on the CPU. What it checks is the
-    plumbing (every run builds, trains, is predicted, analysed and reported), not the numbers."""
+    experiments and variants, its first two seeds and the first two LRs of its sweep grid, on 64
+    synthetic images, one epoch of the CPU scale (``CPU_SCALE``) of its models, E2 at 50 % and
+    100 % and E3 at 2 and 3 blocks, no calibration table, on the CPU. What it checks is the
+    plumbing (every run builds, trains, is predicted, analysed and reported, the seed-aware
+    statistics have two seeds to work with), not the numbers."""
     import dataclasses
     smoke = PRESETS["smoke"]
+    knobs = {k: dict(v) for k, v in (p.knobs or {}).items()}
+    knobs.setdefault("E2", {})["fractions"] = (0.5, 1.0)
+    knobs.setdefault("E3", {})["depths"] = (2, 3)
     return dataclasses.replace(
-        smoke, name=f"{p.name}-dry-run", experiments=p.experiments, seeds=tuple(p.seeds[:2]),
-        sweep_lrs=tuple(p.sweep_lrs[:2]), sweep_fraction=1.0, sweep_epochs=1, sweep_extend=min(p.sweep_extend, 1),
+        smoke, name=f"{p.name}-dry-run", experiments=p.experiments, seeds=tuple(p.seeds[:2]), scale=CPU_SCALE,
+        sweep_lrs=tuple(p.sweep_lrs[:2]), sweep_fraction=1.0, sweep_epochs=1, sweep_extend=0, knobs=knobs,
         device="cpu", train_overrides={**smoke.train_overrides, "device": "cpu"})
 
 

@@ -559,7 +559,8 @@ def machine_line(machine: dict, preset, wall_s: float) -> str:
     """Where and how this report was made: the device the runs trained on (named), the CPU, torch,
     the seeds and the wall time."""
     seeds = list(preset.seeds)
-    return (f"Ran on: {machine.get('device', '?')}; CPU {machine.get('cpu', '?')}; torch "
+    where = machine.get("device", "?") + (f"; CPU {machine['cpu']}" if machine.get("gpu") and machine.get("cpu") else "")
+    return (f"Ran on: {where}; torch "
             f"{machine.get('torch', '?')}; {len(seeds)} seed{'s' if len(seeds) != 1 else ''} per run "
             f"({', '.join(str(x) for x in seeds)}); wall time of this invocation {wall_s / 60:.1f} min.")
 

@@ -63,6 +63,8 @@ def build_config(spec: RunSpec, preset, seed: int, data: str, data_dir: str | No
         values["device"] = preset.device
     values.update(preset.train_overrides)
     values.update(spec.train_args)
+    if getattr(spec, "subset_per_seed", False):
+        values["subset_seed"] = seed
     return load_config(overrides=values)
 
 

@@ -35,6 +35,8 @@ class RunSpec:
         train_args: ``TrainConfig`` overrides of this run (e.g. ``train_fraction``, ``aux_weights``).
         x: the experiment's x-axis value (fraction, depth, number of LA layers), if any.
         analyze: run the diagnostics on the trained model.
+        subset_per_seed: each seed trains on its own class-balanced subset (``subset_seed`` = the
+            run's seed) instead of the preset's fixed one.
     """
 
     exp: str
@@ -44,6 +46,7 @@ class RunSpec:
     train_args: dict = field(default_factory=dict)
     x: float | None = None
     analyze: bool = False
+    subset_per_seed: bool = False
 
 
 class Section(NamedTuple):

@@ -10,8 +10,21 @@ DeiT-S on class-balanced subsets of ImageNet) gives +13.0 points at 5 % of the d
 +37 % relative), shrinking to +1.5 at 100 % (81.4 vs 79.9); ahead at every fraction. Two parts,
 both needed: **ConViT minus DeiT at the smallest fraction > 0**, and **the gap at the smallest
 fraction minus the gap at the largest > 0** (the advantage shrinks with data; a difference of
-differences, bootstrapped over the same test images). As in the paper's code, the number of
-epochs is not rescaled with the fraction.
+differences over the same test images, models paired by seed).
+
+Protocol (ConViT section 4, "sample efficiency", and Table 2's caption): at a fraction f of the
+data the number of epochs is multiplied by 1/f, "so that the total number of images presented to
+the model remains constant" -- the number of optimiser steps is the same at every fraction, and a
+small-fraction run is not cut short (the paper's code does not rescale by itself: the epochs are
+passed in). Here the unit is the preset's own budget: a run on fraction f of the pool, when the
+preset trains on ``train_fraction``, trains ``epochs * train_fraction / f`` epochs (rounded), with
+its warm-up and its evaluation interval scaled alike, so it sees as many images and has as many
+validation points as the preset's other runs (``scale_epochs``; off: the epochs of the preset, as
+before). Each seed draws its own class-balanced subset (``subset_seed`` = the run's seed; the
+engine draws the validation split with the same seed, so it moves with the subset, never
+overlapping it); the runs at the preset's own fraction are shared with E1 and keep its fixed
+subset. The report's plateau check (``report.plateau_check``) marks any run whose validation
+top-1 still rises by more than its seed spread per epoch of the budget at the end.
 """
 from __future__ import annotations
 
@@ -46,13 +59,26 @@ class SampleEfficiency(Experiment):
     fractions: tuple = (0.01, 0.025, 0.05)
     models: tuple = ("deit_micro", "convit_micro")
     analyzed: str = "convit_micro"
+    scale_epochs: bool = True  # ConViT's protocol: epochs x (preset's fraction / f), same number of steps
+
+    def train_args(self, preset, f: float) -> dict:
+        """The TrainConfig overrides of a run on fraction ``f`` of the pool (module docstring)."""
+        if f == preset.train_fraction:
+            return {}
+        args = {"train_fraction": f}
+        if self.scale_epochs and f < preset.train_fraction:
+            k = preset.train_fraction / f
+            every = (preset.train_overrides or {}).get("eval_every", 1)
+            args.update(epochs=max(1, round(preset.epochs * k)), warmup_epochs=preset.warmup_epochs * k,
+                        eval_every=max(1, round(every * k)))
+        return args
 
     def plan(self, preset) -> list[RunSpec]:
         runs = []
         for f in self.fractions:
             for name in self.models:
-                args = {} if f == preset.train_fraction else {"train_fraction": f}
-                runs.append(RunSpec(self.id, name.removesuffix("_micro"), name, train_args=args, x=f,
+                runs.append(RunSpec(self.id, name.removesuffix("_micro"), name, train_args=self.train_args(preset, f),
+                                    x=f, subset_per_seed=f < preset.train_fraction,
                                     analyze=(name == self.analyzed and f == max(self.fractions))))
         return runs
 
