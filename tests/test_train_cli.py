@@ -17,7 +17,7 @@ _main = cli_main
 def test_train_eval_and_resume_via_cli(tmp_path, capsys):
     run = tmp_path / "run"
     code, out, _ = _main(capsys, "train", *TINY, "--out", str(run))
-    assert code == 0 and "best val top-1" in out
+    assert code == 0 and "best test top-1" in out  # no validation split held out: named the test split
     code, out, _ = _main(capsys, "train", "--resume", str(run), "--epochs", "2")  # extend the run
     assert code == 0 and len((run / "metrics.jsonl").read_text().splitlines()) == 2
     code, out, _ = _main(capsys, "eval", "--checkpoint", str(run / "last.safetensors"))
@@ -190,3 +190,17 @@ def test_ctrl_c_under_the_launcher_checkpoints_then_one_line_exit_130(tmp_path):
     assert proc.wait(60) == 130, err
     assert "Traceback" not in err and "SignalException" not in err, err
     assert err.count("resume with: mixerlab train --resume") == 1 and (run / "last.safetensors").is_file()
+
+
+def test_the_evaluated_split_is_named_honestly(tmp_path, capsys):
+    """Issue 31 (6): without a validation split the loop evaluates (and picks best.safetensors)
+    on the test split, and says "test" in its start line, epoch lines, summary and last line;
+    with --val-images N it says "validation"."""
+    plain = [a if a != "none" else "plain" for a in TINY]
+    for extra, split, key in (([], "test", "test_top1"), (["--val-images", "16"], "validation", "val_top1")):
+        run = tmp_path / split
+        code, out, err = _main(capsys, "train", *plain, *extra, "--out", str(run))
+        assert code == 0, err
+        assert f"/ 16 {split} images" in err and f" {key} " in err and f"best {split} top-1" in out
+        assert ("no validation split" in err) == (split == "test")
+        assert json.loads((run / "summary.json").read_text())["eval_split"] == split

@@ -150,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"mixerlab train: interrupted; resume with: mixerlab train --resume {summary['run_dir']}", file=sys.stderr)
         return 130
     best = summary["best_top1"]
+    split = {"validation": "validation", "test": "test"}.get(summary.get("eval_split"), "val")
     print(f"done: {summary['model']} on {summary['data']}, {summary['steps']} steps, "
-          f"best val top-1 {best:.2f}% (epoch {summary['best_epoch']}), run folder {summary['run_dir']}"
+          f"best {split} top-1 {best:.2f}% (epoch {summary['best_epoch']}), run folder {summary['run_dir']}"
           if best is not None else f"done: run folder {summary['run_dir']}")
     return 0

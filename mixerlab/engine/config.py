@@ -105,7 +105,7 @@ class TrainConfig:
         check=lambda v, c: 0.0 < v <= 1.0)
     val_fraction: float = opt(
         1.0,
-        help='class-balanced fixed fraction of the test split used for evaluation',
+        help='class-balanced fixed fraction of the test split (the split evaluated each epoch when val_images is 0)',
         allowed='in (0, 1]',
         check=lambda v, c: 0.0 < v <= 1.0)
     val_images: int = opt(

@@ -452,8 +452,11 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
 
     fwd = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if di.world > 1 else model
     fwd = torch.compile(fwd) if cfg.compile else fwd
+    # the split evaluated each epoch (and that picks best.safetensors): the validation split held out
+    # of the training set (val_images > 0), else the test split, named so in every line and summary
+    eval_split = "val" if cfg.val_images else "test"
     reporter = Reporter(run_dir if di.is_main else None, mode=cfg.progress, total_steps=total_steps,
-                        log_every=cfg.log_every, tensorboard=cfg.tensorboard)
+                        log_every=cfg.log_every, tensorboard=cfg.tensorboard, eval_split=eval_split)
     watch = ThroughputWatch(threads=torch.get_num_threads(), device=device.type,
                             resume_cmd=f"mixerlab train --resume {run_dir} --threads 1")
     if di.is_main:
@@ -467,8 +470,12 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
             raise _write_failed(e, run_dir, "config.yaml / metrics.jsonl") from None
         n_params = sum(p.numel() for p in model.parameters())
         reporter.log(f"{'resuming' if ckpt is not None else 'training'} {cfg.model} ({n_params / 1e6:.2f}M params) on {cfg.data} "
-                     f"({len(data.train)} train / {len(data.val)} val images), {di.world} process(es) on {device}, "
+                     f"({len(data.train)} train / {len(data.val)} {'validation' if cfg.val_images else 'test'} images), "
+                     f"{di.world} process(es) on {device}, "
                      f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs -> {run_dir}")
+        if not cfg.val_images:
+            reporter.log("no validation split (val_images 0): every evaluation, and the choice of best.safetensors, "
+                         "is on the test split; --val-images N holds N training images out to choose on instead")
 
     def save(name: str, rng) -> None:
         if di.is_main:
@@ -482,6 +489,7 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
             "model": cfg.model, "data": cfg.data, "recipe": cfg.recipe, "run_dir": str(run_dir), "interrupted": False,
             "params": sum(p.numel() for p in model.parameters()), "epochs": cfg.epochs, "steps": state["step"],
             "best_top1": state["best_top1"], "best_epoch": state["best_epoch"], "final": state["record"] or {},
+            "eval_split": "validation" if cfg.val_images else "test",
             "train_wall_s": state["wall_s"], "wall_s": time.time() - t_start, "world_size": di.world,
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),

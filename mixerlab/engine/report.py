@@ -47,8 +47,12 @@ class Reporter:
         tensorboard: also write TensorBoard scalars to ``run_dir/tb``.
     """
 
-    def __init__(self, run_dir: Path | None, *, mode: str, total_steps: int, log_every: int, tensorboard: bool):
+    def __init__(self, run_dir: Path | None, *, mode: str, total_steps: int, log_every: int, tensorboard: bool,
+                 eval_split: str = "val"):
         self.run_dir = run_dir
+        # the split the loop evaluates, as the epoch lines name it: "val" (held out of the training
+        # set) or "test" (no validation split: the record's val_* keys are then the test split's)
+        self.eval_split = eval_split
         self.enabled = run_dir is not None
         if mode == "auto":
             mode = "rich" if sys.stderr.isatty() else "plain"
@@ -109,7 +113,7 @@ class Reporter:
         parts = (["train_ce"] if "train_ce" in parts else []) + [k for k in parts if k != "train_ce"]
         keys = ["epoch", "train_loss", *parts, "val_loss", "val_top1", "val_top5", "ema_val_top1",
                 "images_per_s", "epoch_time_s"]
-        shown = {k: record[k] for k in keys if record.get(k) is not None}
+        shown = {k.replace("val_", f"{self.eval_split}_"): record[k] for k in keys if record.get(k) is not None}
         self.log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()))
         if self.tb is not None:
             for k, v in record.items():
