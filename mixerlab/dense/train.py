@@ -21,8 +21,9 @@ Schedules (``RECIPES``; iteration-based, as mmcv's runners):
   weight decay 1e-4, batch 32, 40,000 iterations, poly decay (power 0.9) to 0; 512 x 512 crops of
   images rescaled by 0.5-2.0, flipped with p 0.5.
 * ``small``: the Fashion-MNIST scenes on a CPU in minutes: 1,000 + 200 scenes of 128 px, batch 8,
-  AdamW lr 1e-3, weight decay 1e-4, 2 epochs (250 iterations), FPN / head 64 channels (GroupNorm in
-  the segmentation head); the detectors: 100 warm-up iterations, step decay after 2/3 and 11/12 of
+  AdamW lr 1e-3, weight decay 1e-4, 2 epochs (250 iterations), FPN / head 64 channels, GroupNorm in
+  the RetinaNet head (torchvision's v2 head: box AP 0.110 after one epoch, 0.015 without) and the
+  segmentation head; the detectors: 100 warm-up iterations, step decay after 2/3 and 11/12 of
   the iterations (the 1x schedule's 8 and 11 of 12); the segmenter: 50 warm-up iterations, poly
   decay.
 """
@@ -125,10 +126,10 @@ class DenseConfig:
 
 
 RECIPES: dict[str, dict] = {
-    "small": {},
+    "small": {"head_norm": "gn"},
     "retinanet_1x": dict(task="retinanet", data="coco", img_size=800, max_size=1333, epochs=12, iters=None,
                          batch_size=16, optimizer="adamw", lr=1e-4, weight_decay=1e-4, schedule="step",
-                         milestones=(8 / 12, 11 / 12), milestone_unit="epoch", warmup_iters=500, warmup_ratio=0.001, fpn_channels=256,
+                         milestones=(8 / 12, 11 / 12), milestone_unit="epoch", warmup_iters=500, head_norm=None, warmup_ratio=0.001, fpn_channels=256,
                          eval_every=1, eval_at_start=False),
     "semantic_fpn_40k": dict(task="semantic_fpn", data="ade20k", img_size=512, iters=40000, batch_size=32,
                              optimizer="adamw", lr=2e-4, weight_decay=1e-4, schedule="poly", poly_power=0.9,
@@ -150,6 +151,8 @@ def dense_config(recipe: str = "small", **overrides) -> DenseConfig:
     if recipe == "small" and overrides.get("task") == "semantic_fpn":
         values.update(schedule="poly", warmup_iters=50)
     values.update(overrides)
+    if values.get("task", "retinanet") != "retinanet" and "head_norm" not in overrides:
+        values["head_norm"] = None  # a RetinaNet option
     if values.get("data", "scenes") == "scenes":
         scenes = {**DenseConfig().scenes, **(values.get("scenes") or {})}
         if "img_size" in overrides:
