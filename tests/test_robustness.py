@@ -407,3 +407,22 @@ def test_convert_leaves_no_temporary_file_after_a_kill(tmp_path, capsys):
     assert main(["convert", "--from", "timm", str(src), str(dst)]) == 0
     assert dst.is_file() and not stale.exists() and live.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.safetensors.tmp-1", "in.safetensors", "out.safetensors"]
+
+
+def test_a_timm_run_converts_to_timms_own_state_dict(tmp_path, capsys):
+    """Issue 31 (17): ``convert --from mixerlab`` takes a ``train --model timm:NAME`` run folder
+    (it is a timm model): the output loads strictly into ``timm.create_model(NAME)``."""
+    import timm
+    from safetensors.torch import load_file
+
+    from mixerlab.cli.main import main
+    run = tmp_path / "run"
+    train(tiny_config(epochs=1, model="timm:resnet18", model_args={}), out_dir=run)
+    out = tmp_path / "resnet18.safetensors"
+    assert main(["convert", "--from", "mixerlab", str(run), str(out)]) == 0
+    assert "timm resnet18 state dict" in capsys.readouterr().out
+    net = timm.create_model("resnet18", num_classes=10, in_chans=1)
+    net.load_state_dict(load_file(str(out)))  # strict
+    trained, _ = mixerlab.open_model(run)
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(net.eval()(x), trained.eval()(x))
