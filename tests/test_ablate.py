@@ -173,7 +173,7 @@ def test_cli_refuses_a_training_run_as_out_and_a_timm_run(tmp_path, capsys):
     assert "is a train folder" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in run.iterdir()) == before
     timm_run = tmp_path / "timm"
-    train(tiny_config(epochs=1, model="timm:resnet18", model_args={}), out_dir=timm_run)
+    train(tiny_config(epochs=1, model="timm:resnet18", model_args={}, synthetic_size=32), out_dir=timm_run)
     assert main(["ablate", str(timm_run), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "timm:resnet18, a timm model" in err and len(err.strip().splitlines()) == 1

@@ -194,7 +194,7 @@ def test_analyze_refuses_another_commands_folder_and_a_timm_run_and_takes_a_run_
     rec = json.loads((out / "analysis.json").read_text())
     assert rec["source"]["weights"].endswith("best.safetensors")
     timm_run = tmp_path / "timm"
-    train(tiny_config(epochs=1, model="timm:resnet18", model_args={}), out_dir=timm_run)
+    train(tiny_config(epochs=1, model="timm:resnet18", model_args={}, synthetic_size=32), out_dir=timm_run)
     capsys.readouterr()
     assert main(["analyze", str(timm_run), *small]) == 2
     err = capsys.readouterr().err

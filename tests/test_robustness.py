@@ -417,7 +417,7 @@ def test_a_timm_run_converts_to_timms_own_state_dict(tmp_path, capsys):
 
     from mixerlab.cli.main import main
     run = tmp_path / "run"
-    train(tiny_config(epochs=1, model="timm:resnet18", model_args={}), out_dir=run)
+    train(tiny_config(epochs=1, model="timm:resnet18", model_args={}, synthetic_size=32), out_dir=run)
     out = tmp_path / "resnet18.safetensors"
     assert main(["convert", "--from", "mixerlab", str(run), str(out)]) == 0
     assert "timm resnet18 state dict" in capsys.readouterr().out
