@@ -622,7 +622,6 @@ def _train(cfg: DenseConfig, run_dir: Path, resume: bool, log, stop_after) -> di
             if epoch_end:
                 state["epoch"] = math.ceil(state["iter"] / per_epoch)
                 state["train_time_s"] += time.monotonic() - t_run
-                t_run, seen = time.monotonic(), 0
                 if state["epoch"] % cfg.eval_every == 0 or state["iter"] == total:
                     r = evaluate(state["epoch"])
                     r["train_loss"] = loss_sum / max(loss_n, 1)
@@ -637,7 +636,8 @@ def _train(cfg: DenseConfig, run_dir: Path, resume: bool, log, stop_after) -> di
                 else:
                     save()
                 loss_sum, loss_n = 0.0, 0
-                last_line = time.monotonic()
+                last_line = t_run = time.monotonic()  # evaluation and saving are not training time
+                seen = 0
             if stop_after is not None and state["iter"] >= stop_after and state["iter"] < total:
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
