@@ -529,6 +529,9 @@ def _train(cfg: DenseConfig, run_dir: Path, resume: bool, log, stop_after) -> di
         model = rebuild(spec)
         data = build_dense_data(cfg, spec["options"]["in_chans"], log=log)
         data.mean, data.std = tuple(spec["options"]["mean"]), tuple(spec["options"]["std"])
+        if list(data.cat_ids) != list(spec["cat_ids"]):  # the data changed under the run (another --data-dir)
+            where = getattr(data.train, "ann_file", getattr(data.train, "label_dir", cfg.data_dir))
+            raise ValueError(f"{where}: categories {list(data.cat_ids)} are not the model's {list(spec['cat_ids'])}")
         ckpt.load_model(model)
     else:
         from ..engine.factory import ZOO, identify
