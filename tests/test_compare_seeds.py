@@ -281,3 +281,17 @@ def test_gpu_preset_dry_run_on_the_cpu(tmp_path):
     seen = {r["images_seen"] for r in res["rows"] if r["experiment"] == "E2"}
     assert max(seen) - min(seen) <= 16 and len(seen) <= 2
     assert took < 120, took  # ~40 s of CPU on an idle 2-core machine
+
+
+@pytest.mark.parametrize("argv,msg", [(["--preset", "smoke"], "invalid choice: 'smoke'"),
+                                      (["--preset", "quick", "--jobs", "0"], "jobs must be an integer >= 1")])
+def test_sweep_lr_script_refuses_bad_input_without_a_traceback(tmp_path, argv, msg):
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "scripts" / "sweep_lr.py"), *argv, "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=root, env={**__import__("os").environ, "PYTHONPATH": str(root)},
+                       timeout=120)
+    assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists()

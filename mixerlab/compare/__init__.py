@@ -10,12 +10,12 @@ configs built by the engine's ``load_config``), ``predictions``, ``stats`` and `
 """
 from .experiments import (Experiment, RunSpec, Section, get_experiment, list_experiments, plan,
                           register_experiment, selected_experiments, unregister_experiment)
-from .pipeline import check_preset, machine_desc, run_compare
+from .pipeline import check_preset, check_seeds, machine_desc, replicate, run_compare, training_images
 from .presets import PRESETS, Preset, get_preset
 from .runner import Runner, RunResult, build_config, config_hash
 from .sweep import PACKAGE_DIR, lr_table, run_sweep, sweep_extension, sweep_plan
 
 __all__ = ["PACKAGE_DIR", "PRESETS", "Experiment", "Preset", "RunResult", "RunSpec", "Runner", "Section",
-           "build_config", "check_preset", "config_hash", "get_experiment", "get_preset", "list_experiments",
-           "lr_table", "machine_desc", "plan", "register_experiment", "run_compare", "run_sweep",
-           "selected_experiments", "sweep_extension", "sweep_plan", "unregister_experiment"]
+           "build_config", "check_preset", "check_seeds", "config_hash", "get_experiment", "get_preset", "list_experiments",
+           "lr_table", "machine_desc", "plan", "register_experiment", "replicate", "run_compare", "run_sweep",
+           "selected_experiments", "sweep_extension", "sweep_plan", "training_images", "unregister_experiment"]

@@ -276,3 +276,39 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
                 mcnemar="exact binomial, mid-p, first seed of each model (image noise only, for reference)")))
         log(f"report: {report}")
         return dict(report=report, rows=rows, aggregate=agg)
+
+
+def replicate(preset: str | Preset, seeds_a, seeds_b, *, out: str | os.PathLike, log=print, **kw) -> dict:
+    """The replicate check (issue 28): the same compare twice with disjoint seeds, in
+    ``out/seeds-<a>`` and ``out/seeds-<b>``, and its criteria side by side. Two verdicts
+    *contradict* when one is "agrees" and the other "does not agree" (inconclusive contradicts
+    nothing). ``kw``: further :func:`run_compare` arguments (``experiments``, ``jobs``, ...).
+
+    Returns ``dict(rows=[{experiment, stat, a, b, contradict}], contradictions=n, table=Markdown)``."""
+    from .stats import AGREES, DISAGREES
+    a, b = check_seeds(seeds_a), check_seeds(seeds_b)
+    common = sorted(set(a) & set(b))
+    if common:
+        raise ValueError(f"a replicate needs disjoint seeds; both have {', '.join(str(s) for s in common)}")
+    out = Path(out)
+    res = []
+    for seeds in (a, b):
+        sub = out / ("seeds-" + "-".join(str(s) for s in seeds))
+        run_compare(preset, out=sub, seeds=seeds, log=log, **kw)
+        res.append(json.loads((sub / "results.json").read_text())["tests"])
+    rows = []
+    for exp, sec in res[0].items():
+        other = {t["stat"]: t for t in res[1].get(exp, {}).get("tests", [])}
+        for t in sec["tests"]:
+            u = other.get(t["stat"], {})
+            va, vb = t["verdict"], u.get("verdict")
+            rows.append(dict(experiment=exp, stat=t["stat"], a=va, b=vb, diff_a=t.get("diff"), diff_b=u.get("diff"),
+                             contradict={va, vb} == {AGREES, DISAGREES}))
+
+    def cell(v):
+        return "–" if v is None else f"{v:+.2f}"
+    table = "\n".join(
+        [f"| experiment | statistic | seeds {list(a)} | seeds {list(b)} | contradiction |", "|---|---|---|---|---|"]
+        + [f"| {r['experiment']} | {r['stat']} | {cell(r['diff_a'])} **{r['a']}** | {cell(r['diff_b'])} **{r['b']}** "
+           f"| {'**yes**' if r['contradict'] else 'no'} |" for r in rows])
+    return dict(rows=rows, contradictions=sum(r["contradict"] for r in rows), table=table)

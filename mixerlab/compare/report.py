@@ -3,7 +3,12 @@
 Records first (``rows``: one per run; ``aggregate``: mean and spread over seeds), plots second
 (matplotlib, Agg), prose last: ``write_report`` writes the common header, then one section per
 experiment the preset selects (``experiments/``: each states the paper's claim, what this run
-measured and whether the two agree), with the caveat that these are tiny models on little data.
+measured and whether the two agree), with the caveat that these are tiny models on little data. Every interval is seed-aware
+(``paired_test`` -> :func:`mixerlab.compare.stats.seed_test`; the seed term from the run's seeds or
+a committed calibration, named in the tables), an experiment's criteria are Holm-corrected together
+(``decide``), each verdict carries the probability that a rerun flips it, and every section shows
+each seed's values (strip plots, ``seed_figures``) and whether its runs stopped on a flat
+validation curve (``plateau_check``). The header names the device the runs trained on.
 The helpers below (``markdown_table``, ``_scatter`` / ``_lines`` / ``_heatmaps`` / ``_curves`` /
 ``_bars``, ``_get`` / ``_diff`` / ``_verdict``) are what the experiments' ``section`` methods use.
 """

@@ -1,0 +1,43 @@
+"""The replicate check of ``mixerlab compare`` (issue 28 item 4): one experiment twice with
+disjoint seeds at a small scale on Fashion-MNIST; the two verdicts never contradict (agrees vs
+does not agree). Slow: 12 short trainings (~2 min on 2 CPU cores)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from mixerlab.compare import replicate
+from mixerlab.compare.presets import get_preset
+from mixerlab.compare.stats import WORDS
+
+
+def _small_e1():
+    """quick's CPU scale and LR table, E1's DeiT and FF-only only (its criterion), 5 % of the pool
+    for one epoch, 3,000 test images."""
+    q = get_preset("quick")
+    return dataclasses.replace(
+        q, name="replicate-e1", experiments=("E1",), train_fraction=0.05, epochs=1, val_images=1000,
+        val_fraction=0.3, warmup_epochs=0.1, analysis_images=8,
+        train_overrides=dict(eval_every=1, bn_calibration_batches=5, num_threads=1),
+        knobs={"E1": {"families": ("deit_micro", "ffonly_micro"), "anchors": ()}})
+
+
+def test_replicate_needs_disjoint_seeds(tmp_path):
+    with pytest.raises(ValueError, match="disjoint seeds; both have 1"):
+        replicate("smoke", [0, 1], [1, 2], out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_two_replicates_with_disjoint_seeds_never_contradict(tmp_path):
+    r = replicate(_small_e1(), [0, 1, 2], [3, 4, 5], out=tmp_path, log=print, threads_per_job=1)
+    assert [row["stat"] for row in r["rows"]] == ["ffonly - deit"]
+    assert all(row["a"] in WORDS and row["b"] in WORDS for row in r["rows"])
+    assert r["contradictions"] == 0, r["table"]
+    for sub in ("seeds-0-1-2", "seeds-3-4-5"):
+        (t,) = json.loads((tmp_path / sub / "results.json").read_text())["tests"]["E1"]["tests"]
+        assert t["seed_source"] == "seeds" and len(t["per_seed"]) == 3 and t["p_flip"] is not None
+        assert t["lo"] < t["diff"] < t["hi"]
+    print(r["table"])
