@@ -40,7 +40,7 @@ def fm(tmp_path, monkeypatch):
 
 
 TINY = ["--backbone", "poolformer_micro", "--img-size", "64", "--scenes-train", "6", "--scenes-val", "3",
-        "--batch-size", "3", "--epochs", "1", "--num-threads", "1", "--set", "fpn_channels=32",
+        "--batch-size", "3", "--epochs", "1", "--threads", "1", "--set", "fpn_channels=32",
         "--set", "head_channels=32"]
 
 

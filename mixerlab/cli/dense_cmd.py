@@ -48,6 +48,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--out", metavar="RUN_DIR", help="run folder (must be new)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     for name, kw in _OPTIONS.items():
+        if name == "num_threads":  # one name across commands (train, bench, ablate): --threads; the old one works
+            t.add_argument("--threads", dest=name, default=None, metavar="N", **kw)
+            t.add_argument("--num-threads", dest=name, default=None, type=int, help=argparse.SUPPRESS)
+            continue
         t.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=name.upper(), **kw)
     t.add_argument("--scenes-train", type=int, metavar="N", help="training scenes (default 1000)")
     t.add_argument("--scenes-val", type=int, metavar="N", help="validation scenes (default 200)")
