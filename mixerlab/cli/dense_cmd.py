@@ -140,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if summary["interrupted"]:
         return 130
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"
     print(f"done: {summary['task']} on {summary['backbone_name']}, {summary['iters']} iterations, "
-          f"{summary['metric']} {summary['initial']} untrained -> {summary['final']} "
-          f"(best {summary['best']} at epoch {summary['best_epoch']}), run folder {summary['run_dir']}")
+          f"{summary['metric']} {fmt(summary['initial'])} untrained -> {fmt(summary['final'])} "
+          f"(best {fmt(summary['best'])} at epoch {summary['best_epoch']}), run folder {summary['run_dir']}")
     return 0
