@@ -457,3 +457,18 @@ def test_each_command_refuses_another_commands_folder(tmp_path, capsys):
     with pytest.raises(ValueError, match="is a train folder"):
         claim_folder(run, "compare")
     assert folder_kind(tmp_path / "absent") is None and not (tmp_path / "absent").exists()
+
+
+def test_resume_on_a_data_folder_that_now_holds_other_classes_is_refused(tmp_path, capsys):
+    """Issue 31 (13): ``--resume --data-dir`` (a resumable change) pointing at a dataset with other
+    classes is refused before anything in the folder is written."""
+    a = _image_folder(tmp_path / "a", {"train": ["cat", "dog"], "val": ["cat", "dog"]})
+    b = _image_folder(tmp_path / "b", {"train": ["ant", "bee", "cow"], "val": ["ant", "bee", "cow"]})
+    run = tmp_path / "run"
+    args = ["--model", "deit_micro", "--set", "model_args={dim: 32, patch_size: 8}", "--img-size", "16",
+            "--data", "imagefolder", "--batch-size", "4", "--epochs", "1", "--progress", "none", "--threads", "1"]
+    assert _main(capsys, "train", *args, "--data-dir", a, "--out", run)[0] == 0
+    before = _snapshot(run)
+    code, out, err = _main(capsys, "train", "--resume", run, "--data-dir", b, "--epochs", "2")
+    assert "num_classes 2" in _one_line(err, code) and "Nothing was changed" in err
+    assert _snapshot(run) == before

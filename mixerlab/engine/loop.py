@@ -205,6 +205,18 @@ def _check_same_run(run_dir: Path, stored: TrainConfig) -> None:
             "Put that run's own checkpoint back, or start a new run with --out")
 
 
+def _check_same_data(run_dir: Path, trained: dict, data) -> None:
+    """Refuse to resume on data of another shape than the checkpoint was trained on (the folder
+    given by ``data_dir`` now holds another dataset): classes and channels must agree."""
+    now = {"num_classes": data.num_classes, "in_chans": data.in_chans, "classes": list(data.classes)}
+    bad = [k for k in ("num_classes", "in_chans", "classes") if k in trained and trained[k] != now[k]]
+    if bad:
+        k = bad[0]
+        raise CheckpointError(f"cannot resume {run_dir}: its checkpoint was trained on data with {k} {trained[k]!r}, "
+                              f"the data now gives {now[k]!r}; point --data-dir at the run's own dataset. "
+                              "Nothing was changed")
+
+
 def error_text(e: BaseException) -> str:
     return "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
 
@@ -398,12 +410,12 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
     if di.is_main:
         clean_stale_temps(run_dir)  # a killed writer's temporary files (we hold the lock)
     ckpt = _check_run_dir(run_dir, cfg, resume)
-    if di.is_main:
-        claim_folder(run_dir, "train")  # after the checks: a refused resume leaves the folder as it was
     _seed_all(cfg.seed + di.rank)  # model init differs per rank, but DDP broadcasts rank 0's weights
 
     # ---- data, model, optimiser, EMA, objective
     data = build_data(cfg)
+    if ckpt is not None:
+        _check_same_data(run_dir, ckpt.state.get("data_info") or {}, data)
     if ckpt is not None:  # the model it was trained with, from its stored config
         model = build_from_checkpoint(ckpt, weights="model")[0].to(device)
     else:
@@ -465,6 +477,7 @@ def _train(cfg: TrainConfig, di: distributed.DistInfo, run_dir: Path, resume: bo
                 done = _complete_epoch_end(run_dir, ckpt.state)
                 if done:
                     reporter.log(f"completed the interrupted end of epoch {ckpt.state['epoch']}: {', '.join(done)}")
+            claim_folder(run_dir, "train")  # after every check: a refused run leaves the folder as it was
             atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
         except OSError as e:
             raise _write_failed(e, run_dir, "config.yaml / metrics.jsonl") from None
