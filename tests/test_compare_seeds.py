@@ -285,13 +285,44 @@ def test_gpu_preset_dry_run_on_the_cpu(tmp_path):
 
 @pytest.mark.parametrize("argv,msg", [(["--preset", "smoke"], "invalid choice: 'smoke'"),
                                       (["--preset", "quick", "--jobs", "0"], "jobs must be an integer >= 1")])
-def test_sweep_lr_script_refuses_bad_input_without_a_traceback(tmp_path, argv, msg):
-    import subprocess
-    import sys
+def test_sweep_lr_script_refuses_bad_input_without_a_traceback(tmp_path, capsys, argv, msg):
+    import importlib.util
     from pathlib import Path
-    root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, str(root / "scripts" / "sweep_lr.py"), *argv, "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, cwd=root, env={**__import__("os").environ, "PYTHONPATH": str(root)},
-                       timeout=120)
-    assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
+    path = Path(__file__).resolve().parents[1] / "scripts" / "sweep_lr.py"
+    spec = importlib.util.spec_from_file_location("sweep_lr_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    try:
+        rc = mod.main([*argv, "--out", str(tmp_path / "o")])
+    except SystemExit as e:  # argparse's own refusal
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and msg in err.strip().splitlines()[-1] and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_calibration_made_with_five_seeds_gives_the_seed_term_of_a_one_seed_run(tmp_path, capsys):
+    """``--save-calibration`` after a 5-seed compare writes the table; a 1-seed compare with
+    ``--calibration`` takes its seed term from it and says so."""
+    import dataclasses
+
+    from mixerlab.compare import run_compare
+    from mixerlab.compare.calibration import load_table
+    from mixerlab.compare.presets import get_preset
+    smoke = get_preset("smoke")
+    from mixerlab.compare.presets import CPU_SCALE
+    p = dataclasses.replace(smoke, experiments=("E1",), scale=CPU_SCALE,
+                            knobs={**smoke.knobs, "E1": {"families": ("deit_micro", "ffonly_micro"), "anchors": ()}})
+    out, cal = tmp_path / "o", tmp_path / "cal.json"
+    with pytest.raises(ValueError, match="needs >= 5 seeds"):
+        run_compare(p, out=out, save_calibration=cal, seeds=[0, 1])
+    assert not out.exists()
+    run_compare(p, out=out, seeds=[0, 1, 2, 3, 4], save_calibration=cal, log=lambda s: None)
+    table = load_table(cal)
+    assert set(table) == {"E1/deit", "E1/ffonly"} and all(c.seeds == 5 for c in table.values())
+    run_compare(p, out=out, seeds=[0], calibration=cal, log=lambda s: None)  # seed 0 is cached
+    (t,) = json.loads((out / "results.json").read_text())["tests"]["E1"]["tests"]
+    assert t["seed_source"] == "calibration" and t["seeds"] == 1
+    want = (table["E1/deit"].sd ** 2 + table["E1/ffonly"].sd ** 2) ** 0.5
+    assert t["calibration_sd"] == pytest.approx(want)
+    assert "committed calibration" in (out / "report.md").read_text()

@@ -43,6 +43,10 @@ def add_parser(sub):
                    help="seed-calibration table (JSON, mixerlab.compare.calibration) giving the seed term "
                         "of the intervals when fewer than 5 seeds are trained; it must hold every "
                         "configuration the preset runs")
+    p.add_argument("--save-calibration", default=None, metavar="FILE",
+                   help="after the report, write this run's seed-calibration table (needs >= 5 seeds; e.g. "
+                        "--seeds 0 1 2 3 4 --save-calibration mixerlab/compare/calibration_quick.json), "
+                        "which --calibration reads for runs with fewer seeds")
     p.add_argument("--dry-run", action="store_true",
                    help="run the preset shrunk to toy sizes on the CPU (synthetic data, one epoch, at most "
                         "two seeds): checks that every run builds, trains and is reported, e.g. the gpu "
@@ -77,5 +81,6 @@ def run(args) -> int:
                 jobs=jobs, threads_per_job=args.threads_per_job,
                 report_only=args.report_only, sweep_only=args.sweep_only,
                 overrides=None if args.val_images is None else {"val_images": args.val_images},
-                seeds=_seeds(args.seeds), calibration=args.calibration, dry_run=args.dry_run)
+                seeds=_seeds(args.seeds), calibration=args.calibration, dry_run=args.dry_run,
+                save_calibration=args.save_calibration)
     return 0

@@ -188,7 +188,8 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
                 out: str | os.PathLike = "runs/compare", experiments=None, log=print,
                 jobs: int | None = None, threads_per_job: int | None = None, report_only: bool = False,
                 sweep_only: bool = False, overrides: dict | None = None, seeds=None,
-                calibration: str | os.PathLike | None = None, dry_run: bool = False) -> dict:
+                calibration: str | os.PathLike | None = None, dry_run: bool = False,
+                save_calibration: str | os.PathLike | None = None) -> dict:
     """Train (or take from the cache) every run of the preset, analyse, and write the report.
 
     ``jobs`` distinct runs train at once in worker processes (``threads_per_job`` threads each;
@@ -201,7 +202,11 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
     ``seeds``: the training seeds, replacing the preset's (integers >= 0, each once).
     ``calibration``: a seed-calibration table (``mixerlab.compare.calibration``; a file name in
     ``mixerlab/compare/`` or a path) replacing the preset's; it must hold every configuration the
-    preset runs. ``dry_run``: the preset shrunk to toy sizes on the CPU
+    preset runs. ``save_calibration``: after the report, write the seed-calibration table of this
+    run (>= 5 seeds: each configuration's pure seed SD, :func:`~mixerlab.compare.calibration.table_from_results`)
+    to this path -- the committed command that makes a preset's table is
+    ``mixerlab compare --preset P --seeds 0 1 2 3 4 --save-calibration mixerlab/compare/calibration_P.json``.
+    ``dry_run``: the preset shrunk to toy sizes on the CPU
     (:func:`~mixerlab.compare.presets.dry_run_preset`), how a ``gpu`` preset is tried without one.
 
     Everything is checked before anything is written (bad input raises ``ValueError`` and leaves
@@ -219,6 +224,9 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
         raise ValueError(f"threads_per_job must be an integer >= 1 or None, got {threads_per_job!r}")
     p = _resolve_preset(preset, experiments, overrides, seeds, dry_run)
     jobs = jobs if jobs is not None else (p.jobs or 1)
+    if save_calibration is not None and len(p.seeds) < 5:
+        raise ValueError(f"--save-calibration needs >= 5 seeds (a calibration measures the seed spread), "
+                         f"got {len(p.seeds)}: add --seeds 0 1 2 3 4")
     if p.device == "cuda":
         import torch
         if not torch.cuda.is_available():
@@ -275,6 +283,15 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
                 p_flip="probability that a rerun with as many new seeds lands on the other side of the threshold",
                 mcnemar="exact binomial, mid-p, first seed of each model (image noise only, for reference)")))
         log(f"report: {report}")
+        if save_calibration is not None:
+            from .calibration import config_key, save_table, table_from_results
+            table = table_from_results(out / "results.json")
+            lacking = sorted({config_key(s.exp, s.label, s.x) for s in specs} - set(table))
+            if lacking:
+                log(f"calibration: {len(lacking)} configuration(s) without {len(p.seeds)} finished seeds left out: "
+                    + ", ".join(lacking))
+            save_table(table, save_calibration)
+            log(f"calibration table ({len(table)} configurations, {len(p.seeds)} seeds): {save_calibration}")
         return dict(report=report, rows=rows, aggregate=agg)
 
 

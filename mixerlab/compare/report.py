@@ -62,6 +62,16 @@ def _config(run_dir: Path) -> dict:
         return {}
 
 
+def _trained_on(summary: dict | None) -> str | None:
+    """The device a run trained on, from its summary (the GPU's name, or the CPU)."""
+    m = (summary or {}).get("machine") or {}
+    if m.get("gpu"):
+        return m["gpu"]
+    if m.get("device"):
+        return f"{m['device']} ({m.get('processor') or '?'}, {m.get('cpu_count') or '?'} cores)"
+    return None
+
+
 def run_rows(results, macs: dict) -> list[dict]:
     """One record per run. ``top1`` is the test top-1 (from the run's per-image test
     predictions), ``val_top1`` the final top-1 on the validation split held out of the training
@@ -87,7 +97,7 @@ def run_rows(results, macs: dict) -> list[dict]:
             steps=r.summary.get("steps"), images_seen=(r.summary.get("steps") or 0) * (batch or 0) or None,
             train_images=None, recipe=cfg.get("recipe"), lr=cfg.get("lr"), img_size=cfg.get("img_size"),
             model_args=cfg.get("model_args"), curve=_curve(r.run_dir, batch) if ok else [],
-            run_dir=str(r.run_dir),
+            run_dir=str(r.run_dir), trained_on=_trained_on(r.summary) if ok else None,
             error=r.error or (None if pred is not None or not ok else "no test predictions"),
             correct=None if pred is None else pred["correct"]))
     return rows
@@ -560,14 +570,21 @@ def seed_figures(exp_id: str, aggs: list[dict], tests: list[dict], fig_dir: Path
                        f"{exp_id}: criteria per seed (points)")]
 
 
-def machine_line(machine: dict, preset, wall_s: float) -> str:
-    """Where and how this report was made: the device the runs trained on (named), the CPU, torch,
-    the seeds and the wall time."""
+def machine_line(machine: dict, preset, wall_s: float, rows: list[dict] | None = None) -> str:
+    """Where and how this report was made: the device this invocation's runs train on (named),
+    the CPU, torch, the seeds and the wall time; with ``rows``, where each finished run says it
+    trained (its summary), so runs found in the cache from another machine are not claimed."""
     seeds = list(preset.seeds)
+    devices: dict = {}
+    for r in rows or []:
+        if r.get("trained_on") and r["run_dir"] not in devices.get(r["trained_on"], set()):
+            devices.setdefault(r["trained_on"], set()).add(r["run_dir"])
+    trained = ("" if not devices else " Runs trained on (from their summaries): "
+               + "; ".join(f"{k}: {len(v)} run{'s' if len(v) != 1 else ''}" for k, v in devices.items()) + ".")
     where = machine.get("device", "?") + (f"; CPU {machine['cpu']}" if machine.get("gpu") and machine.get("cpu") else "")
     return (f"Ran on: {where}; torch "
             f"{machine.get('torch', '?')}; {len(seeds)} seed{'s' if len(seeds) != 1 else ''} per run "
-            f"({', '.join(str(x) for x in seeds)}); wall time of this invocation {wall_s / 60:.1f} min.")
+            f"({', '.join(str(x) for x in seeds)}); wall time of this invocation {wall_s / 60:.1f} min.{trained}")
 
 
 def write_report(out: Path, preset, data: str, rows: list[dict], agg: list[dict], analyses: dict,
@@ -608,7 +625,7 @@ def write_report(out: Path, preset, data: str, rows: list[dict], agg: list[dict]
               "test images only and its verdict stays inconclusive. The criteria of one experiment are "
               "corrected together (Holm, 1979). P(rerun flips): the probability that a rerun with as many new "
               "seeds puts its estimate on the other side of the threshold.", "",
-              machine_line(machine, preset, wall_s) + f" The {len(trained)} distinct runs took "
+              machine_line(machine, preset, wall_s, rows) + f" The {len(trained)} distinct runs took "
               f"{sum(trained.values()) / 60:.1f} min of training in total (sum over runs; runs train side by "
               "side with `--jobs`; runs found in the cache cost nothing).", "",
               f"Recipe for every run: `{preset.recipe}` (mixerlab.engine.recipes), {preset.epochs} epochs on "
