@@ -97,7 +97,7 @@ def _shrunk(argv: list[str]) -> list[str] | None:
         return argv + TRAIN_SHRINK + (["--dry-run"] if "--nproc-per-node" in argv else [])
     if cmd == "bench":
         argv = _replace(" ".join(argv), "--batch-size 1 64", "--batch-size 1").split()
-        return argv + ["--reps", "1", "--warmup", "0", "--min-time", "0", "--threads", "1", "--device", "cpu"]
+        return argv + ["--flops-only", "--threads", "1", "--device", "cpu"]  # params and MACs: no timing
     if cmd == "analyze":
         return argv + ["--num-images", "4", "--batch-size", "4", "--pictures", "2"]
     if cmd == "ablate":
