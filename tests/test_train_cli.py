@@ -204,3 +204,22 @@ def test_the_evaluated_split_is_named_honestly(tmp_path, capsys):
         assert f"/ 16 {split} images" in err and f" {key} " in err and f"best {split} top-1" in out
         assert ("no validation split" in err) == (split == "test")
         assert json.loads((run / "summary.json").read_text())["eval_split"] == split
+
+
+def test_dry_run_refuses_what_the_run_refuses(tmp_path, capsys):
+    """Issue 31 (5): the dry run checks the device/precision and the run folder like the run."""
+    from mixerlab.engine.run_folder import claim_folder
+    claim_folder(tmp_path / "cmp", "compare")
+    f = tmp_path / "file"
+    f.write_text("x")
+    for extra, msg in ((["--amp", "fp16", "--device", "cpu"], "amp=fp16 needs a CUDA device"),
+                       (["--out", str(tmp_path / "cmp")], "is a compare folder"),
+                       (["--out", str(f)], "is a file, not a folder")):
+        code, out, err = _main(capsys, "train", *TINY, *extra, "--dry-run")
+        assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+    run = tmp_path / "run"
+    assert _main(capsys, "train", *TINY, "--out", str(run))[0] == 0
+    code, out, err = _main(capsys, "train", *TINY, "--out", str(run), "--dry-run")
+    assert code == 2 and "already holds a run" in err
+    assert _main(capsys, "train", *TINY, "--out", str(tmp_path / "new"), "--dry-run")[0] == 0
+    assert not (tmp_path / "new").exists()

@@ -70,6 +70,25 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
     return out
 
 
+def _check_like_the_run(cfg, args: argparse.Namespace) -> None:
+    """What ``train`` checks before its first step, for ``--dry-run``: the device and mixed
+    precision, and the run folder (a file, another command's folder, an existing run)."""
+    from pathlib import Path
+
+    from mixerlab.engine.distributed import resolve_device
+    from mixerlab.engine.loop import _autocast, _check_out_path, _run_files
+    from mixerlab.engine.run_folder import check_folder
+
+    _autocast(cfg.amp, resolve_device(cfg.device))
+    if args.out and not args.resume:
+        out = Path(args.out)
+        _check_out_path(out)
+        check_folder(out, "train")
+        if _run_files(out):
+            raise ValueError(f"run folder {out} already holds a run ({', '.join(_run_files(out))}); "
+                             "choose another --out")
+
+
 def _launch(args: argparse.Namespace, cfg, overrides: dict[str, str]) -> int:
     """``--nproc-per-node N``: torchrun's launcher (``torch.distributed.run``) in this process,
     starting N workers of this command without the option. The workers save a checkpoint on
@@ -137,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
                                               synthetic_chans=cfg.synthetic_chans)
         with torch.device("meta"):
             model_for_run(cfg, num_classes=num_classes, in_chans=in_chans)
+        _check_like_the_run(cfg, args)
         sys.stdout.write(config_to_yaml(cfg))
         return 0
     try:
