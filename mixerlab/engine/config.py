@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -310,7 +311,9 @@ def _init_from_recipe(self, **values) -> None:
     _dataclass_init(self, **{**base, **values})
 
 
-_init_from_recipe.__doc__ = TrainConfig.__init__.__doc__
+_init_from_recipe.__signature__ = inspect.signature(_dataclass_init).replace(  # help() lists the fields
+    parameters=[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.name != "self" else p
+                for p in inspect.signature(_dataclass_init).parameters.values()])
 _FIELD_DEFAULT_DATA = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "data")
 TrainConfig.__init__ = _init_from_recipe
 
