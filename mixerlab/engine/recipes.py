@@ -1,7 +1,8 @@
 """Named training recipes: a recipe is a set of ``TrainConfig`` values a run starts from.
 
-``load_config`` (and so ``mixerlab train``) starts from the recipe named by ``--recipe``, else from
-the dataset's default (``default_recipe``); YAML files and options override it, and the run's
+``TrainConfig(...)``, ``load_config`` and so ``mixerlab train`` start from the recipe named by
+``recipe`` (``--recipe``), else from the dataset's default (``default_recipe``): one rule whichever
+door; YAML files and options override it, and the run's
 config (``config.yaml``, every checkpoint, ``summary.json``) records the recipe's name.
 
 * ``deit``: DeiT's ImageNet recipe (Touvron et al., arXiv 2012.12877; facebookresearch/deit
