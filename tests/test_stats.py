@@ -161,7 +161,7 @@ def _crossed_reference(d):
 def test_seed_interval_is_the_crossed_random_effects_variance():
     rng = np.random.default_rng(11)
     S, N = 4, 300
-    a = (rng.random((S, N)) < 0.8).astype(int)
+    a = (rng.random((S, N)) < np.array([0.7, 0.78, 0.86, 0.92])[:, None]).astype(int)  # a seed effect
     b = (rng.random((S, N)) < 0.7).astype(int)
     b[:, :100] = a[:, :100]  # shared images: a real image component
     grand, row, var, s2 = _crossed_reference((100.0 * (a - b)).tolist())
@@ -182,6 +182,25 @@ def test_seed_interval_is_the_crossed_random_effects_variance():
     col = (100.0 * (a - b)).mean(axis=0)
     assert old["diff"] == pytest.approx(grand)
     assert (old["hi"] - old["lo"]) / 2 == pytest.approx(1.96 * np.sqrt(col.var(ddof=1) / N), rel=0.1)
+    assert var > col.var(ddof=1) / N  # here the seeds widen it: the floor below does not bind
+
+
+def test_seed_interval_is_never_narrower_than_the_image_only_one():
+    # two seeds with the same accuracy difference on different images: the seed term is 0 and the
+    # interaction subtracted from the image term would leave a zero-width interval
+    a = np.zeros((2, 16), int)
+    b = np.zeros((2, 16), int)
+    b[0, :2] = 1
+    b[1, 2:4] = 1
+    r = paired_with_seeds(a, b)
+    img = (100.0 * (a - b)).mean(axis=0).var(ddof=1) / 16
+    assert r["per_seed"] == [-12.5, -12.5] and r["seed_var"] == 0.0
+    assert r["se"] ** 2 == pytest.approx(img) and r["lo"] < -12.5 < r["hi"]
+    for s in range(3):  # random data: the floor holds whatever the seeds
+        rng = np.random.default_rng(s)
+        x, y = (rng.random((3, 200)) < 0.8).astype(int), (rng.random((3, 200)) < 0.8).astype(int)
+        rec = paired_with_seeds(x, y)
+        assert rec["se"] ** 2 >= (100.0 * (x - y)).mean(axis=0).var(ddof=1) / 200 - 1e-9
 
 
 def _simulate(rng, reps, seeds, n=2000, rho=0.95, tau=0.04, q=(PHI.inv_cdf(0.86), PHI.inv_cdf(0.85))):

@@ -43,7 +43,11 @@ non-negative parts:
   :func:`paired_bootstrap` does, measures (it is the B -> infinity bootstrap variance, Efron &
   Tibshirani ch. 6) -- less the interaction already counted in the seed term.
 
-The interval is ``estimate +- t(df) * sqrt(seed term + image term)``. Its degrees of freedom
+The interval is ``estimate +- t(df) * sqrt(seed term + image term)``, floored at the image-only
+variance ``var_i(Dbar_i) / N`` (the expected sum, ``sigma_a^2 / S + sigma_b^2 / N + sigma_g^2 /
+(S N)``, is never below the image-only term's expectation, ``sigma_b^2 / N + sigma_g^2 / (S N)``;
+with 2-3 seeds the seed term alone can come out near 0 by chance while the interaction is
+subtracted from the image term, leaving a zero-width interval, which the floor prevents). Its degrees of freedom
 follow Welch-Satterthwaite (Satterthwaite, "An approximate distribution of estimates of variance
 components", Biometrics Bulletin 2(6), 1946), with one guard (``df_rule="upper"``, the default):
 in the df formula only, the seed term is replaced by its one-sided 75 % upper confidence bound
@@ -505,7 +509,10 @@ def _seed_stat(x: np.ndarray, weights, *, calibration=None, level=0.95, seed_ter
         raise ValueError("seed_term='calibration' needs a calibration")
     if source == SEEDS:
         v_seed, df_seed = s2_seed / s, float(s - 1)
-        v_image = max(0.0, v_image_all - ms_resid / (s * n))
+        # never narrower than resampling the images alone (module docstring, "floor"): with few
+        # seeds the seed term can come out near 0 by chance while the interaction it should carry
+        # is subtracted from the image term, which would leave a zero-width interval
+        v_image = max(0.0, v_image_all - ms_resid / (s * n), v_image_all - v_seed)
         v_between = s2_seed  # variance of one seed's statistic between seeds
     elif source == CALIBRATION:
         v_seed, df_seed = cal.sd ** 2 / s, cal.df
