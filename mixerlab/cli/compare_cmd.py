@@ -10,7 +10,7 @@ def add_parser(sub):
         description="Train the models of the papers' central experiments (E1 every mixer at matched size, "
                     "E2 ConViT vs DeiT with less data, E3 DeepViT vs ViT in depth, E4 mixers in one "
                     "MetaFormer backbone, E5 LaViT's less attention) on one recipe, with learning rates "
-                    "chosen on a validation split, then write OUT/report.md (paired 95 %% intervals holding "
+                    "chosen on a validation split, then write OUT/report.md (paired 95 % intervals holding "
                     "the test images and the training seeds, Holm-corrected per experiment, and a verdict "
                     "per claim: agrees / does not agree / inconclusive, with the probability that a rerun "
                     "flips it), results.json/.csv and figures. Finished runs are cached in OUT/runs and reused.")
