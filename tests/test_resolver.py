@@ -141,3 +141,18 @@ def test_top_level_names_resolve():
         assert getattr(mixerlab, name) is not None, name
     from mixerlab.dense import create_detector
     assert mixerlab.create_detector is create_detector
+
+
+def test_a_dense_run_is_named_not_misread(tmp_path):
+    """A ``mixerlab dense`` run folder or checkpoint is a detector, not a classifier: every command
+    that opens models says so and names the command that reads it."""
+    from mixerlab.engine.checkpoint import save_checkpoint
+    run = tmp_path / "det"
+    run.mkdir()
+    save_checkpoint(run / "last.safetensors", model=torch.nn.Linear(2, 2),
+                    config={"kind": "dense", "task": "retinanet"}, state={"epoch": 1})
+    for source in (run, run / "last.safetensors"):
+        with pytest.raises(ValueError, match=r"detection/segmentation run \(mixerlab dense\).*mixerlab dense eval"):
+            identify(source)
+    r = run_cli("eval", str(run))
+    assert r.returncode == 2 and "mixerlab dense eval" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -22,7 +22,7 @@ from .bn import batchnorms, calibrate_batchnorm
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from .config import config_from_dict
 from .distributed import all_reduce_sum
-from .factory import build_from_checkpoint
+from .factory import build_from_checkpoint, identify
 from .run_folder import claim_folder
 
 
@@ -157,6 +157,7 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     path = resolve_checkpoint(checkpoint)
+    identify(path)  # names a file that is no classification checkpoint (e.g. a `mixerlab dense` run)
     ckpt = load_checkpoint(path)
     if ema and not ckpt.has_ema:  # before any data is read
         raise CheckpointError(f"checkpoint {path} holds no EMA weights (trained with ema_decay=null)")

@@ -96,6 +96,13 @@ def _safetensors_metadata(path: Path) -> dict | None:
         return None
 
 
+def _refuse_dense(file: Path, source: Path) -> None:
+    """A detection / segmentation run (``mixerlab dense``) holds a detector, not a classifier."""
+    if read_config(file).get("kind") == "dense":
+        raise ValueError(f"{source} is a detection/segmentation run (mixerlab dense), not a classification "
+                         f"model; evaluate it with `mixerlab dense eval {source}`")
+
+
 def identify(source: str | os.PathLike) -> str:
     """The kind of ``source`` (one of ``KINDS``) from its contents, without building a model.
 
@@ -105,11 +112,12 @@ def identify(source: str | os.PathLike) -> str:
         return TIMM
     path = Path(source)
     if path.is_dir():
-        resolve_checkpoint(path)  # CheckpointError when the folder holds no checkpoint
+        _refuse_dense(resolve_checkpoint(path), path)  # CheckpointError when the folder holds no checkpoint
         return RUN_FOLDER
     if path.is_file():
         meta = _safetensors_metadata(path) if path.suffix == ".safetensors" else None
         if meta is not None and meta.get("format") == CHECKPOINT_FORMAT:
+            _refuse_dense(path, path)
             return CHECKPOINT
         if meta is not None and meta.get("format", "").startswith("mixerlab-checkpoint"):
             raise ValueError(f"{path} is a training checkpoint of an unsupported format {meta['format']!r} "
