@@ -148,6 +148,30 @@ def test_a_corrupt_analysis_cache_is_named_and_recomputed(smoke):
     assert mark["kind"] == "compare" and mark["version"] >= 1
 
 
+def test_corrupt_summary_and_predictions_are_named_and_rewritten(smoke):
+    out, res, _ = smoke
+    rows = {(r["experiment"], r["label"], r["x"]): r for r in res["rows"]}
+    deit, ffonly = Path(rows[("E1", "deit", None)]["run_dir"]), Path(rows[("E1", "ffonly", None)]["run_dir"])
+    (deit / "summary.json").write_text('{"model": \n')  # a torn write
+    npz = ffonly / "test_predictions.npz"
+    good = npz.read_bytes()
+    npz.write_bytes(good[: len(good) // 2])  # truncated
+    # report_only rewrites nothing: the run with unreadable predictions is reported as failed, by file
+    logs = []
+    ro = run_compare("smoke", out=out, log=logs.append, report_only=True, experiments=["E1"])
+    bad = next(r for r in ro["rows"] if r["label"] == "ffonly")
+    assert bad["status"] == "failed" and str(npz) in bad["error"]
+    # a normal compare resumes the deit run (its summary written again) and predicts ffonly again
+    logs = []
+    again = run_compare("smoke", out=out, log=logs.append, experiments=["E1"])
+    assert any(str(deit / "summary.json") in line and "unreadable" in line for line in logs), logs
+    assert any(str(npz) in line for line in logs), logs
+    got = {r["label"]: r for r in again["rows"]}
+    assert got["deit"]["top1"] == rows[("E1", "deit", None)]["top1"]
+    assert got["ffonly"]["status"] in ("done", "cached") and got["ffonly"]["top1"] == rows[("E1", "ffonly", None)]["top1"]
+    assert json.loads((deit / "summary.json").read_text())["final"]
+
+
 def test_report_only_trains_nothing_and_lists_missing_runs(smoke, tmp_path):
     out, res, _ = smoke
     # An empty folder: every run is missing, the report is still written.

@@ -16,13 +16,26 @@ import numpy as np
 FILE = "test_predictions.npz"
 
 
+class CorruptPredictions(ValueError):
+    """A run's ``test_predictions.npz`` cannot be read (truncated, not an archive, missing arrays)."""
+
+
 def load_predictions(run_dir: str | Path) -> dict | None:
-    """``dict(pred, target, index, correct)`` of a run, or None when it has none yet."""
+    """``dict(pred, target, index, correct)`` of a run, or None when it has none yet; a file that
+    cannot be read raises :class:`CorruptPredictions` naming it."""
+    import zipfile
     path = Path(run_dir) / FILE
     if not path.exists():
         return None
-    with np.load(path) as z:
-        out = {k: z[k] for k in ("pred", "target", "index")}
+    try:
+        with np.load(path) as z:
+            out = {k: z[k] for k in ("pred", "target", "index")}
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as e:
+        raise CorruptPredictions(f"{path} cannot be read ({type(e).__name__}: {e}); it is written again "
+                                 "from the run's weights") from None
+    if not (out["pred"].shape == out["target"].shape == out["index"].shape):
+        raise CorruptPredictions(f"{path} holds arrays of different lengths; it is written again from the "
+                                 "run's weights")
     out["correct"] = (out["pred"] == out["target"]).astype(np.int8)
     return out
 
@@ -36,7 +49,10 @@ def write_predictions(run_dir: str | Path, cfg, *, batch_size: int = 500) -> dic
     from ..engine.factory import open_model
 
     run_dir = Path(run_dir)
-    have = load_predictions(run_dir)
+    try:
+        have = load_predictions(run_dir)
+    except CorruptPredictions:
+        have = None  # computed again below and replaced atomically
     if have is not None:
         return have
     bundle = build_data(cfg)
@@ -55,5 +71,6 @@ def write_predictions(run_dir: str | Path, cfg, *, batch_size: int = 500) -> dic
     np.savez_compressed(tmp, pred=pred, target=target, index=index)
     tmp.replace(run_dir / FILE)  # whole or absent
     top1 = 100.0 * float(np.mean(pred == target))
-    (run_dir / "test.json").write_text(json.dumps(dict(test_top1=top1, n=int(len(pred))), indent=1) + "\n")
+    from ..engine.checkpoint import atomic_write_text
+    atomic_write_text(run_dir / "test.json", json.dumps(dict(test_top1=top1, n=int(len(pred))), indent=1) + "\n")
     return load_predictions(run_dir)

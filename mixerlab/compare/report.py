@@ -15,6 +15,7 @@ The helpers below (``markdown_table``, ``_scatter`` / ``_lines`` / ``_heatmaps``
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import statistics
@@ -82,7 +83,10 @@ def run_rows(results, macs: dict) -> list[dict]:
     for r in results:
         final = r.summary.get("final", {}) if r.summary else {}
         ok = r.status in ("done", "cached")
-        pred = load_predictions(r.run_dir) if ok else None
+        try:
+            pred = load_predictions(r.run_dir) if ok else None
+        except ValueError as e:  # corrupt predictions (report_only never rewrites them): the run fails
+            pred, r = None, dataclasses.replace(r, error=str(e))
         cfg = _config(r.run_dir) if ok else {}
         batch = cfg.get("batch_size")
         rows.append(OrderedDict(

@@ -96,7 +96,8 @@ class Runner:
         first: dict[str, tuple] = {}  # hash -> (spec, seed, cfg) of its first job
         for spec, seed, cfg, h in jobs:
             first.setdefault(h, (spec, seed, cfg))
-        todo = [h for h in first if not (self._dir(first, h) / "summary.json").exists()]
+        summaries = {h: _read_summary(self._dir(first, h), self.log) for h in first}
+        todo = [h for h in first if summaries[h] is None]
         self.log(f"compare: {len(jobs)} runs, {len(first)} distinct configs, "
                  f"{len(first) - len(todo)} cached, {len(todo)} to train")
         if self.report_only:
@@ -112,10 +113,10 @@ class Runner:
             run_dir = self._dir(first, h)
             if h in self._parallel:
                 r = self._parallel[h]
-            elif (run_dir / "summary.json").exists():
-                r = RunResult(spec, seed, run_dir, "cached", json.loads((run_dir / "summary.json").read_text()))
+            elif summaries[h] is not None:
+                r = RunResult(spec, seed, run_dir, "cached", summaries[h])
                 if self.predict and not self.report_only:
-                    _ensure_predictions(r, cfg)
+                    _ensure_predictions(r, cfg, self.log)
             elif self.report_only:
                 r = RunResult(spec, seed, run_dir, "missing", error="not trained yet (report written with report_only)")
             else:
@@ -265,11 +266,36 @@ def _train_one(spec: RunSpec, seed: int, cfg, run_dir: Path, predict: bool = Tru
         return RunResult(spec, seed, run_dir, "failed", error=f"busy: {e}", seconds=time.time() - t)
 
 
-def _ensure_predictions(r: RunResult, cfg) -> None:
-    """A cached run finished before its test predictions were written: write them now."""
-    from .predictions import FILE, write_predictions
+def _read_summary(run_dir: Path, log=None) -> dict | None:
+    """A finished run's ``summary.json``, or None: not finished, or a file that cannot be read
+    (torn write, disk error), which is named in the log -- the run is then resumed from its last
+    checkpoint, and the training loop writes the summary again."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+        if isinstance(rec, dict) and "final" in rec:
+            return rec
+        problem = "not a run summary"
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        problem = f"{type(e).__name__}: {e}"
+    if log is not None:
+        log(f"compare: {path} is unreadable ({problem}); the run is resumed from its last checkpoint")
+    return None
+
+
+def _ensure_predictions(r: RunResult, cfg, log=None) -> None:
+    """A cached run finished before its test predictions were written, or they cannot be read:
+    write them now (from the run's weights)."""
+    from .predictions import FILE, CorruptPredictions, load_predictions, write_predictions
     if (r.run_dir / FILE).exists():
-        return
+        try:
+            load_predictions(r.run_dir)
+            return
+        except CorruptPredictions as e:
+            if log is not None:
+                log(f"compare: {e}")
     try:
         write_predictions(r.run_dir, cfg)
     except Exception as e:  # reported as a failed run, the others go on
