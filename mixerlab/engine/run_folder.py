@@ -5,8 +5,8 @@ the folder's mark, ``.mixerlab-folder.json`` (``{"kind": ..., "version": ..., "m
 or, in a folder written before marks existed, tells the kind from the files in it
 (:data:`SIGNATURES`). A folder of another kind is refused with one line (a ``ValueError``, so the
 CLI prints it and exits 2) before anything is written; an empty, new or same-kind folder gets the
-mark and is returned. The kinds: ``train`` (a run folder), ``compare``, ``ablate``, ``analyze``
-and ``eval``. Sub-folders are folders of their own: a run folder's ``analysis/`` is an
+mark and is returned. The kinds: ``train`` (a run folder), ``compare``, ``ablate``, ``analyze``,
+``eval`` and ``dense`` (a detection / segmentation run). Sub-folders are folders of their own: a run folder's ``analysis/`` is an
 ``analyze`` folder, a compare folder's ``runs/<name>`` are ``train`` folders.
 """
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 
 MARK_NAME = ".mixerlab-folder.json"
 FORMAT_VERSION = 1
-KINDS = ("train", "compare", "ablate", "analyze", "eval")
+KINDS = ("train", "compare", "ablate", "analyze", "eval", "dense")
 
 # The command that writes each kind, for the messages.
 COMMAND = {"train": "mixerlab train", "compare": "mixerlab compare", "ablate": "mixerlab ablate",
-           "analyze": "mixerlab analyze", "eval": "mixerlab eval"}
+           "analyze": "mixerlab analyze", "eval": "mixerlab eval", "dense": "mixerlab dense"}
 
 # An unmarked folder's kind, from files only that kind writes (first match wins; ``analyze``
 # before ``ablate``/``compare`` since those never write analysis.json at their top level).
