@@ -514,7 +514,9 @@ def test_report_sections_have_intervals_and_a_verdict_word(smoke):
         assert re.search(r"[+-]\d+\.\d\d \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", sec)  # a difference with its CI
         assert "criterion" in sec and "Setup:" in sec and "images seen" in sec
     # results.json holds what recomputes every interval: the per-image correctness of every run
-    res_json = json.loads((out / "results.json").read_text())
+    def strict(name):  # NaN / Infinity are not JSON (the image-only df is infinite)
+        raise AssertionError(f"results.json holds {name}")
+    res_json = json.loads((out / "results.json").read_text(), parse_constant=strict)
     runs = {(r["experiment"], r["label"], r["x"]): r for r in res_json["runs"]}
     n = {len(r["correct"]) for r in res_json["runs"]}
     assert len(n) == 1  # the same test images for every run

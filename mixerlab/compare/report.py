@@ -156,6 +156,18 @@ def _bits(v) -> str | None:
     return None if v is None else "".join("1" if b else "0" for b in v.tolist())
 
 
+def _finite(obj):
+    """``obj`` with every NaN / infinite float replaced by None (strict JSON: e.g. the infinite
+    degrees of freedom of an image-only interval)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _jsonable_agg(a: dict) -> dict:
     out = {k: v for k, v in a.items() if k not in ("correct", "correct_by_seed", "calibration")}
     cal = a.get("calibration")
@@ -179,8 +191,8 @@ def write_tables(out: Path, rows: list[dict], agg: list[dict], extra: dict | Non
     w.writerows(rows)
     runs = [{**r, "correct": _bits(r["correct"])} for r in rows]
     aggs = [_jsonable_agg(a) for a in agg]
-    atomic_write_text(out / "results.json", json.dumps(dict(runs=runs, aggregate=aggs, **(extra or {})),
-                                                       indent=1, default=str))
+    atomic_write_text(out / "results.json", json.dumps(_finite(dict(runs=runs, aggregate=aggs, **(extra or {}))),
+                                                       indent=1, default=str, allow_nan=False))
     atomic_write_text(out / "results.csv", buf.getvalue())
 
 
