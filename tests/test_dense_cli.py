@@ -72,6 +72,15 @@ def test_train_eval_retinanet_and_the_run_folder(tmp_path, fm, capsys):
     # a new run into a finished run folder: refused, one line, exit 2
     rc, out, err = _cli(capsys, "train", "--task", "retinanet", "--data-dir", fm, "--out", str(run), *TINY)
     assert rc == 2 and "already holds a run" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    # the folder is marked dense: a classification run or an eval refuses it, and dense refuses theirs
+    from mixerlab.engine.run_folder import claim_folder, folder_kind
+    assert folder_kind(run) == "dense"
+    rc = main(["train", "--model", "deit_micro", "--data", "synthetic", "--out", str(run), "--dry-run"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is a dense folder (written by mixerlab dense)" in err, err
+    other = claim_folder(tmp_path / "cls", "train")
+    rc, out, err = _cli(capsys, "train", "--task", "retinanet", "--data-dir", fm, "--out", str(other), *TINY)
+    assert rc == 2 and "is a train folder (written by mixerlab train)" in err and not (other / "config.yaml").exists()
 
 
 def test_resume_continues_exactly(tmp_path, fm, capsys):

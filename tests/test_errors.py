@@ -199,3 +199,14 @@ def test_one_name_per_idea_across_commands(capsys):
     assert len(choose_columns(rows, None, None)[0]) == 9
     with pytest.raises(ValueError, match="unknown column"):
         choose_columns(rows, "model,nope", None)
+
+
+def test_a_reader_that_leaves_early_is_not_an_error():
+    """``mixerlab list | head``: the pipe closes before the table is written; no error line."""
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "mixerlab", "list", "deit_*"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
+    p.stdout.close()  # the reader is gone before anything is written
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0 and "Broken pipe" not in err and "Traceback" not in err, err

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 
 # Sub-command modules, in the order ``mixerlab --help`` shows them. A module that is not
@@ -73,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
+    except BrokenPipeError:  # `mixerlab list | head`: the reader left; stop quietly, as Unix tools do
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (CLIError, ValueError, TypeError, KeyError, OSError) as e:
         # Bad input or a file-system fault (missing, read-only, full, not a folder): one clear
         # line, exit status 2, no traceback wall.

@@ -451,8 +451,10 @@ def _config_yaml(d: dict) -> str:
 
 
 def _check_folder(run_dir: Path, resume: bool) -> None:
+    from ..engine.run_folder import check_folder
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"run folder {run_dir} is a file, not a folder")
+    check_folder(run_dir, "dense")  # a classification run, compare, ablate ... folder is refused
     present = [n for n in RUN_FILES if (run_dir / n).exists()]
     if not resume and present:
         raise ValueError(f"run folder {run_dir} already holds a run ({', '.join(present)}); "
@@ -494,12 +496,14 @@ def train_dense(cfg: DenseConfig, out_dir: str | os.PathLike, *, resume: bool = 
     created = not run_dir.exists()
     try:
         with run_folder_lock(run_dir):
+            from ..engine.run_folder import claim_folder
+            claim_folder(run_dir, "dense")
             clean_stale_temps(run_dir)
             try:
                 return _train(cfg, run_dir, resume, log, stop_after)
             except BaseException:
                 if created and not any((run_dir / n).exists() for n in RUN_FILES):
-                    for name in ("config.yaml", ".lock"):
+                    for name in ("config.yaml", ".lock", ".mixerlab-folder.json"):
                         (run_dir / name).unlink(missing_ok=True)
                     try:
                         run_dir.rmdir()

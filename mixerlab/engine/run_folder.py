@@ -52,6 +52,9 @@ def folder_kind(path: str | os.PathLike) -> str | None:
             return kind
     if not path.is_dir():
         return None
+    cfg = path / "config.yaml"  # a dense run folder written before marks: its config says so
+    if cfg.is_file() and "\nkind: dense\n" in "\n" + cfg.read_text(errors="replace"):
+        return "dense"
     for kind, names in SIGNATURES:
         if any((path / n).exists() for n in names):
             return kind
