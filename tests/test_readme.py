@@ -137,3 +137,21 @@ def test_cli_quick_start_runs_as_written(tmp_path, monkeypatch, capsys):
     assert {"list", "train", "eval", "convert", "bench", "analyze", "ablate"} <= set(ran)
     snippet = next(b for b in _code_blocks(README.read_text(), "python") if "convit_tiny_timm.safetensors" in b)
     exec(compile(snippet, "README.md", "exec"), {})
+
+
+def test_dense_example_commands_parse():
+    """The README's detection example: every ``mixerlab`` command of it parses (the run itself is
+    the slow learning test of ``tests/test_dense_cli.py``, at a smaller scale), and its Python twin
+    names functions that exist."""
+    from mixerlab.cli.main import build_parser
+    import mixerlab.dense as dense
+    section = _section("Detection and segmentation (`mixerlab dense`)")
+    block = _code_blocks(section, "bash")[0].replace("\\\n", " ")
+    commands = [shlex.split(line, comments=True) for line in block.splitlines()]
+    commands = [t for t in commands if t]
+    assert [t[:2] for t in commands] == [["mixerlab", "train"], ["mixerlab", "dense"], ["mixerlab", "dense"]]
+    for tokens in commands:
+        build_parser().parse_args(tokens[1:])
+    python = _code_blocks(section, "python")[0]
+    for name in re.findall(r"from mixerlab\.dense import (.+)", python)[0].split(","):
+        assert hasattr(dense, name.strip()), name
