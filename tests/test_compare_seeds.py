@@ -326,3 +326,17 @@ def test_a_calibration_made_with_five_seeds_gives_the_seed_term_of_a_one_seed_ru
     want = (table["E1/deit"].sd ** 2 + table["E1/ffonly"].sd ** 2) ** 0.5
     assert t["calibration_sd"] == pytest.approx(want)
     assert "committed calibration" in (out / "report.md").read_text()
+
+
+def test_the_lr_sweep_trains_the_first_seed_only(tmp_path):
+    import dataclasses
+
+    from mixerlab.compare import run_compare
+    from mixerlab.compare.presets import CPU_SCALE, get_preset
+    smoke = get_preset("smoke")
+    p = dataclasses.replace(smoke, experiments=("E1",), scale=CPU_SCALE, sweep_lrs=(1e-3, 2e-3), sweep_fraction=1.0,
+                            knobs={**smoke.knobs, "E1": {"families": ("deit_micro",), "anchors": ()}})
+    logs = []
+    res = run_compare(p, out=tmp_path / "o", seeds=[0, 1], sweep_only=True, log=logs.append)
+    assert set(res["table"]) == {"deit_micro"} and len(list((tmp_path / "o" / "sweep" / "runs").iterdir())) == 2
+    assert any("2 runs, 2 distinct configs" in line for line in logs), logs
