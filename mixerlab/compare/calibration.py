@@ -114,7 +114,7 @@ def for_statistic(cals: list[Calibration]) -> Calibration:
     return Calibration(math.sqrt(var), seeds, " + ".join(c.what for c in cals if c.what))
 
 
-def strip_plot(records: list[dict], path, title: str = "per-seed values"):
+def strip_plot(records: list[dict], path, title: str = "per-seed values", xlabel: str = "points"):
     """One row per statistic: its per-seed values (dots), the estimate with its interval (bar)
     and the criterion's threshold (tick), from records of ``stats.paired_with_seeds`` /
     ``stats.judge`` (``per_seed``, ``diff``, ``lo``, ``hi``; ``stat`` and ``threshold`` if
@@ -140,7 +140,7 @@ def strip_plot(records: list[dict], path, title: str = "per-seed values"):
                     label="threshold" if row == 0 else None)
     ax.set_yticks(range(len(recs)))
     ax.set_yticklabels([f"{r.get('stat', '?')} ({r.get('seed_source', '?')})" for r in reversed(recs)], fontsize=8)
-    ax.set_xlabel("points")
+    ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, axis="x")
     ax.legend(fontsize=7, loc="best")

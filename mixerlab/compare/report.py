@@ -133,7 +133,7 @@ def aggregate(rows: list[dict], calibrations: dict | None = None) -> list[dict]:
         out.append(dict(experiment=exp, label=label, x=x, model=rs[0]["model"], seeds=len(ok),
                         failed=sum(r["status"] == "failed" for r in rs),
                         missing=sum(r["status"] == "missing" for r in rs), top1=m, top1_sd=sd,
-                        top1_lo=ci and ci["lo"], top1_hi=ci and ci["hi"],
+                        top1_lo=ci and max(0.0, ci["lo"]), top1_hi=ci and min(100.0, ci["hi"]),
                         top1_source=ci and ci["seed_source"],
                         seed_ids=[r["seed"] for r in ok], per_seed=[r["top1"] for r in ok],
                         val_per_seed=[r["val_top1"] for r in ok],
@@ -581,7 +581,7 @@ def seed_figures(exp_id: str, aggs: list[dict], tests: list[dict], fig_dir: Path
                  diff=a["top1"], lo=a["top1_lo"], hi=a["top1_hi"], seed_source=a.get("top1_source"))
             for a in aggs if a.get("per_seed") and a.get("top1_lo") is not None]
     return [strip_plot(accs, fig_dir / f"{exp_id.lower()}_seed_accuracy.png",
-                       f"{exp_id}: test top-1 (%) per seed"),
+                       f"{exp_id}: test top-1 per seed", xlabel="test top-1 (%)"),
             strip_plot([t for t in tests if t.get("diff") is not None], fig_dir / f"{exp_id.lower()}_seed_stats.png",
                        f"{exp_id}: criteria per seed (points)")]
 
