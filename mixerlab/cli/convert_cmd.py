@@ -83,9 +83,14 @@ def run(args) -> int:
             what = f"timm {'/'.join(timm_names_for(model.zoo_name))} state dict"
         meta_out = {"format": "pt"}
     import signal
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # kill: the temporary file is removed (like Ctrl-C)
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL:  # kill: the temporary file is removed (like Ctrl-C)
         signal.signal(signal.SIGTERM, _interrupt)
-    save_weights(out_sd, dst, metadata=meta_out)  # a kill -9's temporary file is removed by the next write
+    try:
+        save_weights(out_sd, dst, metadata=meta_out)  # a kill -9's temporary file is removed by the next write
+    finally:
+        if previous is signal.SIG_DFL:  # the caller's handler back (main() may run in a longer process)
+            signal.signal(signal.SIGTERM, previous)
     n_params = sum(v.numel() for v in out_sd.values()) / 1e6
     opts = meta_out.get("options")
     print(f"wrote {dst}: {what} ({len(out_sd)} tensors, {n_params:.2f}M values)"

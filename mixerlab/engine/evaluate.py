@@ -157,8 +157,8 @@ def evaluate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     path = resolve_checkpoint(checkpoint)
-    identify(path)  # names a file that is no classification checkpoint (e.g. a `mixerlab dense` run)
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path)  # CheckpointError naming a corrupt or foreign file
+    identify(path)  # names a checkpoint of no classifier (a `mixerlab dense` run)
     if ema and not ckpt.has_ema:  # before any data is read
         raise CheckpointError(f"checkpoint {path} holds no EMA weights (trained with ema_decay=null)")
     changes = {k: v for k, v in (("data", data), ("data_dir", data_dir)) if v is not None}
