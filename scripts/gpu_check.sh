@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# One prepared device check for the day a GPU is lent (~13 minutes on one H100/H200: ~5 for the
+# One prepared device check for the day a GPU is lent (~14 minutes on one H100/H200: ~6 for the
 # checks, <= 8 for the compare step's gpu preset; GPU_CHECK_BUDGET_S lowers it).
-#
-#   scripts/gpu_check.sh [OUT_DIR]            # on a CUDA machine (default OUT_DIR: gpu_check_out/)
-#   scripts/gpu_check.sh --dry-run [OUT_DIR]  # the same steps on the CPU at toy sizes (CI; minutes)
+#   scripts/gpu_check.sh [--steps A,B] [OUT_DIR]  # CUDA machine (OUT_DIR default gpu_check_out/)
+#   scripts/gpu_check.sh --dry-run [OUT_DIR]      # the same steps on the CPU at toy sizes (CI; minutes)
+#   --steps runs only the named steps (a device lent for 10-minute commands: one call with every
+#   step but compare_gpu into OUT_DIR/checks, a second with --steps compare_gpu into OUT_DIR/compare).
 #
 # Needs only what scripts/setup.sh installs (the project's .venv, or $PYTHON). Writes everything
 # under OUT_DIR: one log per step (<step>.log), the bench JSON, the training runs, the compare
@@ -24,23 +25,30 @@
 #   ddp_nccl        torchrun + DistributedDataParallel over NCCL (dry run: gloo) for a few steps
 #   compile_deit    torch.compile (inductor; dry run: aot_eager) vs eager, one training step + timing
 #   compile_convit  the same for ConViT (GPSA)
-#   compare_e1      mixerlab compare --preset gpu: the whole comparison, 3 seeds, LR sweep, <= 8 min
-#                   (dry run: --preset gpu --dry-run, toy sizes on the CPU). The step keeps its old
-#                   name (tests/test_gpu_check.py lists the steps by name); it is no longer E1 alone.
+#   compile_deit_s  DeiT-S, bf16, batch 256, inductor max-autotune (no CUDA graphs) vs eager:
+#                   equal loss/gradients (fp32), images/s both ways, share of the bf16 matmul rate
+#   lavit_twin      scripts/bench_lavit.py: LaViT-T vs its all-vanilla twin, bf16, 224 px, alternating
+#   compare_gpu     mixerlab compare --preset gpu: the whole comparison, 3 seeds, LR sweep, <= 8 min
+#                   (dry run: --preset gpu --dry-run, toy sizes on the CPU)
 set -uo pipefail
 
-usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; }
 DRY=0
 OUT=""
+ONLY=""
+NEXT_IS_STEPS=0
 for arg in "$@"; do
+  if [ "$NEXT_IS_STEPS" = 1 ]; then ONLY=",$arg,"; NEXT_IS_STEPS=0; continue; fi
   case "$arg" in
     --dry-run) DRY=1 ;;
+    --steps) NEXT_IS_STEPS=1 ;;
     -h|--help) usage; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $arg (use --dry-run, --help)" >&2; exit 2 ;;
     *) if [ -n "$OUT" ]; then echo "gpu_check.sh: one output folder only (got $OUT and $arg)" >&2; exit 2; fi
        OUT="$arg" ;;
   esac
 done
+if [ "$NEXT_IS_STEPS" = 1 ]; then echo "gpu_check.sh: --steps needs a comma-separated list of step names" >&2; exit 2; fi
 OUT=${OUT:-gpu_check_out}
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 PY=${PYTHON:-"$REPO/.venv/bin/python"}
@@ -57,6 +65,8 @@ if [ "$DRY" = 1 ]; then
   FLOPS=(--n 256 --reps 2)
   TRAIN=(--synthetic-size 32 --batch-size 16 --eval-batch-size 32 --bn-calibration-batches 1 --num-threads 1)
   FP16=bf16; CBACKEND=aot_eager; CSTEPS=1; CBATCH=2; DDPB=2
+  CBIG=(--model deit_micro --backend aot_eager --batch 2 --steps 1 --matmul-n 256)
+  TWIN=(--sizes 64 --batch 2 --train-batch 2 --reps 1 --warmup 0 --threads 1)
   PRESET=(--preset gpu --dry-run); TESTS=(tests/test_cuda.py -k "deit or gpsa")
   export MIXERLAB_TEST_DEVICE=cpu
 else
@@ -65,6 +75,8 @@ else
   FLOPS=()
   TRAIN=(--synthetic-size 8192 --batch-size 256 --eval-batch-size 512 --num-workers 4)
   FP16=fp16; CBACKEND=inductor; CSTEPS=10; CBATCH=128; DDPB=128
+  CBIG=(--model deit_small --backend inductor --mode max-autotune-no-cudagraphs --batch 256 --steps 10)
+  TWIN=(--sizes 224 --batch 256 --train-batch 128 --reps 7 --warmup 2)
   PRESET=(--preset gpu); TESTS=(tests/test_cuda.py)
   export MIXERLAB_TEST_DEVICE=cuda
   if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -88,6 +100,7 @@ FAILED=0
 # and never past the overall budget; records ok / failed (rc) / timeout / skipped.
 step() {
   local name=$1 limit=$(( $2 * SCALE )); shift 2
+  if [ -n "$ONLY" ] && [[ "$ONLY" != *",$name,"* ]]; then return; fi
   local left=$(( BUDGET - ($(date +%s) - START) ))
   if [ "$left" -lt 15 ]; then
     printf '%s\tskipped (time budget)\t0\n' "$name" >> "$SUMMARY"; FAILED=1
@@ -135,9 +148,13 @@ step compile_deit 90 "$PY" scripts/gpu_check_steps.py compile --model deit_micro
   --backend "$CBACKEND" --steps "$CSTEPS" --batch "$CBATCH"
 step compile_convit 120 "$PY" scripts/gpu_check_steps.py compile --model convit_micro --device "$DEV" \
   --backend "$CBACKEND" --steps "$CSTEPS" --batch "$CBATCH"
+step compile_deit_s 150 "$PY" scripts/gpu_check_steps.py compile --device "$DEV" --dtype bfloat16 \
+  --matmul-rate "${CBIG[@]}"
+step lavit_twin 90 "$PY" scripts/bench_lavit.py --model lavit_tiny --device "$DEV" --dtype bfloat16 "${TWIN[@]}" \
+  --out "$OUT/lavit_twin.json"
 # the gpu preset (mixerlab/compare/presets.py, arithmetic in docs/compare_presets.md): <= 8 min on
 # one H100/H200; its dry run ~1-2 min on 2 CPU cores (SCALE 6 gives it 16 min)
-step compare_e1 500 "$PY" -m mixerlab compare "${PRESET[@]}" --data "$CDATA" --out "$OUT/compare"
+step compare_gpu 500 "$PY" -m mixerlab compare "${PRESET[@]}" --data "$CDATA" --out "$OUT/compare"
 
 TOTAL=$(( $(date +%s) - START ))
 {

@@ -11,7 +11,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
 STEPS = ["unit_tests", "bench_vs_timm", "flops_util", "train_fp16", "train_bf16", "torchrun_train",
-         "ddp_nccl", "compile_deit", "compile_convit", "compare_e1"]
+         "ddp_nccl", "compile_deit", "compile_convit", "compile_deit_s", "lavit_twin", "compare_gpu"]
 
 
 def run(*args, timeout=60):
@@ -21,7 +21,8 @@ def run(*args, timeout=60):
 
 
 @pytest.mark.parametrize("args, msg", [(["--fast"], "unknown option --fast"),
-                                       (["a", "b"], "one output folder only")])
+                                       (["a", "b"], "one output folder only"),
+                                       (["--steps"], "--steps needs a comma-separated list")])
 def test_bad_arguments_are_refused(tmp_path, args, msg):
     r = run(*[str(tmp_path / a) if not a.startswith("-") else a for a in args])
     assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
