@@ -168,6 +168,7 @@ def _cli(capsys, *argv):
     (["--seeds", "1", "2", "1"], "--seeds repeats 1"),
     (["--jobs", "0"], "jobs must be an integer >= 1, got 0"),
     (["--threads-per-job", "0"], "threads_per_job must be an integer >= 1"),
+    (["--threads", "0"], "threads_per_job must be an integer >= 1"),  # one name per idea across commands
     (["--calibration", "no-such-table.json"], "calibration table no-such-table.json not found"),
 ])
 def test_bad_options_are_one_line_and_write_nothing(tmp_path, capsys, argv, msg):

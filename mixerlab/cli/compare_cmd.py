@@ -51,8 +51,9 @@ def add_parser(sub):
                    help="run the preset shrunk to toy sizes on the CPU (synthetic data, one epoch, at most "
                         "two seeds): checks that every run builds, trains and is reported, e.g. the gpu "
                         "preset on a machine without a GPU")
-    p.add_argument("--threads-per-job", type=int, default=None,
-                   help="intra-op threads per job (default: CPU count / jobs)")
+    p.add_argument("--threads", "--threads-per-job", dest="threads_per_job", type=int, default=None,
+                   help="torch's CPU threads in each job, as --threads of train, bench and ablate "
+                        "(default: CPU count / jobs; --threads-per-job is the older name)")
     return p
 
 
