@@ -15,6 +15,12 @@ LayerNorm and GELU between) for p/4, one for p/2, the map itself for p and a 2x2
 (strides 4-32 for p = 16), with widths dim/4, dim/2, dim, dim. ViTDet's per-level 1x1 and 3x3
 convs to 256 channels are left to the FPN neck that follows (its lateral and output convs).
 
+timm CNNs (a ``timm:NAME`` classification run, e.g. E1's ResNet-18 anchor of ``mixerlab compare``):
+the last four entries of timm's ``feature_info`` (ResNet: ``layer1``-``layer4``, strides 4-32), from
+timm's own ``forward_intermediates``, each through the same GroupNorm(1) as the hierarchical maps
+(so every backbone meets the FPN neck the same way; mmdet's ResNet configs feed the stage maps
+without an extra norm, which here would make the CNN the one backbone treated differently).
+
 ``build_backbone`` is the one place where a backbone model is constructed from a name (and
 weights); swap it for the general resolver when one exists.
 """
@@ -32,6 +38,7 @@ from ..engine.factory import TIMM, ZOO, identify, open_model
 from ..factory import load_pretrained
 from ..models.hierarchical import HierarchicalModel
 from ..models.isotropic import IsotropicModel
+from ..models.timm_model import TimmModel
 
 SIZE_DIVISOR = 32  # input sides must be multiples of this (the coarsest stride of the paper models)
 
@@ -147,15 +154,26 @@ class DenseBackbone(nn.Module):
             chans = [self.pyramid.channels[i] for i in out_indices]
             strides = [all_strides[i] for i in out_indices]
             self.kind = "isotropic"
+        elif isinstance(model, TimmModel):
+            info = list(getattr(model.net, "feature_info", None) or [])
+            if len(info) < 4 or not hasattr(model.net, "forward_intermediates"):
+                raise ValueError(f"a timm backbone needs four feature levels and forward_intermediates; "
+                                 f"{model.zoo_name} has {len(info)} levels")
+            first = len(info) - 4
+            self.timm_indices = [first + i for i in out_indices]
+            chans = [info[i]["num_chs"] for i in self.timm_indices]
+            strides = [info[i]["reduction"] for i in self.timm_indices]
+            model.net.prune_intermediate_layers(self.timm_indices, prune_norm=True, prune_head=True)
+            self.kind, self.pyramid = "timm", None
         else:
-            raise ValueError(f"a dense backbone wraps a mixerlab HierarchicalModel or IsotropicModel, "
-                             f"got {type(model).__name__}")
+            raise ValueError(f"a dense backbone wraps a mixerlab HierarchicalModel or IsotropicModel, or a "
+                             f"timm CNN run (timm:NAME), got {type(model).__name__}")
         self.body = model
         self.out_indices = out_indices
         self.out_channels_list = chans
         self.strides = strides
-        coarsest = 2 * model.patch_embed.patch_size if self.kind == "isotropic" else \
-            model.feature_info[-1]["reduction"]
+        coarsest = (2 * model.patch_embed.patch_size if self.kind == "isotropic" else strides[-1]
+                    if self.kind == "timm" else model.feature_info[-1]["reduction"])
         self.size_divisor = SIZE_DIVISOR * math.ceil(max(coarsest, SIZE_DIVISOR) / SIZE_DIVISOR)
         self.fixed_input_size = bool(getattr(model, "fixed_input_size", False))
         self.norms = nn.ModuleList(_group_norm(c) if level_norm else nn.Identity() for c in chans)
@@ -169,7 +187,10 @@ class DenseBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         self.check_size(x)
-        if self.kind == "hierarchical":
+        if self.kind == "timm":
+            maps = self.body.net.forward_intermediates(x, indices=self.timm_indices, stop_early=True,
+                                                       intermediates_only=True)
+        elif self.kind == "hierarchical":
             maps = self.body.forward_intermediates(x, indices=list(self.out_indices), stop_early=True,
                                                    intermediates_only=True)
         else:

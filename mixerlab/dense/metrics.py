@@ -14,6 +14,17 @@
   over the whole dataset (pixels labelled ``ignore_index`` left out), as mmseg's
   ``IoUMetric`` / ``intersect_and_union``: IoU_k = sum_images I_k / sum_images U_k; mIoU is the
   mean over the classes that occur (union > 0; mmseg's ``nanmean``), not a mean of per-image IoUs.
+
+Resampling the test images (the seed-aware intervals of ``mixerlab compare``'s E6) needs the metric
+of a *multiset* of images many times over; rerunning COCOeval on each resample is slow. The match
+of every detection to the ground truth depends on its own image alone, so COCOeval's ``evaluate``
+runs once (:func:`coco_matches`) and :func:`ap_from_matches` repeats only its ``accumulate`` step
+with each image counted ``weights[i]`` times: the same precision / recall curve, 101-point
+interpolation and mean over IoU thresholds and categories, as cumulative sums of weighted true and
+false positives (an image counted k times is k copies of its detections at equal scores, and the
+interpolated precision at the end of a run of equal-score copies is what COCOeval reads; the test
+checks it against COCOeval on images duplicated by id). :func:`miou_from_counts` is the same for
+mIoU, exactly: per-image intersections and unions summed with weights.
 """
 from __future__ import annotations
 
@@ -136,4 +147,112 @@ class SegMetric:
                 "IoU": [float(v) for v in iou]}
 
 
-__all__ = ["AP_KEYS", "SegMetric", "coco_evaluate", "detections_to_coco", "scaled_area_ranges"]
+def coco_matches(gt: dict, detections: list[dict], iou_type: str = "bbox", *,
+                 image_ids=None) -> dict:
+    """COCOeval's per-image matching of ``detections`` to ``gt`` (area range "all", at most
+    ``maxDets[-1]`` = 100 detections per image and category), kept for :func:`ap_from_matches`.
+
+    Returns ``{"image_ids", "iou_thrs", "rec_thrs", "cats": [{"npig": (images,) non-ignored ground
+    truths per image, "img": (D,) image position of each detection, "tp", "fp": (T, D) bool}]}``,
+    the detections of each category in COCOeval's order (images in id order, then a stable sort by
+    descending score)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type={iou_type!r}; allowed: 'bbox', 'segm'")
+    ids = sorted(int(i) for i in (image_ids if image_ids is not None else [im["id"] for im in gt["images"]]))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.createIndex()
+        if detections:
+            coco_dt = coco_gt.loadRes(copy.deepcopy(list(detections)))
+        else:
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"], "annotations": []}
+            coco_dt.createIndex()
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev.params.imgIds = ids
+        ev.evaluate()
+    p = ev.params
+    n_img, n_area, t = len(ids), len(p.areaRng), len(p.iouThrs)
+    max_det = p.maxDets[-1]
+    cats = []
+    for k, _ in enumerate(p.catIds):
+        npig = np.zeros(n_img, dtype=np.int64)
+        scores, img, tp, fp = [], [], [], []
+        for i in range(n_img):
+            e = ev.evalImgs[k * n_area * n_img + i]  # area index 0: "all"
+            if e is None:
+                continue
+            npig[i] = int(np.count_nonzero(np.asarray(e["gtIgnore"]) == 0))
+            sc = np.asarray(e["dtScores"][:max_det], dtype=np.float64)
+            m = np.asarray(e["dtMatches"], dtype=np.float64).reshape(t, -1)[:, :max_det]
+            ig = np.asarray(e["dtIgnore"], dtype=bool).reshape(t, -1)[:, :max_det]
+            scores.append(sc)
+            img.append(np.full(len(sc), i, dtype=np.int64))
+            tp.append((m != 0) & ~ig)
+            fp.append((m == 0) & ~ig)
+        if scores:
+            sc = np.concatenate(scores)
+            order = np.argsort(-sc, kind="mergesort")  # COCOeval's order
+            cat = dict(npig=npig, img=np.concatenate(img)[order], tp=np.concatenate(tp, axis=1)[:, order],
+                       fp=np.concatenate(fp, axis=1)[:, order])
+        else:
+            cat = dict(npig=npig, img=np.zeros(0, dtype=np.int64), tp=np.zeros((t, 0), bool), fp=np.zeros((t, 0), bool))
+        cats.append(cat)
+    return dict(image_ids=ids, iou_thrs=np.asarray(p.iouThrs), rec_thrs=np.asarray(p.recThrs), cats=cats)
+
+
+def ap_from_matches(matches: dict, weights=None, *, iou: float | None = None) -> float:
+    """COCO AP (a fraction) of the images counted ``weights[i]`` times (default once each) from
+    :func:`coco_matches`: COCOeval's ``accumulate`` on the weighted detections (module docstring).
+    ``iou``: one IoU threshold (0.5: AP50) instead of the mean over 0.50:0.95. No category with a
+    ground truth: -1 (COCOeval's convention)."""
+    n = len(matches["image_ids"])
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"weights: expected {n} values (one per test image), got shape {w.shape}")
+    thrs = matches["iou_thrs"]
+    rows = range(len(thrs)) if iou is None else [int(np.argmin(np.abs(thrs - iou)))]
+    rec_thrs = matches["rec_thrs"]
+    qs = []
+    for cat in matches["cats"]:
+        npig = float(w @ cat["npig"])
+        if npig == 0:
+            continue
+        wd = w[cat["img"]]
+        keep = wd > 0
+        wd = wd[keep]
+        for t in rows:
+            q = np.zeros(len(rec_thrs))
+            tp = np.cumsum(cat["tp"][t, keep] * wd)
+            fp = np.cumsum(cat["fp"][t, keep] * wd)
+            if len(tp):
+                rc = tp / npig
+                pr = tp / (fp + tp + np.spacing(1))
+                pr = np.maximum.accumulate(pr[::-1])[::-1]
+                inds = np.searchsorted(rc, rec_thrs, side="left")
+                ok = inds < len(pr)
+                # COCOeval fills the recall thresholds in order until the first one past the curve
+                stop = int(np.argmin(ok)) if not ok.all() else len(ok)
+                q[:stop] = pr[inds[:stop]]
+            qs.append(q)
+    return float(np.mean(qs)) if qs else -1.0
+
+
+def miou_from_counts(intersect, union, weights=None) -> float:
+    """mIoU (a fraction) of the images counted ``weights[i]`` times from their per-class pixel
+    ``intersect`` and ``union`` counts (images x classes; ``evaluate_dense(..., keep=True)``):
+    :class:`SegMetric`'s dataset-level mIoU, exactly, for weights of one."""
+    inter = np.asarray(intersect, dtype=np.float64)
+    uni = np.asarray(union, dtype=np.float64)
+    w = np.ones(len(inter)) if weights is None else np.asarray(weights, dtype=np.float64)
+    i, u = w @ inter, w @ uni
+    valid = u > 0
+    return float(np.mean(i[valid] / u[valid])) if valid.any() else float("nan")
+
+
+__all__ = ["AP_KEYS", "SegMetric", "ap_from_matches", "coco_evaluate", "coco_matches", "detections_to_coco",
+           "miou_from_counts", "scaled_area_ranges"]

@@ -292,7 +292,13 @@ def rebuild(spec: dict) -> torch.nn.Module:
 
     if not isinstance(spec, dict) or spec.get("format") != MODEL_FORMAT:
         raise CheckpointError("this checkpoint holds no dense model (it was not written by `mixerlab dense train`)")
-    backbone = build_model(model_config_from_dict(spec["backbone_config"]), name=spec["backbone_name"])
+    from ..models.timm_model import TIMM_CONFIG_FORMAT, TimmModel, TimmModelConfig
+
+    bc = spec["backbone_config"]
+    if isinstance(bc, dict) and bc.get("format") == TIMM_CONFIG_FORMAT:  # a timm CNN run (compare's E6 anchor)
+        backbone = TimmModel(TimmModelConfig.from_dict(bc))
+    else:
+        backbone = build_model(model_config_from_dict(bc), name=spec["backbone_name"])
     return build_dense_model(spec, backbone)
 
 
@@ -384,13 +390,19 @@ def train_batch(cfg: DenseConfig, ds, indices, epoch: int, label_offset: int, me
 @torch.no_grad()
 def evaluate_dense(model: torch.nn.Module, spec: dict, val, *, gt: dict | None = None, area_ranges=None,
                    batch_size: int = 8, max_images: int | None = None, log: Callable[[str], None] | None = None,
-                   every_s: float = PROGRESS_EVERY_S) -> dict:
-    """Box AP (and mask AP for Mask R-CNN) with COCOeval, or mIoU, of ``model`` on ``val``."""
+                   every_s: float = PROGRESS_EVERY_S, keep: bool = False) -> dict:
+    """Box AP (and mask AP for Mask R-CNN) with COCOeval, or mIoU, of ``model`` on ``val``.
+
+    ``keep``: also return what the metric was computed from, per test image, under ``per_image``
+    (what a bootstrap over test images recomputes the metric from): a detector's COCO results
+    (``detections``, ``image_ids``), a segmenter's per-class pixel ``intersect`` and ``union`` counts
+    (images x classes)."""
     was_training = model.training
     model.eval()
     n = len(val) if max_images is None else min(len(val), max_images)
     last = time.monotonic()
     out: dict = {}
+    per: dict = {}
     try:
         if spec["task"] in SEGMENTERS:
             o = spec["options"]
@@ -401,12 +413,18 @@ def evaluate_dense(model: torch.nn.Module, spec: dict, val, *, gt: dict | None =
                 h, w = image.shape[-2:]
                 x = torch.nn.functional.pad(image, (0, -w % d, 0, -h % d))  # whole-image inference, padded
                 logits = model(normalize(x[None], o["mean"], o["std"]))[..., :h, :w]
+                before = (metric.intersect.clone(), metric.union.clone()) if keep else None
                 metric.update(logits.argmax(1)[0], labels)
+                if keep:
+                    per.setdefault("intersect", []).append((metric.intersect - before[0]).long().tolist())
+                    per.setdefault("union", []).append((metric.union - before[1]).long().tolist())
                 if log and time.monotonic() - last >= every_s:
                     log(f"eval {i + 1}/{n} images")
                     last = time.monotonic()
             r = metric.compute()
             out = {"mIoU": r["mIoU"], "aAcc": r["aAcc"], "IoU": r["IoU"]}
+            if keep:
+                out["per_image"] = per
         else:
             offset = 1 if spec["task"] == "mask_rcnn" else 0
             boxes, masks, ids = [], [], []
@@ -428,6 +446,8 @@ def evaluate_dense(model: torch.nn.Module, spec: dict, val, *, gt: dict | None =
                 out.update({f"mask_{k}": v for k, v in coco_evaluate(gt, masks, "segm", area_ranges=area_ranges,
                                                                      image_ids=ids).items()})
             out["detections"] = len(boxes)
+            if keep:
+                out["per_image"] = {"detections": boxes, "image_ids": ids}
     finally:
         model.train(was_training)
     return out
