@@ -719,3 +719,129 @@ def holm(records: list[dict], alpha: float | None = None, *, allow_image_only: b
             new["verdict"] = INCONCLUSIVE
         out.append(new)
     return out
+
+
+# -- seed-aware intervals of a dataset-level metric (AP, mIoU) ------------------------------------
+def bootstrap_weights(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) image counts of ``n_boot`` resamples of ``n`` test images with replacement
+    (multinomial; ``numpy.random.default_rng(seed)``): row b counts how often each image is drawn."""
+    if n < 1 or n_boot < 2:
+        raise ValueError(f"a bootstrap needs >= 1 image and >= 2 resamples, got {n} and {n_boot}")
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+
+
+def metric_with_seeds(metric, runs_a: dict, runs_b: dict, *, n_images: int, n_boot: int = 200,
+                      boot_seed: int = 0, scale: float = 100.0, calibration=None, level: float = 0.95,
+                      seed_term: str = "auto", min_seeds: int = 5, df_rule: str = "upper") -> dict:
+    """A - B of a *dataset-level* metric (COCO AP, mIoU: not a mean of per-image values), models
+    paired by seed and by test image, with the seed-aware interval of :func:`paired_with_seeds`'s
+    conventions (same keys, ``seed_source``, ``df_rule``, the image-only floor, :func:`judge` and
+    :func:`holm` apply unchanged).
+
+    ``metric(run, weights)``: the metric of ``run`` (whatever a run's per-image record is, e.g.
+    ``mixerlab.dense.metrics.coco_matches``) on its ``n_images`` test images each counted
+    ``weights[i]`` times (``None``: once each), as a fraction; ``runs_a`` / ``runs_b``: ``{seed:
+    run}``, paired by seed id (seeds not in both are left out, named in ``note``). Differences are
+    reported times ``scale`` (100: points).
+
+    The crossed seed x image decomposition of the module docstring, with the image resampling
+    done by recomputing the metric (no per-image values to average):
+
+    * per-seed differences ``d_s`` on all test images; **seed term** ``var_s(d_s) / S`` with
+      ``S - 1`` degrees of freedom (>= 2 seeds), or the calibration's;
+    * ``n_boot`` paired resamples of the test images (:func:`bootstrap_weights`, the same images
+      for every seed and both models): ``D[b, s]`` is seed s's difference on resample b. The image
+      variance of the seed-averaged difference is ``var_b(mean_s D[b, s])`` (the bootstrap
+      estimate of ``sigma_b^2 / N + sigma_g^2 / (S N)``); the mean over seeds of
+      ``var_b(D[b, s])`` estimates ``sigma_b^2 / N + sigma_g^2 / N``, so their difference times
+      ``1 / (S - 1)`` is the interaction ``sigma_g^2 / (S N)`` already in the seed term, which the
+      image term gives back (as ``MS_resid / (S N)`` does for per-image correctness) -- never
+      below the image-only variance ``var_b(mean_s D[b, s])`` in total (the floor).
+
+    For a metric that is a mean of per-image values (accuracy) this is :func:`paired_with_seeds`
+    with the moment formulas replaced by their bootstrap estimates (``tests/test_compare_dense.py``
+    checks the two against each other). Returns the record of :func:`paired_with_seeds` plus
+    ``n_boot`` and ``boot_seed``."""
+    if df_rule not in DF_RULES:
+        raise ValueError(f"df_rule must be one of {DF_RULES}, got {df_rule!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if seed_term not in ("auto", SEEDS, CALIBRATION, NONE):
+        raise ValueError(f"seed_term must be 'auto', 'seeds', 'calibration' or 'none', got {seed_term!r}")
+    if not isinstance(runs_a, dict) or not isinstance(runs_b, dict):
+        raise ValueError("metric_with_seeds takes two {seed: run} mappings")
+    ids = sorted(set(runs_a) & set(runs_b))
+    dropped = sorted(set(runs_a) ^ set(runs_b))
+    if not ids:
+        raise ValueError(f"no seed common to both runs: models are paired by seed (seeds: {sorted(runs_a)} "
+                         f"and {sorted(runs_b)})")
+    cal = _check_calibration(calibration)
+    n, s = int(n_images), len(ids)
+    if n < 1:
+        raise ValueError(f"no test images (n_images={n_images})")
+
+    def diff(k, w=None):
+        va, vb = metric(runs_a[k], w), metric(runs_b[k], w)
+        if not (math.isfinite(va) and math.isfinite(vb)):
+            raise ValueError(f"the metric is not finite for seed {k} ({va}, {vb})")
+        return scale * (va - vb)
+
+    per_seed = np.array([diff(k) for k in ids])
+    est = float(per_seed.mean())
+    weights = bootstrap_weights(n, n_boot, boot_seed)
+    boot = np.array([[diff(k, w) for k in ids] for w in weights])  # (n_boot, S)
+    v_image_all = float(boot.mean(axis=1).var(ddof=1))
+    if s >= 2:
+        s2_seed = float(per_seed.var(ddof=1))
+        within = float(boot.var(axis=0, ddof=1).mean())  # one seed's image variance, averaged
+        inter = max(0.0, (within - v_image_all) / (s - 1))  # sigma_g^2 / (S N)
+        pure_seed_var = max(0.0, s2_seed - s * inter)
+    else:
+        s2_seed = inter = pure_seed_var = None
+    source = seed_term
+    if source == "auto":
+        if s >= 2 and (cal is None or s >= min_seeds):
+            source = SEEDS
+        elif cal is not None:
+            source = CALIBRATION
+        else:
+            source = NONE
+    if source == SEEDS and s < 2:
+        raise ValueError("seed_term='seeds' needs at least 2 seeds")
+    if source == CALIBRATION and cal is None:
+        raise ValueError("seed_term='calibration' needs a calibration")
+    if source == SEEDS:
+        v_seed, df_seed = s2_seed / s, float(s - 1)
+        v_image = max(0.0, v_image_all - inter, v_image_all - v_seed)  # the floor, as in _seed_stat
+        v_between = s2_seed
+    elif source == CALIBRATION:
+        v_seed, df_seed = cal.sd ** 2 / s, cal.df
+        v_image = v_image_all
+        v_between = cal.sd ** 2 + (s * inter if s >= 2 else v_image_all)
+    else:
+        v_seed, df_seed = 0.0, math.inf
+        v_image = v_image_all
+        v_between = v_image_all * s
+    var = v_seed + v_image
+    df_image = float(max(n - 1, 1))
+    if source == SEEDS and df_rule == "min":
+        df = df_seed
+    elif source == SEEDS and df_rule == "upper":
+        df = _welch_df([(v_seed * df_seed / chi2_quantile(0.25, df_seed), df_seed), (v_image, df_image)])
+    else:
+        df = _welch_df([(v_seed, df_seed), (v_image, df_image)])
+    half = t_quantile(0.5 + level / 2.0, df) * math.sqrt(var) if var > 0 else 0.0
+    notes = []
+    if source == NONE:
+        notes.append("one seed and no calibration: the interval covers test images only")
+    if dropped:
+        notes.append(f"seeds {dropped} not in every run, left out")
+    return dict(diff=est, lo=est - half, hi=est + half, se=math.sqrt(var), df=df, level=level, n=n,
+                seeds=s, seed_ids=list(ids), per_seed=[float(v) for v in per_seed],
+                seed_sd=None if s2_seed is None else math.sqrt(s2_seed),
+                seed_sd_pure=None if pure_seed_var is None else math.sqrt(pure_seed_var),
+                seed_source=source, seed_var=v_seed, image_var=v_image, between_seed_var=v_between,
+                calibration_sd=None if cal is None else cal.sd,
+                calibration_seeds=None if cal is None else cal.seeds,
+                calibration_what=None if cal is None else cal.what,
+                n_boot=int(n_boot), boot_seed=int(boot_seed), note="; ".join(notes) or None)
