@@ -9,7 +9,8 @@ def add_parser(sub):
         "compare", help="re-run the papers' central experiments and write a report",
         description="Train the models of the papers' central experiments (E1 every mixer at matched size, "
                     "E2 ConViT vs DeiT with less data, E3 DeepViT vs ViT in depth, E4 mixers in one "
-                    "MetaFormer backbone, E5 LaViT's less attention) on one recipe, with learning rates "
+                    "MetaFormer backbone, E5 LaViT's less attention, E6 PoolFormer / LaViT / ResNet-18 as "
+                    "RetinaNet and Semantic FPN backbones on Fashion-MNIST scenes) on one recipe, with learning rates "
                     "chosen on a validation split, then write OUT/report.md (paired 95 % intervals holding "
                     "the test images and the training seeds, Holm-corrected per experiment, and a verdict "
                     "per claim: agrees / does not agree / inconclusive, with the probability that a rerun "
@@ -22,8 +23,10 @@ def add_parser(sub):
                    help="fashion-mnist (default) | cifar10 | cifar100 | imagefolder | synthetic")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the Debian package's)")
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<preset>)")
-    p.add_argument("--experiments", nargs="+", default=None, metavar="E",
-                   help="subset of E1 E2 E3 E4 E5")
+    from ..compare.experiments import list_experiments
+    p.add_argument("--experiments", nargs="+", default=None, metavar="E", choices=list_experiments(),
+                   help=f"subset of {' '.join(list_experiments())} (E6, the dense experiment, runs in "
+                        "standard, full and gpu; quick leaves it out)")
     p.add_argument("--jobs", type=int, default=None,
                    help="train this many runs at once in separate processes (default: the preset's, gpu: "
                         "8; else 2: one thread each on 2 CPU cores, 1.25-1.3x the images/s of one "

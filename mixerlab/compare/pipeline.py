@@ -9,7 +9,8 @@ import platform
 import time
 from pathlib import Path
 
-from .experiments import RunSpec, list_experiments, plan, selected_experiments
+from .experiments import RunSpec, get_experiment, list_experiments, plan, selected_experiments
+from .experiments.base import dense_plan
 from .presets import Preset, get_preset
 from .report import aggregate, run_rows, write_report, write_tables
 from .runner import Runner, RunResult, build_config
@@ -237,7 +238,10 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
     t0 = time.time()
     specs = plan(p)
     cal_path = resolve_table(calibration or p.calibration) if (calibration or p.calibration) else None
-    calibrations = check_table(cal_path, specs, p.name) if cal_path else None
+    dense_specs = dense_plan(p)  # E6: fine-tuned from the classification runs, after them
+    # a calibration table covers the configurations whose criteria are on test top-1 (E6's are not)
+    cal_specs = [s for s in specs if get_experiment(s.exp).uses_accuracy_calibration]
+    calibrations = check_table(cal_path, cal_specs, p.name) if cal_path else None
     check_preset(p, data, data_dir, specs)  # before anything is written
     check_folder(out, "compare")
     kw = dict(out=out, data=data, data_dir=data_dir, log=log, jobs=jobs, threads_per_job=threads_per_job)
@@ -260,8 +264,16 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
         lrs, lr_info = lr_table(p, specs, report_only=report_only, **kw)
         results = Runner(out, p, data=data, data_dir=data_dir, log=log, jobs=jobs, lrs=lrs,
                          threads_per_job=threads_per_job, report_only=report_only).run_all(specs)
+        dense = []
+        if dense_specs:
+            from .dense_runs import run_dense
+            per_job = threads_per_job or max(1, (os.cpu_count() or 1) // jobs)
+            dense = run_dense(out, p, dense_specs, results, data_dir=data_dir if data == "fashion-mnist" else None,
+                              log=log, threads=per_job * jobs, report_only=report_only)
         macs = _macs(results)
         analyses = _analyses(results, p, data, data_dir, log)
+        for r in dense:
+            analyses.setdefault(r.spec.exp, {}).setdefault("dense", []).append(r)
         rows = run_rows(results, macs)
         agg = aggregate(rows, calibrations)
         device = build_config(specs[0], p, p.seeds[0], data, data_dir).device if specs else "auto"
@@ -270,9 +282,11 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
         report, sections = write_report(out, p, data, rows, agg, analyses, machine, wall,
                                         experiments=selected_experiments(p), lr_info=lr_info)
         tests = {k: dict(verdict=sec.word, tests=sec.tests) for k, sec in sections.items()}
+        from .dense_runs import result_row as dense_row
         write_tables(out, rows, agg, extra=dict(
             preset=p.name, data=data, seeds=list(p.seeds), machine=machine, wall_s=wall, tests=tests, lr=lr_info,
             calibration=None if cal_path is None else str(cal_path),
+            dense=[dense_row(r) for r in dense],
             statistics=dict(
                 interval="seed-aware (mixerlab.compare.stats.paired_with_seeds): crossed seed x image "
                          "variance, per-seed paired differences plus the image term, t with guarded "

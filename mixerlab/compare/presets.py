@@ -98,6 +98,10 @@ class Preset:
     jobs: int | None = None  # runs trained at once when the caller does not say (CLI --jobs); None: 2 (CLI)
 
 
+# E6 at toy size (the smoke preset and every --dry-run): tiny scenes, a few iterations, a small
+# bootstrap; it checks the plumbing (backbone runs -> dense runs -> statistics -> report), not numbers
+E6_TOY = dict(scenes_train=4, scenes_test=4, canvas=64, iters=2, batch_size=2, n_boot=20)
+
 PRESETS = {
     "smoke": Preset(
         "smoke", data="synthetic", train_fraction=1.0, val_images=16, epochs=1, batch_size=16, lr=1e-3,
@@ -105,11 +109,12 @@ PRESETS = {
         train_overrides=dict(synthetic_size=64, bn_calibration_batches=2, num_threads=1),
         knobs={"E2": {"fractions": (0.5, 1.0)}, "E3": {"depths": (2, 3)},
                "E4": {"v2_variants": ("identity", "random", "caformer")},
-               "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}}),
+               "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}, "E6": dict(E6_TOY)}),
     "quick": Preset(
         "quick", train_fraction=0.5, val_fraction=1.0, val_images=5000, epochs=2, batch_size=64,
         warmup_epochs=0.1, scale=CPU_SCALE, lr_table="lr_table_quick.json", analysis_images=64,
         sweep_lrs=(1e-3, 2e-3, 4e-3), sweep_fraction=0.05, sweep_epochs=1,  # what made the table
+        experiments=("E1", "E2", "E3", "E4", "E5"),  # E6's dense fine-tuning does not fit 15 minutes
         train_overrides=dict(eval_every=1, bn_calibration_batches=10),
         knobs={"E2": {"fractions": (0.05, 0.5)}, "E3": {"depths": (4, 8)}, "E4": {"v2_variants": ()},
                "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}}),
@@ -146,7 +151,7 @@ def dry_run_preset(p: Preset) -> Preset:
     """``p`` shrunk to toy sizes on the CPU (``mixerlab compare --preset NAME --dry-run``): the same
     experiments and variants, its first two seeds and the first two LRs of its sweep grid, on 64
     synthetic images, one epoch of the CPU scale (``CPU_SCALE``) of its models, E2 at 50 % and
-    100 % and E3 at 2 and 3 blocks, no calibration table, on the CPU. What it checks is the
+    100 % and E3 at 2 and 3 blocks, E6 at toy size (``E6_TOY``), no calibration table, on the CPU. What it checks is the
     plumbing (every run builds, trains, is predicted, analysed and reported, the seed-aware
     statistics have two seeds to work with), not the numbers."""
     import dataclasses
@@ -154,6 +159,7 @@ def dry_run_preset(p: Preset) -> Preset:
     knobs = {k: dict(v) for k, v in (p.knobs or {}).items()}
     knobs.setdefault("E2", {})["fractions"] = (0.5, 1.0)
     knobs.setdefault("E3", {})["depths"] = (2, 3)
+    knobs.setdefault("E6", {}).update(E6_TOY)
     return dataclasses.replace(
         smoke, name=f"{p.name}-dry-run", experiments=p.experiments, seeds=tuple(p.seeds[:2]), scale=CPU_SCALE,
         sweep_lrs=tuple(p.sweep_lrs[:2]), sweep_fraction=1.0, sweep_epochs=1, sweep_extend=0, knobs=knobs,

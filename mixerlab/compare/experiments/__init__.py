@@ -14,6 +14,9 @@ classes.
   identity mixers and the pool-pool-attention-attention hybrid in one hierarchical backbone.
 * E5 (``e5_less_attention``; LaViT arXiv 2406.00427): less attention replacing more of each
   stage's attention, with and without the diagonality-preserving loss.
+* E6 (``e6_dense``; PoolFormer arXiv 2111.11418 sec. 4.2-4.3, LaViT arXiv 2406.00427): PoolFormer,
+  LaViT and the ResNet-18 anchor as RetinaNet and Semantic FPN backbones on the Fashion-MNIST
+  scenes, fine-tuned from the classification runs (E1's, by hash).
 
 A new experiment is one module defining a frozen dataclass ``Experiment`` subclass (``id``,
 ``title``, ``claim``, knobs as fields, ``plan``, ``section``) registered with
@@ -21,11 +24,11 @@ A new experiment is one module defining a frozen dataclass ``Experiment`` subcla
 """
 from __future__ import annotations
 
-from .base import (Experiment, RunSpec, Section, get_experiment, list_experiments, plan,
+from .base import (Experiment, RunSpec, Section, dense_plan, get_experiment, list_experiments, plan,
                    register_experiment, selected_experiments, unregister_experiment, with_train_args)
-from . import e1_matched, e2_data, e3_depth, e4_mixers, e5_less_attention  # noqa: E402,F401 (registers E1-E5)
+from . import e1_matched, e2_data, e3_depth, e4_mixers, e5_less_attention, e6_dense  # noqa: E402,F401 (registers E1-E6)
 from .e1_matched import MICRO_FAMILIES
 
-__all__ = ["Experiment", "MICRO_FAMILIES", "RunSpec", "Section", "get_experiment", "list_experiments",
+__all__ = ["Experiment", "MICRO_FAMILIES", "RunSpec", "Section", "dense_plan", "get_experiment", "list_experiments",
            "plan", "register_experiment", "selected_experiments", "unregister_experiment",
            "with_train_args"]

@@ -4,7 +4,8 @@ An experiment is a frozen dataclass deriving from :class:`Experiment`: its class
 ``id``, ``title`` and ``claim`` say what it tests, its dataclass fields are its *knobs* (e.g.
 E3's ``depths``) with their defaults, ``plan(preset)`` lists the training runs it needs
 (:class:`RunSpec`, variants expressed as zoo builder arguments or config fields, never as new
-classes) and ``section(aggs, analyses, fig_dir)`` turns their results into its report section.
+classes) and ``section(aggs, analyses, fig_dir)`` turns their results into its report section. An experiment may
+also fine-tune dense models from its classification runs (``dense_plan``, E6).
 A preset overrides knobs through ``Preset.knobs`` (``{"E3": {"depths": (4, 8, 12)}}``), applied
 by :meth:`Experiment.for_preset`.
 
@@ -69,6 +70,9 @@ class Experiment:
     # The verdict's criteria (mixerlab.compare.stats.Criterion), fixed in the module before any run
     # and derived from the paper's effect (the derivation is in the module docstring).
     criteria: ClassVar[tuple] = ()
+    # whether the criteria are on the test top-1 of the planned runs (so a preset's seed-calibration
+    # table must hold its configurations); E6's are on dense metrics, with no calibration
+    uses_accuracy_calibration: ClassVar[bool] = True
 
     def knobs(self) -> dict:
         """The knobs and their values."""
@@ -88,6 +92,12 @@ class Experiment:
 
     def plan(self, preset) -> list[RunSpec]:
         raise NotImplementedError
+
+    def dense_plan(self, preset) -> list:
+        """The dense runs (``mixerlab.compare.dense_runs.DenseSpec``) this experiment fine-tunes
+        from its classification runs, after them; none by default. Their results reach
+        :meth:`section` as ``analyses["dense"]`` (a list of ``DenseResult``)."""
+        return []
 
     def section(self, aggs: list[dict], analyses: dict, fig_dir: Path) -> Section:
         """The report section from this experiment's aggregated rows (``report.aggregate``) and
@@ -138,6 +148,14 @@ def plan(preset) -> list[RunSpec]:
     runs = []
     for exp in selected_experiments(preset):
         runs.extend(exp.plan(preset))
+    return runs
+
+
+def dense_plan(preset) -> list:
+    """Every dense run of the preset's experiments, in experiment order."""
+    runs = []
+    for exp in selected_experiments(preset):
+        runs.extend(exp.dense_plan(preset))
     return runs
 
 
