@@ -39,9 +39,9 @@ def smoke(tmp_path_factory):
 def test_smoke_writes_report_with_every_experiment(smoke):
     out, res, logs = smoke
     report = (out / "report.md").read_text()
-    for exp in ("E1", "E2", "E3", "E4", "E5"):
+    for exp in ("E1", "E2", "E3", "E4", "E5", "E6"):
         assert f"## {exp}:" in report
-    assert report.count("**Verdict.**") == 5
+    assert report.count("**Verdict.**") == 6
     for fig in ("e1_acc_vs_macs", "e2_acc_vs_fraction", "e2_gates", "e3_acc_vs_depth", "e3_similarity",
                 "e4_mixers", "e5_acc_vs_macs", "e5_token_similarity", "e1_val_curves", "e2_val_curves",
                 "e3_val_curves", "e4_val_curves", "e5_val_curves"):
@@ -398,7 +398,10 @@ def test_presets_plan_the_runs_they_planned_before(name):
         + [("E4", k, "identityformer_micro" if k == "identity" else "poolformer_micro", None)
            for k in ("attention", "pooling", "random", "identity", "hybrid")]
         + [("E4", f"v2 {k}", "poolformerv2_micro", None) for k in _V2_ROWS[name]]
-        + [("E5", v, "lavit_micro", _LA_LAYERS[v]) for v in variants])
+        + [("E5", v, "lavit_micro", _LA_LAYERS[v]) for v in variants]
+        # E6's backbones: E1's runs by hash (tests/test_compare_dense.py); quick leaves E6 out
+        + ([] if name == "quick" else [("E6", "poolformer", "poolformer_micro", None),
+                                       ("E6", "lavit", "lavit_micro", None), ("E6", "resnet18", "timm:resnet18", None)]))
     for s in specs:  # every run resolves to a valid model config and training config
         _resolved(s)
         cfg = build_config(s, p, p.seeds[0], p.data, None)
@@ -433,16 +436,16 @@ def test_preset_knobs_override_an_experiment():
 
 
 def test_experiment_registry():
-    assert list_experiments()[:5] == ["E1", "E2", "E3", "E4", "E5"]
+    assert list_experiments()[:6] == ["E1", "E2", "E3", "E4", "E5", "E6"]
     assert get_experiment("E2").fractions == (0.01, 0.025, 0.05)
     with pytest.raises(ValueError, match="registered twice"):
         register_experiment(get_experiment("E1"))
-    with pytest.raises(ValueError, match=r"unknown experiment 'E6'.*allowed: \['E1'"):
-        get_experiment("E6")
-    with pytest.raises(ValueError, match="no experiment 'E6' is registered"):
-        unregister_experiment("E6")
-    with pytest.raises(ValueError, match=r"unknown experiment\(s\) \['E6'\]"):
-        run_compare("smoke", out="/nonexistent", experiments=["E6"])
+    with pytest.raises(ValueError, match=r"unknown experiment 'E7'.*allowed: \['E1'"):
+        get_experiment("E7")
+    with pytest.raises(ValueError, match="no experiment 'E7' is registered"):
+        unregister_experiment("E7")
+    with pytest.raises(ValueError, match=r"unknown experiment\(s\) \['E7'\]"):
+        run_compare("smoke", out="/nonexistent", experiments=["E7"])
 
 
 @dataclass(frozen=True)
@@ -503,11 +506,11 @@ def test_report_sections_have_intervals_and_a_verdict_word(smoke):
     report = (out / "report.md").read_text()
     summary = report.split("## Verdicts", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in summary.splitlines() if line.startswith("| E")]
-    assert [r.split("|")[1].strip() for r in rows] == ["E1", "E2", "E3", "E4", "E5"]
+    assert [r.split("|")[1].strip() for r in rows] == ["E1", "E2", "E3", "E4", "E5", "E6"]
     assert all(any(f"**{w}**" in r for w in WORDS) for r in rows)
     assert "No GPU result exists" not in report and "Ran on: CPU (" in report
     sections = re.split(r"\n## (?=E\d:)", report)[1:]
-    assert len(sections) == 5
+    assert len(sections) == 6
     for sec in sections:
         verdict = next(line for line in sec.splitlines() if line.startswith("**Verdict.**"))
         assert sum(f"**{w}**" in verdict for w in WORDS) == 1, verdict

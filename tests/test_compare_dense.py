@@ -281,7 +281,8 @@ def _has_fashion_mnist() -> bool:
 @pytest.mark.skipif(not _has_fashion_mnist(), reason="the scenes are made from the Fashion-MNIST files")
 def test_e6_dry_run_end_to_end_and_cached(tmp_path, monkeypatch):
     """full's E6 at toy size (--dry-run, its first two seeds): backbone runs, 12 dense runs over two seeds, the
-    statistics, the section and its figure; a second call finds every run in the cache."""
+    statistics, the section and its figure; a second call finds every run in the cache (~40 s on
+    2 busy cores)."""
     import time
 
     from mixerlab.compare import run_compare
@@ -293,6 +294,7 @@ def test_e6_dry_run_end_to_end_and_cached(tmp_path, monkeypatch):
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     dense = res["dense"]
     assert len(dense) == 12 and all(r["status"] == "done" for r in dense), [r["error"] for r in dense]
+    assert any("12 to train" in line for line in logs)
     assert {(r["task"], r["label"]) for r in dense} == {(t, b) for t in ("retinanet", "semantic_fpn")
                                                        for b in ("poolformer", "lavit", "resnet18")}
     tests = res["tests"]["E6"]["tests"]
@@ -309,3 +311,24 @@ def test_e6_dry_run_end_to_end_and_cached(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "o" / "results.json").read_text())["tests"]["E6"]["tests"][0]["diff"] == \
         tests[0]["diff"]
     assert took < 120, took
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_fashion_mnist(), reason="the scenes are made from the Fashion-MNIST files")
+def test_e6_dense_runs_in_worker_processes_match_one_process(tmp_path, monkeypatch):
+    """--jobs 2: the dense runs train in two spawned workers; the same hashes and metrics as one
+    process (the results do not depend on it)."""
+    from mixerlab.compare import run_compare
+    monkeypatch.setenv("MIXERLAB_CACHE", str(tmp_path / "cache"))
+    logs = []
+    for out, jobs in (("one", 1), ("two", 2)):
+        run_compare("full", dry_run=True, experiments=["E6"], out=tmp_path / out, jobs=jobs, threads_per_job=1,
+                    log=logs.append)
+    assert any("12 to train (2 at once)" in line for line in logs)
+    one, two = ({Path(r["run_dir"]).name: r["metrics"] for r in json.loads((tmp_path / o / "results.json")
+                 .read_text())["dense"]} for o in ("one", "two"))
+    assert one.keys() == two.keys() and len(one) == 12
+    for k in one:
+        for m in ("box_AP", "mIoU"):
+            if m in one[k]:
+                assert one[k][m] == pytest.approx(two[k][m], abs=1e-6), k

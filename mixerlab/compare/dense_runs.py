@@ -18,8 +18,9 @@ by hash) and the ``mixerlab.dense`` config overrides (``dense_config("small", **
 * a backbone run that failed or is missing makes its dense runs fail (named); a dense run that
   fails is recorded with one line (``error.txt`` holds the traceback) and the others go on.
 
-Dense runs train one at a time in this process with every thread the compare was given (the
-dense engine trains on the CPU only).
+Dense runs train as the classification runs do: ``jobs`` at once in spawned worker processes of
+``threads_per_job`` threads each, or one at a time in this process (the dense engine trains on
+the CPU only, also in the ``gpu`` preset).
 """
 from __future__ import annotations
 
@@ -158,9 +159,11 @@ def evaluate_for_compare(run_dir: Path, data_dir=None, log=None) -> dict:
 
 
 def run_dense(out: Path, preset, specs: list[DenseSpec], results, *, data_dir=None, log=print,
-              threads: int | None = None, report_only: bool = False) -> list[DenseResult]:
+              threads: int | None = None, processes: int = 1, report_only: bool = False) -> list[DenseResult]:
     """Run (or take from the cache) every dense run of ``specs`` for each of the preset's seeds,
-    after the classification runs ``results`` (``runner.RunResult``) that hold their backbones."""
+    after the classification runs ``results`` (``runner.RunResult``) that hold their backbones.
+    ``threads``: intra-op threads of each run; ``processes`` > 1: that many runs at once in
+    spawned worker processes (as the classification runner's ``jobs``; results do not depend on it)."""
     runs_dir = Path(out) / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     jobs = []
@@ -168,9 +171,8 @@ def run_dense(out: Path, preset, specs: list[DenseSpec], results, *, data_dir=No
         for seed in preset.seeds:
             bb = next((r for r in results if r.spec == spec.backbone and r.seed == seed), None)
             jobs.append((spec, seed, bb))
-    todo = sum(1 for *_, bb in jobs if bb is not None)
-    log(f"compare: {len(jobs)} dense runs ({todo} with a planned backbone run)")
-    out_list, t0, done = [], time.time(), 0
+    out_list: list = []
+    pending = []  # (position in out_list, spec, seed, cfg, run_dir, backbone dir)
     for spec, seed, bb in jobs:
         what = f"{spec.exp} {spec.task} on {spec.label} seed {seed}"
         if bb is None:
@@ -199,20 +201,67 @@ def run_dense(out: Path, preset, specs: list[DenseSpec], results, *, data_dir=No
             out_list.append(DenseResult(spec, seed, run_dir, "missing", error="not trained yet (report_only)",
                                         backbone_dir=bb.run_dir))
             continue
-        done += 1
-        log(f"[dense {done}] {what} -> {run_dir.name}")
-        out_list.append(_train_eval(spec, seed, cfg, run_dir, bb.run_dir, data_dir, log))
-        r = out_list[-1]
+        out_list.append(None)
+        pending.append((len(out_list) - 1, spec, seed, cfg, run_dir, bb.run_dir))
+    log(f"compare: {len(jobs)} dense runs, {sum(r is not None and r.status == 'cached' for r in out_list)} cached, "
+        f"{len(pending)} to train" + (f" ({processes} at once)" if processes > 1 and len(pending) > 1 else ""))
+    t0 = time.time()
+
+    def report(n, r):
+        what = f"[dense {n}/{len(pending)}] {r.spec.exp} {r.spec.task} on {r.spec.label} seed {r.seed}"
         if r.status == "done":
-            key = "box_AP" if spec.task == "retinanet" else "mIoU"
-            log(f"    {key} {r.metrics['metrics'].get(key, float('nan')):.4f} ({r.seconds:.0f} s; "
-                f"{(time.time() - t0) / 60:.1f} min of dense runs so far)")
+            key = "box_AP" if r.spec.task == "retinanet" else "mIoU"
+            log(f"{what}: {key} {r.metrics['metrics'].get(key, float('nan')):.4f} ({r.seconds:.0f} s; "
+                f"{(time.time() - t0) / 60:.1f} min of dense runs so far) -> {r.run_dir.name}")
         else:
-            log(f"    {what}: FAILED: {r.error}")
+            log(f"{what}: FAILED: {r.error}")
+
+    if processes > 1 and len(pending) > 1:
+        _run_parallel(pending, out_list, processes, threads, data_dir, report)
+    else:
+        for n, (i, spec, seed, cfg, run_dir, bb_dir) in enumerate(pending, 1):
+            out_list[i] = _train_eval(spec, seed, cfg, run_dir, bb_dir, data_dir)
+            report(n, out_list[i])
     return out_list
 
 
-def _train_eval(spec, seed, cfg, run_dir: Path, backbone_dir: Path, data_dir, log) -> DenseResult:
+def _run_parallel(pending, out_list, processes, threads, data_dir, report) -> None:
+    """The pending runs in ``processes`` spawned workers (the classification runner's worker set-up:
+    Ctrl-C / SIGTERM stops them, each saving a resumable checkpoint)."""
+    import multiprocessing as mp
+    import os
+    import signal
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from .runner import _init_worker
+    pool = ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(threads or 1,))
+    try:
+        futures = {pool.submit(_train_eval, spec, seed, cfg, run_dir, bb_dir, data_dir): (i, spec, seed, run_dir, bb_dir)
+                   for i, spec, seed, cfg, run_dir, bb_dir in pending}
+        for n, fut in enumerate(as_completed(futures), 1):
+            i, spec, seed, run_dir, bb_dir = futures[fut]
+            try:
+                r = fut.result()
+            except Exception as e:  # the worker itself died (e.g. killed for memory)
+                r = DenseResult(spec, seed, run_dir, "failed", error=f"worker process failed: {type(e).__name__}: {e}",
+                                backbone_dir=bb_dir)
+            out_list[i] = r
+            report(n, r)
+    except KeyboardInterrupt:
+        procs = list((pool._processes or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            proc.join(timeout=120)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _train_eval(spec, seed, cfg, run_dir: Path, backbone_dir: Path, data_dir) -> DenseResult:
+    """Train (or resume) and evaluate one dense run; never raises but for KeyboardInterrupt."""
     import torch
 
     from ..dense.train import train_dense

@@ -269,7 +269,7 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
             from .dense_runs import run_dense
             per_job = threads_per_job or max(1, (os.cpu_count() or 1) // jobs)
             dense = run_dense(out, p, dense_specs, results, data_dir=data_dir if data == "fashion-mnist" else None,
-                              log=log, threads=per_job * jobs, report_only=report_only)
+                              log=log, threads=per_job, processes=jobs, report_only=report_only)
         macs = _macs(results)
         analyses = _analyses(results, p, data, data_dir, log)
         for r in dense:

@@ -11,22 +11,26 @@ the test split is read once per run, after training, for the reported numbers.
 The budgets and the measurements behind them (images/s per family, the time arithmetic of each
 preset, why ``standard`` keeps a three-value LR grid) are in ``docs/compare_presets.md``.
 
-* ``smoke``: synthetic data, seconds; for tests.
+* ``smoke``: synthetic data, seconds; for tests (E6 at toy size, ``E6_TOY``).
 * ``quick`` (budget 900 s on 2 CPU cores): the CPU scale (``CPU_SCALE``), half the training pool x 2
   epochs, the committed LR table ``lr_table_quick.json`` (``python scripts/sweep_lr.py --preset
   quick``), E4's v2 rows left out (``knobs``). One seed and no calibration table: its intervals cover
   test images only and its verdicts stay inconclusive unless ``--seeds`` (>= 2) or
-  ``--calibration`` is given (what pays for seeds: ``docs/compare_presets.md``).
+  ``--calibration`` is given (what pays for seeds: ``docs/compare_presets.md``). E6 (dense) is left
+  out (``experiments`` lists E1-E5): its six fine-tuning runs cost more than the whole budget.
 * ``standard`` (budget 90 min on 2 CPU cores): the CPU scale, the whole pool x 6 epochs, an LR
   sweep on the validation split inside the preset, E2 at 5 % and 100 % (a small-fraction run trains
-  as long as a full one under ConViT's protocol, so one small fraction fits), E4's v2 rows.
+  as long as a full one under ConViT's protocol, so one small fraction fits), E4's v2 rows, E6 at
+  its default knobs (the dense ``small`` recipe: 1,000 + 200 scenes of 128 px, 250 iterations;
+  its cost, which takes the preset past 90 min, is in ``docs/compare_presets.md``).
 * ``full``: sized for one GPU: the ``*_micro`` models as the zoo defines them (32 px), the full
   pool, 30 epochs, three seeds, an extended LR sweep inside (~60 min on an H200: more than the
   15-minute loan of a device).
 * ``gpu`` (budget 8 min on one H100/H200 from a cold start; needs CUDA): the ``*_micro`` models,
   three seeds per run, the whole pool x 5 epochs at batch 512 in bf16, 8 runs side by side, an LR
   sweep inside; E2 at 10 % and 100 % with ConViT's epoch scaling; E4's v2 rows left out.
-  ``--dry-run`` (:func:`dry_run_preset`) tries it on a CPU at toy sizes.
+  ``--dry-run`` (:func:`dry_run_preset`) tries it on a CPU at toy sizes. E6's dense runs train on
+  the host's CPU (the dense engine has no CUDA path): the 8 minutes do not cover them.
 """
 from __future__ import annotations
 

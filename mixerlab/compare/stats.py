@@ -78,6 +78,17 @@ is given and the run has fewer seeds, and absent (``"none"``: image-only, flagge
 decisive verdict unless asked) with one seed and no calibration. Every record says which
 (``seed_source``).
 
+**Dataset-level metrics** (:func:`metric_with_seeds`; compare's E6: COCO box AP, mIoU). A metric
+that is not a mean over images has no per-image values to average, so the image term is measured
+by recomputing the metric on paired bootstrap resamples of the test images (the same resample for
+every seed and both models; the metric of a weighted image set, e.g.
+``mixerlab.dense.metrics.ap_from_matches``): ``var_b`` of the seed-averaged difference is the image
+term, the mean over seeds of each seed's ``var_b`` less it, over ``S - 1``, the interaction that
+the seed term already holds (the bootstrap counterparts of ``var_i(Dbar_i) / N`` and
+``MS_resid / (S N)``). Seed term, calibration, the floor, degrees of freedom and the records are as
+above; for a per-image mean it agrees with :func:`paired_with_seeds` up to the bootstrap's error
+(``tests/test_compare_dense.py``).
+
 Verdicts
 --------
 * :class:`Criterion` and :func:`verdict`: a claim is fixed *before* the run as "the difference is
