@@ -32,7 +32,10 @@ What runs (decisions, in the order they were made):
   unchanged, so strides differ: at the CPU scale PoolFormer and LaViT have stage strides 2/4/8/16
   (their 28/32 px stems), ResNet-18 4/8/16/32 (its stride-4 stem). The PoolFormer paper compares
   at equal strides (4-32). Here the pooling and less-attention backbones see finer maps, and pay
-  for them in MACs (the table's column); the table says so, and so does the finding.
+  for them in MACs (the table's column); the table says so, and so does the finding. Counted at
+  128 px: poolformer 90.1 M, lavit 299.2 M (stage-1 attention over 64 x 64 tokens), resnet18
+  52.2 M MACs, so the MAC fact below fails at this scale, for a reason (the stems) the papers'
+  equal-stride comparison does not have.
 * **Statistics.** AP and mIoU are dataset-level metrics, not means of per-image correctness:
   :func:`mixerlab.compare.stats.metric_with_seeds` (paired by seed and by test image; seed term
   from the per-seed differences, >= 2 seeds; image term from ``n_boot`` paired bootstrap
