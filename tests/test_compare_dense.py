@@ -331,3 +331,35 @@ def test_e6_dense_runs_in_worker_processes_match_one_process(tmp_path, monkeypat
         for m in ("box_AP", "mIoU"):
             if m in one[k]:
                 assert one[k][m] == pytest.approx(two[k][m], abs=1e-6), k
+
+
+@pytest.mark.slow
+def test_metric_with_seeds_covers_the_truth_in_a_crossed_seed_x_image_simulation():
+    """Coverage of the 95 % interval of a dataset-level statistic (here a mean, so the truth is
+    known): per-image correctness from a seed effect, an image effect and their interaction, three
+    seeds, 300 images, 300 repetitions. The interval must cover the expected difference over seeds
+    and images about 95 % of the time (>= 90 % allowed for the simulation's own noise)."""
+    truth = _truth()
+    rng = np.random.default_rng(11)
+    n, s, reps, hits = 300, 3, 300, 0
+    for _ in range(reps):
+        img = rng.normal(0, 1.0, n)
+        a, b = {}, {}
+        for k in range(s):
+            sa, sb = rng.normal(0, 0.25, 2)  # seed effects of each model
+            pa = 1 / (1 + np.exp(-(0.6 + img + sa + rng.normal(0, 0.3, n))))
+            pb = 1 / (1 + np.exp(-(0.4 + img + sb + rng.normal(0, 0.3, n))))
+            a[k], b[k] = (rng.random(n) < pa).astype(float), (rng.random(n) < pb).astype(float)
+        rec = metric_with_seeds(_acc, a, b, n_images=n, n_boot=200, boot_seed=int(rng.integers(1 << 30)))
+        hits += rec["lo"] <= truth <= rec["hi"]
+    assert hits / reps >= 0.90, hits / reps
+
+
+def _truth(m=400_000, seed=123):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(0, 1.0, m)
+    sa, sb = rng.normal(0, 0.25, (2, m))
+    pa = 1 / (1 + np.exp(-(0.6 + img + sa + rng.normal(0, 0.3, m))))
+    pb = 1 / (1 + np.exp(-(0.4 + img + sb + rng.normal(0, 0.3, m))))
+    return 100 * float(np.mean(pa - pb))
+
