@@ -15,7 +15,11 @@ of ``stats``). This module keeps such measurements as a JSON table:
   measuring the statistic itself (:func:`mixerlab.compare.stats.calibrate`) is better: it keeps
   any correlation that pairing by seed induces.
 
-No calibration is shipped with this module: the numbers must come from a measured run.
+The numbers must come from a measured run: ``calibration_quick.json`` (beside this module) is
+the ``quick`` preset's, written by ``mixerlab compare --preset quick --seeds 0 1 2 3 4
+--save-calibration mixerlab/compare/calibration_quick.json`` (2 CPU cores, 2026-12-05; the run's
+report is ``docs/results/compare-quick-5seeds/``). ``quick`` does not read it by default yet:
+pass ``--calibration calibration_quick.json``.
 
 :func:`strip_plot` draws each statistic's per-seed values with its interval and threshold
 (matplotlib, Agg); numbers are computed in ``stats``, never here.
