@@ -32,7 +32,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .experiments import RunSpec
+from .experiments.base import RunSpec
 
 EVAL_FILE = "test_eval.json"
 EVAL_FORMAT = "mixerlab-compare-dense-eval/1"
@@ -229,11 +229,9 @@ def _run_parallel(pending, out_list, processes, threads, data_dir, report) -> No
     """The pending runs in ``processes`` spawned workers (the classification runner's worker set-up:
     Ctrl-C / SIGTERM stops them, each saving a resumable checkpoint)."""
     import multiprocessing as mp
-    import os
-    import signal
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from .runner import _init_worker
+    from .runner import _init_worker, stop_workers
     pool = ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                initargs=(threads or 1,))
     try:
@@ -249,13 +247,7 @@ def _run_parallel(pending, out_list, processes, threads, data_dir, report) -> No
             out_list[i] = r
             report(n, r)
     except KeyboardInterrupt:
-        procs = list((pool._processes or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in procs:
-            if proc.is_alive():
-                os.kill(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            proc.join(timeout=120)
+        stop_workers(pool)
         raise
     pool.shutdown(wait=True)
 

@@ -23,7 +23,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .experiments import RunSpec
+from .experiments.base import RunSpec
 
 
 def config_hash(cfg) -> str:
@@ -170,13 +170,7 @@ class Runner:
             # Ctrl-C / SIGTERM: no new run starts; each worker saves a resumable checkpoint of the
             # run it is training (SIGTERM -> the training loop's interrupt path) and exits.
             self.log("compare: interrupted; the workers save resumable checkpoints and stop")
-            procs = list((pool._processes or {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
-            for proc in procs:
-                if proc.is_alive():
-                    os.kill(proc.pid, signal.SIGTERM)
-            for proc in procs:
-                proc.join(timeout=120)
+            stop_workers(pool)
             raise
         finally:
             if previous is not None:
@@ -223,6 +217,18 @@ def _stop_worker(signum, frame):
     global _stopping
     _stopping = True
     raise KeyboardInterrupt
+
+
+def stop_workers(pool) -> None:
+    """Ctrl-C / SIGTERM path of a worker pool: start nothing new, SIGTERM each live worker (its
+    training loop saves a resumable checkpoint) and wait for them (at most 120 s each)."""
+    procs = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            os.kill(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        proc.join(timeout=120)
 
 
 def _init_worker(threads: int) -> None:
