@@ -182,10 +182,17 @@ def test_report_only_trains_nothing_and_lists_missing_runs(smoke, tmp_path):
     assert not list((tmp_path / "runs").iterdir())
     report = (tmp_path / "report.md").read_text()
     assert "## Runs not trained yet" in report and "not run" in report
-    # The trained folder: nothing missing, the same numbers as the run that trained them.
+    assert "wall time of this invocation" in report  # no compare trained there: nothing to keep
+    # The trained folder: nothing missing, the same numbers as the run that trained them, and the
+    # wall time of the compare that trained them (not the seconds the rewrite took), named as such.
+    trained_wall = json.loads((out / "results.json").read_text())["wall_s"]
     again = run_compare("smoke", out=out, log=lambda s: None, report_only=True)
     assert [r["top1"] for r in again["rows"]] == [r["top1"] for r in res["rows"]]
-    assert "## Runs not trained yet" not in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "## Runs not trained yet" not in report
+    assert f"that trained these runs {trained_wall / 60:.1f} min" in report and "by `--report-only` in" in report
+    kept = json.loads((out / "results.json").read_text())
+    assert kept["wall_s"] == trained_wall and kept["report_only_wall_s"] >= 0
 
 
 _INTERRUPT_SCRIPT = """
@@ -672,3 +679,22 @@ def test_lr_sweep_picks_the_best_validation_lr_and_the_runs_use_it(tmp_path, mon
         row = next(r for r in res["rows"] if r["model"] == model)
         assert row["lr"] == pytest.approx(rec["lr"])  # the run trained with the chosen LR
     assert all(not (d / "test_predictions.npz").exists() for d in (tmp_path / "sweep" / "runs").iterdir())
+
+
+def test_e5_reads_each_lavit_map_as_identity_uniform_or_attending():
+    """Issue 31 (12): E5 reports the diagonal mass of every LaViT map against 1/N_k, so a loss that
+    collapses the maps to the identity, or flattens them to uniform attention, shows in the report."""
+    from mixerlab.compare.experiments.e5_less_attention import diagonality_table
+    from mixerlab.analysis.metrics import diagonality_terms
+    import torch
+    n = 16
+    maps = {"eye": torch.eye(n), "flat": torch.full((n, n), 1.0 / n),
+            "peaked": torch.softmax(torch.randn(n, n, generator=torch.Generator().manual_seed(0)) * 3, -1)}
+    rec = dict(layers=[dict(label=k, tokens=4 * n, sr_ratio=2) for k in maps],  # 64 tokens, 16 key cells
+               diagonality={k: dict(diagonality_terms(p[None, None]), mode="la") for k, p in maps.items()})
+    md, finding = diagonality_table({"la_all (x=4)": rec, "vanilla (x=0)": dict(diagonality={})})
+    rows = {line.split(" | ")[1]: line for line in md.splitlines() if line.startswith("| la_all")}
+    assert "**identity**" in rows["eye"] and "**uniform**" in rows["flat"] and rows["peaked"].endswith("| attends |")
+    assert "| 16 | 1.000 | 0.062 |" in rows["eye"]  # N_k = 64 tokens / 2^2, 1/N_k
+    assert finding == ["Attention maps: 1 of 3 collapsed to the identity (diagonal mass > 0.95), 1 uniform over their keys."]
+    assert diagonality_table({"vanilla (x=0)": dict(diagonality={})}) == ("", [])

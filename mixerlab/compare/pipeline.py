@@ -279,12 +279,17 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
         device = build_config(specs[0], p, p.seeds[0], data, data_dir).device if specs else "auto"
         machine = machine_desc(device)
         wall = time.time() - t0
-        report, sections = write_report(out, p, data, rows, agg, analyses, machine, wall,
-                                        experiments=selected_experiments(p), lr_info=lr_info)
+        trained_wall = _trained_wall(out, p, data) if report_only else None
+        report, sections = write_report(out, p, data, rows, agg, analyses, machine,
+                                        wall if trained_wall is None else trained_wall,
+                                        experiments=selected_experiments(p), lr_info=lr_info,
+                                        rewritten_s=None if trained_wall is None else wall)
         tests = {k: dict(verdict=sec.word, tests=sec.tests) for k, sec in sections.items()}
         from .dense_runs import result_row as dense_row
         write_tables(out, rows, agg, extra=dict(
-            preset=p.name, data=data, seeds=list(p.seeds), machine=machine, wall_s=wall, tests=tests, lr=lr_info,
+            preset=p.name, data=data, seeds=list(p.seeds), machine=machine,
+            wall_s=wall if trained_wall is None else trained_wall,
+            **({} if trained_wall is None else dict(report_only_wall_s=wall)), tests=tests, lr=lr_info,
             calibration=None if cal_path is None else str(cal_path),
             dense=[dense_row(r) for r in dense],
             statistics=dict(
@@ -307,6 +312,19 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
             save_table(table, save_calibration)
             log(f"calibration table ({len(table)} configurations, {len(p.seeds)} seeds): {save_calibration}")
         return dict(report=report, rows=rows, aggregate=agg)
+
+
+def _trained_wall(out: Path, p: Preset, data: str) -> float | None:
+    """The wall time of the compare that trained the runs of ``out`` (its ``results.json``, same
+    preset, data and seeds), so that a report rewritten with ``report_only`` keeps it; ``None``
+    when there is none to keep."""
+    try:
+        old = json.loads((Path(out) / "results.json").read_text())
+        if old.get("preset") == p.name and old.get("data") == data and old.get("seeds") == list(p.seeds):
+            return float(old["wall_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def replicate(preset: str | Preset, seeds_a, seeds_b, *, out: str | os.PathLike, log=print, **kw) -> dict:

@@ -586,10 +586,13 @@ def seed_figures(exp_id: str, aggs: list[dict], tests: list[dict], fig_dir: Path
                        f"{exp_id}: criteria per seed (points)")]
 
 
-def machine_line(machine: dict, preset, wall_s: float, rows: list[dict] | None = None) -> str:
+def machine_line(machine: dict, preset, wall_s: float, rows: list[dict] | None = None,
+                 rewritten_s: float | None = None) -> str:
     """Where and how this report was made: the device this invocation's runs train on (named),
     the CPU, torch, the seeds and the wall time; with ``rows``, where each finished run says it
-    trained (its summary), so runs found in the cache from another machine are not claimed."""
+    trained (its summary), so runs found in the cache from another machine are not claimed.
+    ``rewritten_s``: the report was rewritten by ``report_only`` in that many seconds, and
+    ``wall_s`` is the wall time of the invocation that trained the runs (its ``results.json``)."""
     seeds = list(preset.seeds)
     devices: dict = {}
     for r in rows or []:
@@ -600,12 +603,15 @@ def machine_line(machine: dict, preset, wall_s: float, rows: list[dict] | None =
     where = machine.get("device", "?") + (f"; CPU {machine['cpu']}" if machine.get("gpu") and machine.get("cpu") else "")
     return (f"Ran on: {where}; torch "
             f"{machine.get('torch', '?')}; {len(seeds)} seed{'s' if len(seeds) != 1 else ''} per run "
-            f"({', '.join(str(x) for x in seeds)}); wall time of this invocation {wall_s / 60:.1f} min.{trained}")
+            f"({', '.join(str(x) for x in seeds)}); "
+            + (f"wall time of this invocation {wall_s / 60:.1f} min." if rewritten_s is None else
+               f"wall time of the invocation that trained these runs {wall_s / 60:.1f} min (this report "
+               f"rewritten from them by `--report-only` in {rewritten_s:.0f} s).") + trained)
 
 
 def write_report(out: Path, preset, data: str, rows: list[dict], agg: list[dict], analyses: dict,
                  machine: dict, wall_s: float, experiments, lr_info: dict | None = None,
-                 ) -> tuple[Path, dict]:
+                 rewritten_s: float | None = None) -> tuple[Path, dict]:
     """``report.md`` in ``out``: the summary of the verdicts, the header, failed / missing runs,
     the learning rates, then one section per experiment (``experiments``: ``Experiment`` objects,
     e.g. ``selected_experiments(preset)``, with its knobs) that has rows in ``agg``. Returns
@@ -641,7 +647,7 @@ def write_report(out: Path, preset, data: str, rows: list[dict], agg: list[dict]
               "test images only and its verdict stays inconclusive. The criteria of one experiment are "
               "corrected together (Holm, 1979). P(rerun flips): the probability that a rerun with as many new "
               "seeds puts its estimate on the other side of the threshold.", "",
-              machine_line(machine, preset, wall_s, rows) + f" The {len(trained)} distinct runs took "
+              machine_line(machine, preset, wall_s, rows, rewritten_s) + f" The {len(trained)} distinct runs took "
               f"{sum(trained.values()) / 60:.1f} min of training in total (sum over runs; runs train side by "
               "side with `--jobs`; runs found in the cache cost nothing).", "",
               f"Recipe for every run: `{preset.recipe}` (mixerlab.engine.recipes), {preset.epochs} epochs on "

@@ -100,5 +100,54 @@ class LessAttentionStages(Experiment):
         verdict = (verdict_sentence(word, tests, "LaViT") + " The transforms act on few tokens here, so "
                    "MACs barely change: the compute claim is not tested (see `docs/benchmarks.md`).")
         extra = {"# LA layers": lambda a: str(a["x"])}
-        return Section(markdown_table(aggs, extra=extra) + "\n\n" + tests_table(tests), figs, finding, verdict,
-                       tests, word)
+        diag, diag_finding = diagonality_table(analyses)
+        finding += diag_finding
+        return Section(markdown_table(aggs, extra=extra) + "\n\n" + tests_table(tests) + diag, figs, finding,
+                       verdict, tests, word)
+
+
+# A map is read as collapsed to the identity above this diagonal mass (each token attends to itself
+# alone), and as uniform (average pooling over the keys) when its diagonal mass is within 10 % of
+# 1 / N_k and its rows are symmetric to 0.01: both minimise the two DP terms without attending.
+IDENTITY_MASS = 0.95
+
+
+def diagonality_table(analyses: dict) -> tuple[str, list[str]]:
+    """The diagonal mass of every map a LaViT layer computes (``analyze_model``'s ``diagonality``
+    record, first seed of each analysed variant): mean P_ii against 1/N_k (uniform attention over
+    the N_k key cells), with the maps read as collapsed to the identity (> ``IDENTITY_MASS``) or as
+    uniform marked. Returns (Markdown, finding sentences); empty when no run recorded a map."""
+    rows, n_identity, n_uniform, n_maps = [], 0, 0, 0
+    for name, rec in analyses.items():
+        dp = rec.get("diagonality") if isinstance(rec, dict) else None
+        if not dp:
+            continue
+        layers = {d.get("label"): d for d in rec.get("layers", [])}
+        for label, d in dp.items():
+            meta = layers.get(label, {})
+            keys = meta.get("tokens")
+            if keys and meta.get("sr_ratio"):
+                keys = keys // meta["sr_ratio"] ** 2
+            uniform = 1.0 / keys if keys else None
+            mass = d["diag_mass"]
+            if mass > IDENTITY_MASS:
+                state, n_identity = "**identity**", n_identity + 1
+            elif uniform and abs(mass - uniform) <= 0.1 * uniform and d["asymmetry"] <= 0.01:
+                state, n_uniform = "**uniform**", n_uniform + 1
+            else:
+                state = "attends"
+            n_maps += 1
+            rows.append(f"| {name} | {label} | {d.get('mode', '?')} | {keys or '?'} | {mass:.3f} | "
+                        f"{'–' if uniform is None else f'{uniform:.3f}'} | {d['asymmetry']:.4f} | "
+                        f"{d['dp_diag']:.4f} | {state} |")
+    if not rows:
+        return "", []
+    md = ("\n\nLaViT's attention maps after training (first seed; `mixerlab analyze`'s monitors on each map "
+          "P, key cells N_k after spatial reduction): diagonal mass mean P_ii (1 = every token attends to "
+          f"itself alone, read as **identity** above {IDENTITY_MASS}; 1/N_k = uniform attention, read as "
+          "**uniform** within 10 % of it with asymmetry <= 0.01), asymmetry mean |P - P^T| and dp_diag "
+          "(the DP loss's two terms, both 0 for a uniform map).\n\n"
+          "| variant | layer | mode | N_k | diagonal mass | 1/N_k | asymmetry | dp_diag | reading |\n"
+          "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    return md, [f"Attention maps: {n_identity} of {n_maps} collapsed to the identity (diagonal mass > "
+                f"{IDENTITY_MASS}), {n_uniform} uniform over their keys."]
