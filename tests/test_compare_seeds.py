@@ -356,9 +356,28 @@ def test_quick_ships_a_calibration_of_every_configuration_it_trains_made_with_fi
     p = get_preset("quick")
     assert len(p.seeds) < 5 and p.calibration
     specs = [s for s in plan(p) if get_experiment(s.exp).uses_accuracy_calibration]
-    table = check_table(resolve_table(p.calibration), specs, p.name)
+    from mixerlab.compare.calibration import scale_of
+    table = check_table(resolve_table(p.calibration), specs, p.name, dict(scale_of(p), data=p.data))
     keys = {config_key(s.exp, s.label, s.x) for s in specs}
     assert keys <= set(table) and all(table[k].seeds >= 5 and table[k].sd > 0 for k in keys)
+
+
+def test_a_calibration_measured_at_another_scale_is_refused(tmp_path):
+    """A seed SD holds at the scale it was measured at: quick's table given to a preset that
+    trains 5 % of the pool for one epoch (or on another dataset) is refused, naming the fields,
+    before anything is written."""
+    import dataclasses
+    from mixerlab.compare.pipeline import run_compare
+    from mixerlab.compare.presets import get_preset
+    q = get_preset("quick")
+    small = dataclasses.replace(q, name="small-e1", train_fraction=0.05, epochs=1)
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match=r"another scale than preset 'small-e1': train_fraction=0.05 "
+                                         r"\(table: 0.5\), epochs=1 \(table: 2\)"):
+        run_compare(small, out=out, log=lambda *a: None)
+    with pytest.raises(ValueError, match=r"data='cifar10' \(table: 'fashion-mnist'\)"):
+        run_compare(q, out=out, data="cifar10", data_dir=str(tmp_path), log=lambda *a: None)
+    assert not out.exists()
 
 
 def test_standard_trains_three_seeds_of_every_run_and_needs_no_table():

@@ -18,8 +18,10 @@ of ``stats``). This module keeps such measurements as a JSON table:
 The numbers must come from a measured run: ``calibration_quick.json`` (beside this module) is
 the ``quick`` preset's, written by ``mixerlab compare --preset quick --seeds 0 1 2 3 4
 --save-calibration mixerlab/compare/calibration_quick.json`` (2 CPU cores, 2026-12-05; the run's
-report is ``docs/results/compare-quick-5seeds/``). ``quick`` does not read it by default yet:
-pass ``--calibration calibration_quick.json``.
+report is ``docs/results/compare-quick-5seeds/``); ``quick`` reads it by default
+(``Preset.calibration``). A table records the preset fields it was measured at (``"_scale"``,
+:data:`SCALE_FIELDS`: data, pool fraction, epochs, batch, warm-up, recipe, LR table) and
+:func:`check_table` refuses it for a preset at another scale: a seed SD holds at its own scale.
 
 :func:`strip_plot` draws each statistic's per-seed values with its interval and threshold
 (matplotlib, Agg); numbers are computed in ``stats``, never here.
@@ -58,19 +60,46 @@ def table_from_results(path, min_seeds: int = 5) -> dict[str, Calibration]:
     return out
 
 
-def save_table(table: dict[str, Calibration], path) -> None:
-    """Write the table as JSON: ``{key: {"sd": points, "seeds": n, "what": text}}``."""
+# The preset fields a calibration depends on: a seed SD measured at one scale (data, pool fraction,
+# epochs, batch, warm-up, recipe, LR table) says little about another, so a table records them
+# and :func:`check_table` refuses a preset that differs.
+SCALE_FIELDS = ("data", "train_fraction", "val_images", "epochs", "batch_size", "warmup_epochs", "recipe",
+                "lr_table")
+SCALE_KEY = "_scale"
+
+
+def scale_of(preset) -> dict:
+    """The fields of ``preset`` (a ``Preset``) a calibration table is tied to (``SCALE_FIELDS``)."""
+    return {f: getattr(preset, f) for f in SCALE_FIELDS}
+
+
+def save_table(table: dict[str, Calibration], path, scale: dict | None = None) -> None:
+    """Write the table as JSON: ``{key: {"sd": points, "seeds": n, "what": text}}``, plus
+    ``"_scale"``: the preset fields it was measured at (:func:`scale_of`), when given."""
     from ..engine.checkpoint import atomic_write_text
-    atomic_write_text(path, json.dumps({k: dict(sd=c.sd, seeds=c.seeds, what=c.what) for k, c in table.items()},
-                                     indent=1, sort_keys=True) + "\n")
+    raw = {k: dict(sd=c.sd, seeds=c.seeds, what=c.what) for k, c in table.items()}
+    if scale is not None:
+        raw[SCALE_KEY] = dict(scale)
+    atomic_write_text(path, json.dumps(raw, indent=1, sort_keys=True) + "\n")
 
 
-def load_table(path) -> dict[str, Calibration]:
-    """Read a table written by :func:`save_table` (values are validated by ``Calibration``)."""
+def _raw(path) -> dict:
     raw = json.loads(Path(path).read_text())
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a calibration table is a JSON object of key -> {{sd, seeds, what}}")
-    return {k: Calibration(float(v["sd"]), v.get("seeds"), v.get("what", "")) for k, v in raw.items()}
+    return raw
+
+
+def load_table(path) -> dict[str, Calibration]:
+    """Read a table written by :func:`save_table` (values are validated by ``Calibration``; the
+    ``"_scale"`` record is read by :func:`table_scale`)."""
+    return {k: Calibration(float(v["sd"]), v.get("seeds"), v.get("what", ""))
+            for k, v in _raw(path).items() if k != SCALE_KEY}
+
+
+def table_scale(path) -> dict | None:
+    """The preset fields the table at ``path`` was measured at, or ``None`` (a table without them)."""
+    return _raw(path).get(SCALE_KEY)
 
 
 def resolve_table(name) -> Path:
@@ -85,14 +114,25 @@ def resolve_table(name) -> Path:
     raise ValueError(f"calibration table {name} not found (a file name in mixerlab/compare/ or a path)")
 
 
-def check_table(path, specs, preset_name: str) -> dict[str, Calibration]:
+def check_table(path, specs, preset_name: str, scale: dict | None = None) -> dict[str, Calibration]:
     """Load the table at ``path`` and check that it holds every configuration of ``specs`` (the
-    runs a preset plans, ``RunSpec``); a ``ValueError`` names the missing ones (and a table that
-    cannot be read) before anything is written."""
+    runs a preset plans, ``RunSpec``) and, given the preset's ``scale`` (:func:`scale_of`), that
+    the table was measured at it (a table without a scale record is taken as it is); a
+    ``ValueError`` names the missing configurations, the fields that differ, or a table that
+    cannot be read, before anything is written."""
     try:
         table = load_table(path)
+        measured = table_scale(path)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"calibration table {path} cannot be read: {type(e).__name__}: {e}") from None
+    if scale is not None and measured is not None:
+        now = scale
+        differ = [f"{f}={now[f]!r} (table: {measured.get(f)!r})" for f in SCALE_FIELDS
+                  if f in measured and measured[f] != (list(now[f]) if isinstance(now[f], tuple) else now[f])]
+        if differ:
+            raise ValueError(f"calibration table {path} was measured at another scale than preset "
+                             f"{preset_name!r}: {', '.join(differ)}; a seed SD holds at its own scale "
+                             f"(make one with --seeds 0 1 2 3 4 --save-calibration FILE, or pass no table)")
     keys = list(dict.fromkeys(config_key(s.exp, s.label, s.x) for s in specs))
     missing = [k for k in keys if k not in table]
     if missing:
