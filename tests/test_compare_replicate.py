@@ -36,9 +36,29 @@ def test_two_replicates_with_disjoint_seeds_never_contradict(tmp_path):
     r = replicate(_small_e1(), [0, 1, 2], [3, 4, 5], out=tmp_path, log=print, threads_per_job=1)
     assert [row["stat"] for row in r["rows"]] == ["ffonly - deit"]
     assert all(row["a"] in WORDS and row["b"] in WORDS for row in r["rows"])
-    assert r["contradictions"] == 0, r["table"]
+    assert r["contradictions"] == 0 and r["complete"], r["table"]
     for sub in ("seeds-0-1-2", "seeds-3-4-5"):
         (t,) = json.loads((tmp_path / sub / "results.json").read_text())["tests"]["E1"]["tests"]
         assert t["seed_source"] == "seeds" and len(t["per_seed"]) == 3 and t["p_flip"] is not None
         assert t["lo"] < t["diff"] < t["hi"]
     print(r["table"])
+
+
+def test_a_replicate_whose_runs_failed_is_void_not_a_pass(tmp_path, monkeypatch):
+    """Failed runs leave every criterion inconclusive, which contradicts nothing: the check must
+    say it is void instead of reporting 0 contradictions as a pass."""
+    from mixerlab.compare import pipeline
+
+    def fake_run_compare(preset, *, out, seeds, log, **kw):
+        out.mkdir(parents=True)
+        status = "done" if list(seeds) == [0] else "failed"
+        (out / "results.json").write_text(json.dumps(dict(
+            runs=[dict(experiment="E1", label="deit", seed=seeds[0], status=status)],
+            tests={"E1": dict(verdict="inconclusive", tests=[dict(stat="ffonly - deit", verdict="inconclusive",
+                                                                  diff=None)])})))
+
+    monkeypatch.setattr(pipeline, "run_compare", fake_run_compare)
+    r = replicate("smoke", [0], [1], out=tmp_path, log=lambda *a: None)
+    assert r["contradictions"] == 0 and not r["complete"]
+    assert r["failed"] == {"seeds-1": ["E1 deit seed 1"]}
+    assert r["table"].startswith("**Void check:** 1 run(s) of seeds-1 did not finish (E1 deit seed 1)")

@@ -333,18 +333,27 @@ def replicate(preset: str | Preset, seeds_a, seeds_b, *, out: str | os.PathLike,
     *contradict* when one is "agrees" and the other "does not agree" (inconclusive contradicts
     nothing). ``kw``: further :func:`run_compare` arguments (``experiments``, ``jobs``, ...).
 
-    Returns ``dict(rows=[{experiment, stat, a, b, contradict}], contradictions=n, table=Markdown)``."""
+    Returns ``dict(rows=[{experiment, stat, a, b, contradict}], contradictions=n, table=Markdown,
+    failed={sub-folder: [runs that did not finish]}, complete=bool)``: a check with failed runs is
+    void (its inconclusive criteria contradict nothing) and its table says so first."""
     from .stats import AGREES, DISAGREES
     a, b = check_seeds(seeds_a), check_seeds(seeds_b)
     common = sorted(set(a) & set(b))
     if common:
         raise ValueError(f"a replicate needs disjoint seeds; both have {', '.join(str(s) for s in common)}")
     out = Path(out)
-    res = []
+    res, failed = [], {}
     for seeds in (a, b):
         sub = out / ("seeds-" + "-".join(str(s) for s in seeds))
         run_compare(preset, out=sub, seeds=seeds, log=log, **kw)
-        res.append(json.loads((sub / "results.json").read_text())["tests"])
+        data = json.loads((sub / "results.json").read_text())
+        res.append(data["tests"])
+        # a run that failed leaves its criteria inconclusive, which contradicts nothing: the
+        # check is void then, and says so instead of counting 0 contradictions
+        bad = [f"{r.get('experiment')} {r.get('label')} seed {r.get('seed')}" for r in data.get("runs", [])
+               if r.get("status") not in ("done", "cached")]
+        if bad:
+            failed[sub.name] = bad
     rows = []
     for exp, sec in res[0].items():
         other = {t["stat"]: t for t in res[1].get(exp, {}).get("tests", [])}
@@ -360,4 +369,9 @@ def replicate(preset: str | Preset, seeds_a, seeds_b, *, out: str | os.PathLike,
         [f"| experiment | statistic | seeds {list(a)} | seeds {list(b)} | contradiction |", "|---|---|---|---|---|"]
         + [f"| {r['experiment']} | {r['stat']} | {cell(r['diff_a'])} **{r['a']}** | {cell(r['diff_b'])} **{r['b']}** "
            f"| {'**yes**' if r['contradict'] else 'no'} |" for r in rows])
-    return dict(rows=rows, contradictions=sum(r["contradict"] for r in rows), table=table)
+    if failed:
+        table = "\n".join(f"**Void check:** {len(v)} run(s) of {k} did not finish ({', '.join(v[:4])}"
+                          f"{' ...' if len(v) > 4 else ''}); their criteria cannot contradict anything."
+                          for k, v in failed.items()) + "\n\n" + table
+    return dict(rows=rows, contradictions=sum(r["contradict"] for r in rows), table=table, failed=failed,
+                complete=not failed)
