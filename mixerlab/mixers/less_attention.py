@@ -72,8 +72,9 @@ Proposals adopted (PROPOSAL = not published in arXiv 2406.00427):
    for making maps more diagonal than dominant. Its minimisers include the *uniform* map as well
    (P_ij = P_ii everywhere: both terms 0), and training finds it: in ``mixerlab compare --preset
    quick`` (seed 0, ``lavit_micro`` with every layer LA after the first) all four LA maps ended at a
-   diagonal mass within 10 % of 1/N_k and no asymmetry, while the same model without the loss kept
-   attending maps (diagonal mass 0.005-0.20); E5's report reads every map this way. A strict margin
+   diagonal mass within 10 % of 1/N_k and no asymmetry, and in ``--preset standard`` (seed 0) six of
+   seven maps did (the VA maps feeding LA layers included), while the same model without the loss
+   kept attending maps (asymmetry 0.04-0.30); E5's report reads every map this way. A strict margin
    (penalise A_ij - A_ii + m for some m ~ 1/N_k) or lambda_DP < 1 are the candidates; neither is
    measured yet, so the default stays as described. ``dp_mode="literal"`` sums the printed expression
    on the raw (block-averaged) M_l (unbounded; for paper-parity experiments only).
