@@ -62,3 +62,32 @@ def test_a_replicate_whose_runs_failed_is_void_not_a_pass(tmp_path, monkeypatch)
     assert r["contradictions"] == 0 and not r["complete"]
     assert r["failed"] == {"seeds-1": ["E1 deit seed 1"]}
     assert r["table"].startswith("**Void check:** 1 run(s) of seeds-1 did not finish (E1 deit seed 1)")
+
+
+def _script():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / "compare_replicate.py"
+    spec = importlib.util.spec_from_file_location("compare_replicate_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_replicate_script_refuses_bad_input_in_one_line(tmp_path, capsys):
+    main = _script().main
+    assert main([str(tmp_path / "r"), "--seeds-a", "0", "1", "--seeds-b", "1"]) == 2
+    assert main([str(tmp_path / "r"), "--preset", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["compare_replicate: a replicate needs disjoint seeds; both have 1",
+                   "compare_replicate: unknown preset 'nope'; allowed: ['full', 'gpu', 'quick', 'smoke', 'standard']"]
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_replicate_script_on_the_smoke_preset_writes_its_table(tmp_path, capsys):
+    rc = _script().main([str(tmp_path / "r"), "--preset", "smoke", "--seeds-a", "0", "--seeds-b", "1", "--jobs", "1"])
+    table = (tmp_path / "r" / "replicate.md").read_text()
+    assert table.startswith("| experiment | statistic | seeds [0] | seeds [1] | contradiction |")
+    assert rc == (0 if "**yes**" not in table and "Void" not in table else 1)
+    assert (tmp_path / "r" / "seeds-0" / "report.md").is_file() and (tmp_path / "r" / "seeds-1" / "report.md").is_file()
