@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 
 
 def main(argv=None) -> int:
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
     try:
         run_compare(p, out=args.out, seeds=args.seeds, jobs=args.jobs)
     except ValueError as e:
-        print(f"e5_dp_weight: {e}", file=__import__("sys").stderr)
+        print(f"e5_dp_weight: {e}", file=sys.stderr)
         return 2
     return 0
 

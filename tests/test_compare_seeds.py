@@ -357,7 +357,7 @@ def test_quick_ships_a_calibration_of_every_configuration_it_trains_made_with_fi
     assert len(p.seeds) < 5 and p.calibration
     specs = [s for s in plan(p) if get_experiment(s.exp).uses_accuracy_calibration]
     from mixerlab.compare.calibration import scale_of
-    table = check_table(resolve_table(p.calibration), specs, p.name, dict(scale_of(p), data=p.data))
+    table = check_table(resolve_table(p.calibration), specs, p.name, scale_of(p))
     keys = {config_key(s.exp, s.label, s.x) for s in specs}
     assert keys <= set(table) and all(table[k].seeds >= 5 and table[k].sd > 0 for k in keys)
 

@@ -68,9 +68,14 @@ SCALE_FIELDS = ("data", "train_fraction", "val_images", "epochs", "batch_size", 
 SCALE_KEY = "_scale"
 
 
-def scale_of(preset) -> dict:
-    """The fields of ``preset`` (a ``Preset``) a calibration table is tied to (``SCALE_FIELDS``)."""
-    return {f: getattr(preset, f) for f in SCALE_FIELDS}
+def scale_of(preset, data: str | None = None) -> dict:
+    """The fields of ``preset`` (a ``Preset``) a calibration table is tied to (``SCALE_FIELDS``),
+    as JSON stores them (tuples as lists); ``data``: the dataset the run uses, where it overrides
+    the preset's."""
+    out = {f: getattr(preset, f) for f in SCALE_FIELDS}
+    if data is not None:
+        out["data"] = data
+    return {f: list(v) if isinstance(v, tuple) else v for f, v in out.items()}
 
 
 def save_table(table: dict[str, Calibration], path, scale: dict | None = None) -> None:
@@ -90,16 +95,14 @@ def _raw(path) -> dict:
     return raw
 
 
+def _entries(raw: dict) -> dict[str, Calibration]:
+    return {k: Calibration(float(v["sd"]), v.get("seeds"), v.get("what", "")) for k, v in raw.items() if k != SCALE_KEY}
+
+
 def load_table(path) -> dict[str, Calibration]:
     """Read a table written by :func:`save_table` (values are validated by ``Calibration``; the
-    ``"_scale"`` record is read by :func:`table_scale`)."""
-    return {k: Calibration(float(v["sd"]), v.get("seeds"), v.get("what", ""))
-            for k, v in _raw(path).items() if k != SCALE_KEY}
-
-
-def table_scale(path) -> dict | None:
-    """The preset fields the table at ``path`` was measured at, or ``None`` (a table without them)."""
-    return _raw(path).get(SCALE_KEY)
+    ``"_scale"`` record is checked by :func:`check_table`)."""
+    return _entries(_raw(path))
 
 
 def resolve_table(name) -> Path:
@@ -121,14 +124,13 @@ def check_table(path, specs, preset_name: str, scale: dict | None = None) -> dic
     ``ValueError`` names the missing configurations, the fields that differ, or a table that
     cannot be read, before anything is written."""
     try:
-        table = load_table(path)
-        measured = table_scale(path)
+        raw = _raw(path)
+        table, measured = _entries(raw), raw.get(SCALE_KEY)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"calibration table {path} cannot be read: {type(e).__name__}: {e}") from None
-    if scale is not None and measured is not None:
-        now = scale
-        differ = [f"{f}={now[f]!r} (table: {measured.get(f)!r})" for f in SCALE_FIELDS
-                  if f in measured and measured[f] != (list(now[f]) if isinstance(now[f], tuple) else now[f])]
+    if scale is not None and isinstance(measured, dict):
+        differ = [f"{f}={scale[f]!r} (table: {measured[f]!r})" for f in SCALE_FIELDS
+                  if f in measured and f in scale and measured[f] != scale[f]]
         if differ:
             raise ValueError(f"calibration table {path} was measured at another scale than preset "
                              f"{preset_name!r}: {', '.join(differ)}; a seed SD holds at its own scale "

@@ -241,7 +241,7 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
     dense_specs = dense_plan(p)  # E6: fine-tuned from the classification runs, after them
     # a calibration table covers the configurations whose criteria are on test top-1 (E6's are not)
     cal_specs = [s for s in specs if get_experiment(s.exp).uses_accuracy_calibration]
-    calibrations = check_table(cal_path, cal_specs, p.name, dict(scale_of(p), data=data)) if cal_path else None
+    calibrations = check_table(cal_path, cal_specs, p.name, scale_of(p, data)) if cal_path else None
     check_preset(p, data, data_dir, specs)  # before anything is written
     check_folder(out, "compare")
     kw = dict(out=out, data=data, data_dir=data_dir, log=log, jobs=jobs, threads_per_job=threads_per_job)
@@ -309,7 +309,7 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
             if lacking:
                 log(f"calibration: {len(lacking)} configuration(s) without {len(p.seeds)} finished seeds left out: "
                     + ", ".join(lacking))
-            save_table(table, save_calibration, scale=dict(scale_of(p), data=data))
+            save_table(table, save_calibration, scale=scale_of(p, data))
             log(f"calibration table ({len(table)} configurations, {len(p.seeds)} seeds): {save_calibration}")
         return dict(report=report, rows=rows, aggregate=agg)
 

@@ -79,8 +79,9 @@ Proposals adopted (PROPOSAL = not published in arXiv 2406.00427):
    attending (only stage 4's 4-key maps uniform) and test top-1 80.10 % against 79.56 % at 1.0 and
    80.50 % without the loss: no setting where the DP loss helps at this scale, differences within
    the 2-seed intervals. A strict margin (penalise A_ij - A_ii + m, m ~ 1/N_k) is the other
-   candidate, not measured; the default stays lambda_DP = 1 as described until one is. ``dp_mode="literal"`` sums the printed expression
-   on the raw (block-averaged) M_l (unbounded; for paper-parity experiments only).
+   candidate, not measured; the default stays lambda_DP = 1 as described until one is.
+   ``dp_mode="literal"`` sums the printed expression on the raw (block-averaged) M_l (unbounded;
+   for paper-parity experiments only).
    Terms go to ``ctx.aux`` as ``dp_sym`` /
    ``dp_diag``; the model sums them over layers (``model(x, return_aux=True)``) and the trainer
    adds lambda_DP times the sum.
