@@ -127,7 +127,9 @@ PRESETS = {
         # the seed term of a one-seed run: 5 seeds of every configuration quick trains, made by
         # ``mixerlab compare --preset quick --seeds 0 1 2 3 4 --save-calibration ...``
         calibration="calibration_quick.json",
-        knobs={"E2": {"fractions": (0.05, 0.5)}, "E3": {"depths": (4, 8)}, "E4": {"v2_variants": ()},
+        # E2 trains its own runs, 4x quick's images (8 epochs of half the pool at every fraction):
+        # trained to a plateau (issue 28; docs/compare_presets.md)
+        knobs={"E2": {"fractions": (0.05, 0.5), "epochs": 8}, "E3": {"depths": (4, 8)}, "E4": {"v2_variants": ()},
                "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}}),
     # Three seeds within 90 minutes (docs/compare_presets.md, "standard since issue 28"): half the
     # pool x 3 epochs (82,500 images per run, 1.5x quick), E4's v2 rows moved to ``full``, E6 for one
@@ -138,9 +140,10 @@ PRESETS = {
         warmup_epochs=0.2, seeds=(0, 1, 2), scale=CPU_SCALE, sweep_lrs=(1e-3, 2e-3, 4e-3), sweep_fraction=0.25,
         sweep_epochs=1, analysis_images=128,  # sweep_extend off: see the docstring
         train_overrides=dict(eval_every=1, bn_calibration_batches=20),
-        # E2 at ConViT's smallest fraction (5 %) and the preset's fraction: with its epochs scaled by
-        # 1/f a small-fraction run costs as much as a full one (docs/compare_presets.md)
-        knobs={"E2": {"fractions": (0.05, 0.5)}, "E3": {"depths": (4, 8)}, "E4": {"v2_variants": ()},
+        # E2 at ConViT's smallest fraction (5 %) and the preset's fraction, 4x the preset's images
+        # (12 epochs of half the pool; at 5 % epochs x 1/f: 120 epochs of its subset) so that every E2
+        # run ends on a flat validation curve (docs/compare_presets.md)
+        knobs={"E2": {"fractions": (0.05, 0.5), "epochs": 12}, "E3": {"depths": (4, 8)}, "E4": {"v2_variants": ()},
                "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}, "E6": {"iters": 125}}),
     "full": Preset(
         "full", train_fraction=1.0, val_fraction=1.0, val_images=5000, epochs=30, batch_size=128,

@@ -99,7 +99,8 @@ def run_rows(results, macs: dict) -> list[dict]:
             gmacs=macs.get(str(r.run_dir)), train_img_s=final.get("images_per_s"),
             peak_mem_mb=final.get("peak_mem_mb"), train_wall_s=r.summary.get("train_wall_s"),
             steps=r.summary.get("steps"), images_seen=(r.summary.get("steps") or 0) * (batch or 0) or None,
-            train_images=None, recipe=cfg.get("recipe"), lr=cfg.get("lr"), img_size=cfg.get("img_size"),
+            train_images=None, epochs=cfg.get("epochs"), train_fraction=cfg.get("train_fraction"),
+            recipe=cfg.get("recipe"), lr=cfg.get("lr"), img_size=cfg.get("img_size"),
             model_args=cfg.get("model_args"), curve=_curve(r.run_dir, batch) if ok else [],
             run_dir=str(r.run_dir), trained_on=_trained_on(r.summary) if ok else None,
             error=r.error or (None if pred is not None or not ok else "no test predictions"),
@@ -144,6 +145,8 @@ def aggregate(rows: list[dict], calibrations: dict | None = None) -> list[dict]:
                         peak_mem_mb=_mean_sd([r["peak_mem_mb"] for r in ok])[0],
                         images_seen=ok[0]["images_seen"] if ok else None, steps=ok[0]["steps"] if ok else None,
                         train_images=ok[0].get("train_images") if ok else None,
+                        epochs=ok[0].get("epochs") if ok else None,
+                        train_fraction=ok[0].get("train_fraction") if ok else None,
                         lr=ok[0]["lr"] if ok else None, recipe=ok[0]["recipe"] if ok else None,
                         test_images=ok[0]["test_images"] if ok else None,
                         curve=ok[0]["curve"] if ok else [], curves={r["seed"]: r["curve"] for r in ok},
@@ -518,13 +521,15 @@ def _lr_section(lr_info: dict | None) -> list[str]:
     return lines
 
 
-def plateau_check(a: dict, epochs: int, val_images: int) -> dict:
+def plateau_check(a: dict, epochs: int, val_images: int, train_fraction: float | None = None) -> dict:
     """Whether a configuration's runs stopped on a flat validation curve.
 
     The rise of each seed's validation top-1 between its last two validation points, in points
-    per *epoch* -- the images of one epoch of the preset's own budget (the run's images seen /
-    the preset's ``epochs``, so an E2 run on a fraction f whose epochs were scaled by 1/f is read
-    per 1/f of its epochs) -- is compared with the configuration's seed spread: the SD over seeds
+    per *epoch* -- the images of one epoch on the preset's ``train_fraction`` of the pool: the
+    run's images seen / its own epochs x (its fraction / the preset's), so an E2 run on a fraction
+    f whose epochs were scaled by 1/f is read per 1/f of its epochs and one trained on its own
+    budget per epoch of the preset's fraction; a record without its epochs and fraction (an older
+    results.json) is read per the preset's ``epochs`` -- is compared with the configuration's seed spread: the SD over seeds
     of the final validation top-1 (>= 2 seeds), else the committed calibration's seed SD of the
     test top-1, else (no seed spread known) the binomial SD of one validation accuracy,
     ``sqrt(p (1 - p) / val_images)``, which says so. A run rising by more than that per epoch is
@@ -541,6 +546,8 @@ def plateau_check(a: dict, epochs: int, val_images: int) -> dict:
     else:
         spread, source = None, "unknown"
     unit = (a.get("images_seen") or 0) / max(1, epochs)
+    if a.get("epochs") and a.get("train_fraction") and train_fraction:
+        unit = (a.get("images_seen") or 0) / a["epochs"] * train_fraction / a["train_fraction"]
     slopes = []
     for c in curves:
         if len(c) >= 2 and unit > 0 and c[-1][0] > c[-2][0]:
@@ -554,7 +561,8 @@ def plateau_check(a: dict, epochs: int, val_images: int) -> dict:
                 state="**still rising**" if rising else "flat")
 
 
-def plateau_table(aggs: list[dict], epochs: int, val_images: int) -> tuple[str, list[str]]:
+def plateau_table(aggs: list[dict], epochs: int, val_images: int,
+                  train_fraction: float | None = None) -> tuple[str, list[str]]:
     """The plateau check of every configuration as a Markdown table, and the names of those still
     rising."""
     lines = ["| run | last rise of val top-1 (points / epoch, worst seed) | seed spread (points) | end of training |",
@@ -564,7 +572,7 @@ def plateau_table(aggs: list[dict], epochs: int, val_images: int) -> tuple[str, 
         if a.get("top1") is None:
             continue
         name = a["label"] + (f" x={a['x']:g}" if a["x"] is not None else "")
-        c = plateau_check(a, epochs, val_images)
+        c = plateau_check(a, epochs, val_images, train_fraction)
         slope = "–" if c["slope"] is None else f"{c['slope']:+.2f}"
         spread = "–" if c["spread"] is None else f"{c['spread']:.2f} ({c['source']})"
         lines.append(f"| {name} | {slope} | {spread} | {c['state']} |")
@@ -678,7 +686,7 @@ def write_report(out: Path, preset, data: str, rows: list[dict], agg: list[dict]
         lines += [f"## {exp.title}", "", f"**Paper's claim.** {exp.claim}", "", _setup(aggs, preset, data), "",
                   table, ""]
         lines += [f"**This run.** " + " ".join(finding), "", f"**Verdict.** This run {verdict}", ""]
-        ptable, rising = plateau_table(aggs, preset.epochs, preset.val_images)
+        ptable, rising = plateau_table(aggs, preset.epochs, preset.val_images, preset.train_fraction)
         lines += ["**Trained to a plateau?** The rise of the validation top-1 over the last epoch of each "
                   "run (worst seed) against the configuration's seed spread; a run still rising by more "
                   "than that was stopped while learning, and a verdict that uses it compares unfinished "
