@@ -387,6 +387,8 @@ _OLD_PRESET_KNOBS = {  # E2 fractions, E3 depths, E5 variants
     "full": ((0.05, 0.1, 0.25, 0.5, 1.0), (4, 8, 12, 16), ("vanilla", "la_last", "la_all", "la_all_no_dp")),
 }
 _LA_LAYERS = {"vanilla": 0, "la_last": 1, "la_all": 4, "la_all_no_dp": 4}
+# E2's own budget in epochs of the preset's fraction, 4x the preset's (issue 28: E2 at a plateau)
+_E2_EPOCHS = {"quick": 8, "standard": 12}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -414,18 +416,25 @@ def test_presets_plan_the_runs_they_planned_before(name):
         cfg = build_config(s, p, p.seeds[0], p.data, None)
         if s.exp == "E2":
             assert cfg.train_fraction == s.x
+            budget = _E2_EPOCHS.get(name) or p.epochs  # E2's own budget (issue 28: trained to a plateau)
             if s.x >= p.train_fraction:
-                assert s.train_args == ({} if s.x == p.train_fraction else {"train_fraction": s.x})
+                assert cfg.epochs == budget and cfg.warmup_epochs == p.warmup_epochs
+                if s.x == p.train_fraction and budget == p.epochs:
+                    assert s.train_args == {}  # E1's run itself
             else:  # ConViT's protocol: epochs x 1/f (relative to the preset's fraction), a subset per seed
                 k = p.train_fraction / s.x
-                assert cfg.epochs == max(1, round(p.epochs * k)) and cfg.warmup_epochs == pytest.approx(p.warmup_epochs * k)
+                assert cfg.epochs == max(1, round(budget * k)) and cfg.warmup_epochs == pytest.approx(p.warmup_epochs * k)
                 assert s.subset_per_seed and build_config(s, p, 3, p.data, None).subset_seed == 3
-    # The runs E1 shares with E2 (base fraction) and E4 (pooling, identity) are the same configs.
+            # as many images at every fraction (to the rounding of the epochs)
+            assert cfg.epochs * cfg.train_fraction == pytest.approx(budget * max(s.x, p.train_fraction), rel=0.05)
+    # The runs E1 shares with E2 (base fraction, when E2 trains the preset's epochs) and E4 (pooling,
+    # identity) are the same configs.
     cfgs = {(s.exp, s.label, s.x): build_config(s, p, 0, p.data, None) for s in specs}
     assert cfgs[("E1", "poolformer", None)] == cfgs[("E4", "pooling", None)]
     assert cfgs[("E1", "identityformer", None)] == cfgs[("E4", "identity", None)]
     if p.train_fraction in fractions:
-        assert cfgs[("E1", "deit", None)] == cfgs[("E2", "deit", p.train_fraction)]
+        shared = cfgs[("E1", "deit", None)] == cfgs[("E2", "deit", p.train_fraction)]
+        assert shared == (name not in _E2_EPOCHS)
 
 
 def test_preset_knobs_override_an_experiment():
@@ -619,7 +628,9 @@ def test_cpu_scale_is_builder_arguments_and_shared_runs_stay_shared():
     e3 = cfgs[("E3", "vit", 8)]
     assert e3.model_args["depth"] == 8 and e3.model_args["dim"] == 64  # the experiment's knob over the scale
     assert cfgs[("E1", "deepvit", None)] == cfgs[("E3", "deepvit", 4)]  # shared between E1 and E3
-    assert cfgs[("E1", "deit", None)] == cfgs[("E2", "deit", 0.5)]
+    # E2 trains its own runs (4x the images: to a plateau), E1's otherwise
+    e2 = cfgs[("E2", "deit", 0.5)]
+    assert e2.epochs == 4 * deit.epochs and e2.model_args == deit.model_args and e2.lr == deit.lr
     for name, scale in CPU_SCALE.items():  # every scaled model builds, at the tokens the docstring says
         kw = scale.model_args
         if name.startswith("timm:"):  # the CNN anchor: timm's model with timm's keywords

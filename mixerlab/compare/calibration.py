@@ -9,6 +9,8 @@ of ``stats``). This module keeps such measurements as a JSON table:
   pure seed SD (points, net of image noise) of every configuration's accuracy, keyed by
   :func:`config_key` (``"E2/convit@0.05"``);
 * :func:`save_table` / :func:`load_table`: the JSON file (commit it beside the preset that uses it);
+  each entry records the fingerprint of the configuration it measured (:func:`config_fingerprint`),
+  and :func:`record_configs` adds it to a table made before, where the measuring run proves it;
 * :func:`for_statistic`: the calibration of A - B or (A - B) - (C - D) from the configurations'
   ones, assuming the seed effects of different configurations independent (variances add;
   degrees of freedom by Welch-Satterthwaite). Where the same seeds were run for all of them,
@@ -40,6 +42,69 @@ from .stats import Calibration, calibrate
 def config_key(experiment: str, label: str, x=None) -> str:
     """The table key of one configuration: ``"E2/convit@0.05"`` (``"E1/deit"`` without x)."""
     return f"{experiment}/{label}" + ("" if x is None else f"@{float(x):g}")
+
+
+# TrainConfig fields that say where and how verbosely a run trains, or which seed it draws, not
+# what it trains: left out of a configuration's fingerprint. So is the LR: it comes from the
+# preset's LR table (or its sweep, known only after the runs), which ``"_scale"`` records.
+_NOT_CONFIG = ("seed", "subset_seed", "data_dir", "num_workers", "num_threads", "progress", "log_every",
+               "tensorboard", "eval_batch_size", "lr")
+
+
+def config_fingerprint(cfg) -> str:
+    """What a configuration trains, seed aside: a hash of its resolved ``TrainConfig`` without the
+    fields of ``_NOT_CONFIG``. A table entry records it (``"config"``) so that :func:`check_table`
+    refuses an entry whose configuration has changed since it was measured (e.g. an experiment's
+    knob such as E2's ``epochs``), which its key alone (``"E2/deit@0.05"``) cannot tell."""
+    import hashlib
+    d = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_CONFIG}
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def fingerprints(specs, preset, data: str) -> dict[str, str]:
+    """:func:`config_fingerprint` of each configuration ``specs`` (``RunSpec``) plan under
+    ``preset`` on ``data``, keyed by :func:`config_key`."""
+    from .runner import build_config
+    seed = preset.seeds[0] if preset.seeds else 0
+    return {config_key(s.exp, s.label, s.x): config_fingerprint(build_config(s, preset, seed, data, None))
+            for s in specs}
+
+
+def record_configs(table_path, results_path, preset, data: str | None = None) -> dict:
+    """Give the entries of a table made before entries recorded their configuration (no
+    ``"config"``) the fingerprint of the configuration the preset trains now -- only where that is
+    provably the one measured: every seed's run folder in the measuring run's ``results.json``
+    (``<model>-<hash>``) carries the hash :func:`~mixerlab.compare.runner.config_hash` gives
+    today's configuration at that seed and LR. Entries that differ (or have no runs there) are
+    left without one and listed. Returns ``dict(recorded=[keys], differ=[keys])``; writes the
+    table atomically when anything was recorded."""
+    from ..engine.checkpoint import atomic_write_text
+    from .experiments.base import plan
+    from .runner import build_config, config_hash
+    data = data or preset.data
+    raw = _raw(table_path)
+    runs: dict[str, dict] = {}
+    for r in json.loads(Path(results_path).read_text()).get("runs", []):
+        if r.get("status") in ("done", "cached") and r.get("run_dir"):
+            runs.setdefault(config_key(r["experiment"], r["label"], r.get("x")), {})[r["seed"]] = r
+    recorded, differ = [], []
+    for spec in plan(preset):
+        key = config_key(spec.exp, spec.label, spec.x)
+        if key not in raw or not isinstance(raw[key], dict) or raw[key].get("config") or key in recorded:
+            continue
+        by_seed = runs.get(key, {})
+        same = bool(by_seed) and all(
+            str(r["run_dir"]).rsplit("-", 1)[-1]
+            == config_hash(build_config(spec, preset, seed, data, None, {spec.model: r.get("lr")}))
+            for seed, r in by_seed.items())
+        if same:
+            raw[key]["config"] = config_fingerprint(build_config(spec, preset, min(by_seed), data, None))
+            recorded.append(key)
+        else:
+            differ.append(key)
+    if recorded:
+        atomic_write_text(table_path, json.dumps(raw, indent=1, sort_keys=True) + "\n")
+    return dict(recorded=recorded, differ=differ)
 
 
 def table_from_results(path, min_seeds: int = 5) -> dict[str, Calibration]:
@@ -78,14 +143,43 @@ def scale_of(preset, data: str | None = None) -> dict:
     return {f: list(v) if isinstance(v, tuple) else v for f, v in out.items()}
 
 
-def save_table(table: dict[str, Calibration], path, scale: dict | None = None) -> None:
-    """Write the table as JSON: ``{key: {"sd": points, "seeds": n, "what": text}}``, plus
-    ``"_scale"``: the preset fields it was measured at (:func:`scale_of`), when given."""
+def check_merge_target(path, scale: dict | None) -> None:
+    """Before a run that will write its table to ``path`` (:func:`save_table` with ``merge``): a
+    ``ValueError`` if a file there cannot be read as a table or was measured at another scale."""
+    if not Path(path).exists():
+        return
+    try:
+        measured = _raw(path).get(SCALE_KEY)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--save-calibration {path}: the file there is not a calibration table "
+                         f"({type(e).__name__}: {e}); name a new file") from None
+    if scale is not None and isinstance(measured, dict) and measured != dict(scale):
+        differ = [f for f in SCALE_FIELDS if measured.get(f) != scale.get(f)]
+        raise ValueError(f"--save-calibration {path}: the table there was measured at another scale "
+                         f"({', '.join(differ)} differ); this run's entries would mix two scales: name a new file")
+
+
+def save_table(table: dict[str, Calibration], path, scale: dict | None = None,
+               configs: dict[str, str] | None = None, merge: bool = False) -> dict:
+    """Write the table as JSON: ``{key: {"sd": points, "seeds": n, "what": text, "config":
+    fingerprint}}`` (``configs``: key -> :func:`config_fingerprint`), plus ``"_scale"``: the preset
+    fields it was measured at (:func:`scale_of`), when given. ``merge``: where ``path`` holds a
+    table of the same scale, its entries for other configurations are kept (a calibration remade
+    for the configurations one experiment changed, e.g. ``--experiments E2``); one of another
+    scale is a ``ValueError`` and is left as it is. Returns the raw table written."""
     from ..engine.checkpoint import atomic_write_text
-    raw = {k: dict(sd=c.sd, seeds=c.seeds, what=c.what) for k, c in table.items()}
+    raw = {}
+    if merge and Path(path).is_file():
+        check_merge_target(path, scale)
+        raw = {k: v for k, v in _raw(path).items() if k != SCALE_KEY and k not in table}
+    for k, c in table.items():
+        raw[k] = dict(sd=c.sd, seeds=c.seeds, what=c.what)
+        if configs and k in configs:
+            raw[k]["config"] = configs[k]
     if scale is not None:
         raw[SCALE_KEY] = dict(scale)
     atomic_write_text(path, json.dumps(raw, indent=1, sort_keys=True) + "\n")
+    return raw
 
 
 def _raw(path) -> dict:
@@ -117,12 +211,16 @@ def resolve_table(name) -> Path:
     raise ValueError(f"calibration table {name} not found (a file name in mixerlab/compare/ or a path)")
 
 
-def check_table(path, specs, preset_name: str, scale: dict | None = None) -> dict[str, Calibration]:
+def check_table(path, specs, preset_name: str, scale: dict | None = None,
+                configs: dict[str, str] | None = None) -> dict[str, Calibration]:
     """Load the table at ``path`` and check that it holds every configuration of ``specs`` (the
-    runs a preset plans, ``RunSpec``) and, given the preset's ``scale`` (:func:`scale_of`), that
-    the table was measured at it (a table without a scale record is taken as it is); a
-    ``ValueError`` names the missing configurations, the fields that differ, or a table that
-    cannot be read, before anything is written."""
+    runs a preset plans, ``RunSpec``), given the preset's ``scale`` (:func:`scale_of`) that the
+    table was measured at it (a table without a scale record is taken as it is), and given
+    ``configs`` (key -> :func:`config_fingerprint` of the configuration the preset trains now) that
+    every entry records the configuration it measured (``"config"``; :func:`record_configs` adds
+    it to an older table) and that it is that one; a ``ValueError`` names the missing, unnamed or
+    changed configurations, the fields that differ, or a table that cannot be read, before
+    anything is written."""
     try:
         raw = _raw(path)
         table, measured = _entries(raw), raw.get(SCALE_KEY)
@@ -141,6 +239,18 @@ def check_table(path, specs, preset_name: str, scale: dict | None = None) -> dic
         more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
         raise ValueError(f"calibration table {path} lacks {len(missing)} configuration(s) preset "
                          f"{preset_name!r} runs: {', '.join(missing[:6])}{more}")
+    unnamed = [k for k in keys if configs and k in configs and not raw[k].get("config")]
+    if unnamed:
+        more = f" and {len(unnamed) - 6} more" if len(unnamed) > 6 else ""
+        raise ValueError(f"calibration table {path} does not record which configuration it measured for "
+                         f"{', '.join(unnamed[:6])}{more} (a table made before entries did: "
+                         f"python scripts/calibration_configs.py TABLE RESULTS_OF_THE_RUN_THAT_MADE_IT)")
+    changed = [k for k in keys if configs and k in configs and raw[k].get("config") != configs[k]]
+    if changed:
+        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        raise ValueError(f"calibration table {path} was measured on other configurations than preset "
+                         f"{preset_name!r} trains now: {', '.join(changed[:6])}{more} (changed since; remake "
+                         f"their entries with --experiments ... --seeds 0 1 2 3 4 --save-calibration FILE)")
     return table
 
 

@@ -206,7 +206,10 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
     preset runs. ``save_calibration``: after the report, write the seed-calibration table of this
     run (>= 5 seeds: each configuration's pure seed SD, :func:`~mixerlab.compare.calibration.table_from_results`)
     to this path -- the committed command that makes a preset's table is
-    ``mixerlab compare --preset P --seeds 0 1 2 3 4 --save-calibration mixerlab/compare/calibration_P.json``.
+    ``mixerlab compare --preset P --seeds 0 1 2 3 4 --save-calibration mixerlab/compare/calibration_P.json``;
+    where that file exists (same scale) the entries of the configurations this run does not train
+    are kept, so ``--experiments E2`` remakes E2's entries alone. A run of >= 5 seeds takes every
+    seed term from its own seeds and reads no table.
     ``dry_run``: the preset shrunk to toy sizes on the CPU
     (:func:`~mixerlab.compare.presets.dry_run_preset`), how a ``gpu`` preset is tried without one.
 
@@ -218,7 +221,7 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
     Returns ``dict(report=path, rows=..., aggregate=...)``.
     """
     from ..engine.run_folder import check_folder, claim_folder
-    from .calibration import check_table, resolve_table, scale_of
+    from .calibration import check_merge_target, check_table, fingerprints, resolve_table, scale_of
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     if threads_per_job is not None and (not isinstance(threads_per_job, int) or threads_per_job < 1):
@@ -238,10 +241,15 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
     t0 = time.time()
     specs = plan(p)
     cal_path = resolve_table(calibration or p.calibration) if (calibration or p.calibration) else None
+    if len(p.seeds) >= 5:  # every seed term from this run's own seeds (stats): the table is not read
+        cal_path = None
+    if save_calibration is not None:
+        check_merge_target(save_calibration, scale_of(p, data))
     dense_specs = dense_plan(p)  # E6: fine-tuned from the classification runs, after them
     # a calibration table covers the configurations whose criteria are on test top-1 (E6's are not)
     cal_specs = [s for s in specs if get_experiment(s.exp).uses_accuracy_calibration]
-    calibrations = check_table(cal_path, cal_specs, p.name, scale_of(p, data)) if cal_path else None
+    calibrations = check_table(cal_path, cal_specs, p.name, scale_of(p, data),
+                               fingerprints(cal_specs, p, data)) if cal_path else None
     check_preset(p, data, data_dir, specs)  # before anything is written
     check_folder(out, "compare")
     kw = dict(out=out, data=data, data_dir=data_dir, log=log, jobs=jobs, threads_per_job=threads_per_job)
@@ -309,8 +317,11 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
             if lacking:
                 log(f"calibration: {len(lacking)} configuration(s) without {len(p.seeds)} finished seeds left out: "
                     + ", ".join(lacking))
-            save_table(table, save_calibration, scale=scale_of(p, data))
-            log(f"calibration table ({len(table)} configurations, {len(p.seeds)} seeds): {save_calibration}")
+            raw = save_table(table, save_calibration, scale=scale_of(p, data), configs=fingerprints(specs, p, data),
+                             merge=True)
+            kept = len([k for k in raw if k != "_scale"]) - len(table)
+            log(f"calibration table ({len(table)} configurations, {len(p.seeds)} seeds"
+                + (f"; {kept} kept from the table there" if kept else "") + f"): {save_calibration}")
         return dict(report=report, rows=rows, aggregate=agg)
 
 
