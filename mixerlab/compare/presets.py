@@ -16,14 +16,18 @@ preset, why ``standard`` keeps a three-value LR grid) are in ``docs/compare_pres
   epochs, the committed LR table ``lr_table_quick.json`` (``python scripts/sweep_lr.py --preset
   quick``), E4's v2 rows left out (``knobs``). One seed: its seed term comes from the committed
   calibration table ``calibration_quick.json`` (5 seeds of every configuration quick trains,
-  ``mixerlab compare --preset quick --seeds 0 1 2 3 4 --save-calibration ...``); with ``--seeds``
-  (>= 2) the run's own seeds give it. E6 (dense) is left
+  ``mixerlab compare --preset quick --seeds 0 1 2 3 4 --save-calibration ...``; E2's entries remade
+  with ``--experiments E2``); with ``--seeds`` (>= 2) the run's own seeds give it. E2 trains its
+  own runs at 4x quick's images (``{"E2": {"epochs": 8}}``: to a plateau, ConViT's 1/f scaling
+  kept). E6 (dense) is left
   out (``experiments`` lists E1-E5): its six fine-tuning runs cost more than the whole budget.
 * ``standard`` (budget 90 min on 2 CPU cores): the CPU scale, three seeds (0, 1, 2: every interval
   takes its seed term from the run's own seeds), half the training pool x 3 epochs (1.5x quick's
   images per run), an LR sweep on the validation split inside the preset (a quarter of the pool,
-  one epoch), E2 at 5 % and 50 % (a small-fraction run trains as long as a full one under ConViT's
-  protocol), E6 for one pass over its 1,000 training scenes (``iters=125``). What gave way to pay
+  one epoch), E2 at 5 % and 50 % on its own budget of 4x the preset's images (12 epochs of half the
+  pool, 330,000 images per run; under ConViT's protocol the 5 % runs train 120 epochs of their
+  subset), so that its runs end on a flat validation curve, E6 for one pass over its 1,000
+  training scenes (``iters=125``). What gave way to pay
   for three seeds (it trained one seed of the whole pool x 6 epochs before issue 28): epochs and
   images per run, and E4's v2 rows (now in ``full`` only); the arithmetic is in
   ``docs/compare_presets.md``.
