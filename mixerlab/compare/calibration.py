@@ -20,7 +20,9 @@ of ``stats``). This module keeps such measurements as a JSON table:
 The numbers must come from a measured run: ``calibration_quick.json`` (beside this module) is
 the ``quick`` preset's, written by ``mixerlab compare --preset quick --seeds 0 1 2 3 4
 --save-calibration mixerlab/compare/calibration_quick.json`` (2 CPU cores, 2026-12-05; the run's
-report is ``docs/results/compare-quick-5seeds/``); ``quick`` reads it by default
+report is ``docs/results/compare-quick-5seeds/``), its E2 entries remade when E2 got its own budget
+by the same command with ``--experiments E2`` (2026-12-06, 22.7 min; report
+``docs/results/compare-quick-5seeds-e2/``); ``quick`` reads it by default
 (``Preset.calibration``). A table records the preset fields it was measured at (``"_scale"``,
 :data:`SCALE_FIELDS`: data, pool fraction, epochs, batch, warm-up, recipe, LR table) and
 :func:`check_table` refuses it for a preset at another scale: a seed SD holds at its own scale.
