@@ -18,7 +18,7 @@ preset, why ``standard`` keeps a three-value LR grid) are in ``docs/compare_pres
   calibration table ``calibration_quick.json`` (5 seeds of every configuration quick trains,
   ``mixerlab compare --preset quick --seeds 0 1 2 3 4 --save-calibration ...``; E2's entries remade
   with ``--experiments E2``); with ``--seeds`` (>= 2) the run's own seeds give it. E2 trains its
-  own runs at 4x quick's images (``{"E2": {"epochs": 8}}``: to a plateau, ConViT's 1/f scaling
+  own runs at 5x quick's images (``{"E2": {"epochs": 10}}``: to a plateau, ConViT's 1/f scaling
   kept). E6 (dense) is left
   out (``experiments`` lists E1-E5): its six fine-tuning runs cost more than the whole budget.
 * ``standard`` (budget 90 min on 2 CPU cores): the CPU scale, three seeds (0, 1, 2: every interval
@@ -131,9 +131,9 @@ PRESETS = {
         # the seed term of a one-seed run: 5 seeds of every configuration quick trains, made by
         # ``mixerlab compare --preset quick --seeds 0 1 2 3 4 --save-calibration ...``
         calibration="calibration_quick.json",
-        # E2 trains its own runs, 4x quick's images (8 epochs of half the pool at every fraction):
-        # trained to a plateau (issue 28; docs/compare_presets.md)
-        knobs={"E2": {"fractions": (0.05, 0.5), "epochs": 8}, "E3": {"depths": (4, 8)}, "E4": {"v2_variants": ()},
+        # E2 trains its own runs, 5x quick's images (10 epochs of half the pool at every fraction):
+        # trained to a plateau (issue 28; docs/compare_presets.md: 8 left DeiT at 5 % rising)
+        knobs={"E2": {"fractions": (0.05, 0.5), "epochs": 10}, "E3": {"depths": (4, 8)}, "E4": {"v2_variants": ()},
                "E5": {"variants": ("vanilla", "la_all", "la_all_no_dp")}}),
     # Three seeds within 90 minutes (docs/compare_presets.md, "standard since issue 28"): half the
     # pool x 3 epochs (82,500 images per run, 1.5x quick), E4's v2 rows moved to ``full``, E6 for one

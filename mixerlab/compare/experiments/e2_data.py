@@ -27,8 +27,8 @@ own fraction keep E1's fixed subset, and are E1's runs when ``E`` is the preset'
 
 Trained to the end, not to the budget of the other experiments: ConViT's Table 2 compares models
 trained to convergence at every fraction, and a comparison of two models still learning measures
-how fast they learn, not what they learn. ``quick`` and ``standard`` therefore give E2 four times
-their own epochs (``{"E2": {"epochs": ...}}``), so the cosine schedule has run its course well
+how fast they learn, not what they learn. ``quick`` and ``standard`` therefore give E2 five and
+four times their own epochs (``{"E2": {"epochs": ...}}``), so the cosine schedule has run its course well
 after the curve bends; the report's plateau check (``report.plateau_check``) marks any run whose
 validation top-1 still rises by more than its seed spread per epoch of the preset's fraction at the
 end.
