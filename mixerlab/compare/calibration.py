@@ -145,13 +145,15 @@ def scale_of(preset, data: str | None = None) -> dict:
     return {f: list(v) if isinstance(v, tuple) else v for f, v in out.items()}
 
 
-def check_merge_target(path, scale: dict | None) -> None:
+def check_merge_target(path, scale: dict | None) -> dict:
     """Before a run that will write its table to ``path`` (:func:`save_table` with ``merge``): a
-    ``ValueError`` if a file there cannot be read as a table or was measured at another scale."""
+    ``ValueError`` if a file there cannot be read as a table or was measured at another scale.
+    Returns the table there as read (``{}`` where there is none)."""
     if not Path(path).exists():
-        return
+        return {}
     try:
-        measured = _raw(path).get(SCALE_KEY)
+        raw = _raw(path)
+        measured = raw.get(SCALE_KEY)
     except (OSError, ValueError) as e:
         raise ValueError(f"--save-calibration {path}: the file there is not a calibration table "
                          f"({type(e).__name__}: {e}); name a new file") from None
@@ -159,6 +161,7 @@ def check_merge_target(path, scale: dict | None) -> None:
         differ = [f for f in SCALE_FIELDS if measured.get(f) != scale.get(f)]
         raise ValueError(f"--save-calibration {path}: the table there was measured at another scale "
                          f"({', '.join(differ)} differ); this run's entries would mix two scales: name a new file")
+    return raw
 
 
 def save_table(table: dict[str, Calibration], path, scale: dict | None = None,
@@ -170,10 +173,8 @@ def save_table(table: dict[str, Calibration], path, scale: dict | None = None,
     for the configurations one experiment changed, e.g. ``--experiments E2``); one of another
     scale is a ``ValueError`` and is left as it is. Returns the raw table written."""
     from ..engine.checkpoint import atomic_write_text
-    raw = {}
-    if merge and Path(path).is_file():
-        check_merge_target(path, scale)
-        raw = {k: v for k, v in _raw(path).items() if k != SCALE_KEY and k not in table}
+    old = check_merge_target(path, scale) if merge else {}
+    raw = {k: v for k, v in old.items() if k != SCALE_KEY and k not in table}
     for k, c in table.items():
         raw[k] = dict(sd=c.sd, seeds=c.seeds, what=c.what)
         if configs and k in configs:

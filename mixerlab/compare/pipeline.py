@@ -311,7 +311,7 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
                 mcnemar="exact binomial, mid-p, first seed of each model (image noise only, for reference)")))
         log(f"report: {report}")
         if save_calibration is not None:
-            from .calibration import config_key, save_table, table_from_results
+            from .calibration import SCALE_KEY, config_key, save_table, table_from_results
             table = table_from_results(out / "results.json")
             lacking = sorted({config_key(s.exp, s.label, s.x) for s in specs} - set(table))
             if lacking:
@@ -319,7 +319,7 @@ def run_compare(preset: str | Preset = "quick", *, data: str | None = None, data
                     + ", ".join(lacking))
             raw = save_table(table, save_calibration, scale=scale_of(p, data), configs=fingerprints(specs, p, data),
                              merge=True)
-            kept = len([k for k in raw if k != "_scale"]) - len(table)
+            kept = len([k for k in raw if k != SCALE_KEY]) - len(table)
             log(f"calibration table ({len(table)} configurations, {len(p.seeds)} seeds"
                 + (f"; {kept} kept from the table there" if kept else "") + f"): {save_calibration}")
         return dict(report=report, rows=rows, aggregate=agg)

@@ -545,9 +545,11 @@ def plateau_check(a: dict, epochs: int, val_images: int, train_fraction: float |
         spread, source = 100.0 * math.sqrt(p * (1 - p) / val_images), "no seed spread: validation image noise"
     else:
         spread, source = None, "unknown"
-    unit = (a.get("images_seen") or 0) / max(1, epochs)
+    seen = a.get("images_seen") or 0
     if a.get("epochs") and a.get("train_fraction") and train_fraction:
-        unit = (a.get("images_seen") or 0) / a["epochs"] * train_fraction / a["train_fraction"]
+        unit = seen / a["epochs"] * train_fraction / a["train_fraction"]
+    else:
+        unit = seen / max(1, epochs)
     slopes = []
     for c in curves:
         if len(c) >= 2 and unit > 0 and c[-1][0] > c[-2][0]:
